@@ -1,0 +1,44 @@
+"""Linear attention from precomputed features, non-causal and chunked causal.
+
+Shared by every kernelized variant (linear, performer native, luna chunked): the causal form
+processes the sequence in blocks of `chunk` tokens, with an intra-block masked product and a
+carried inter-block state (S, z), so no (N, D, d) prefix-sum tensor ever exists. The state and
+normalizer are kept in fp32 (an fp16 normalizer overflows around N = 8K).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def linear_attention_noncausal(phi_q: Tensor, phi_k: Tensor, v: Tensor, eps: float) -> Tensor:
+    """phi_q, phi_k: (B, H, N, D); v: (B, H, N, d) -> fp32 (B, H, N, d)."""
+    v = v.float()
+    state = phi_k.float().transpose(-1, -2) @ v  # (B, H, D, d)
+    norm = phi_k.float().sum(dim=-2)  # (B, H, D)
+    phi_q = phi_q.float()
+    return (phi_q @ state) / ((phi_q @ norm[..., None]) + eps)
+
+
+def linear_attention_causal_chunked(
+    phi_q: Tensor, phi_k: Tensor, v: Tensor, eps: float, chunk: int = 128
+) -> Tensor:
+    """Causal linear attention by chunks. Same shapes as `linear_attention_noncausal`."""
+    B, H, N, D = phi_q.shape
+    d = v.shape[-1]
+    state = phi_q.new_zeros(B, H, D, d, dtype=torch.float32)
+    norm = phi_q.new_zeros(B, H, D, dtype=torch.float32)
+    outs = []
+    for start in range(0, N, chunk):
+        stop = min(start + chunk, N)
+        fq = phi_q[:, :, start:stop].float()
+        fk = phi_k[:, :, start:stop].float()
+        vc = v[:, :, start:stop].float()
+        local = (fq @ fk.transpose(-1, -2)).tril()  # (B, H, c, c) masked intra-chunk weights
+        num = local @ vc + fq @ state
+        den = local.sum(-1) + (fq @ norm[..., None]).squeeze(-1)  # (B, H, c)
+        outs.append(num / (den[..., None] + eps))
+        state = state + fk.transpose(-1, -2) @ vc
+        norm = norm + fk.sum(dim=-2)
+    return torch.cat(outs, dim=2)

@@ -1,0 +1,180 @@
+"""`luna`: LUNA, learnable-kernel linear attention (Shahbazi et al. 2025, arXiv 2512.08061).
+
+phi(x) = h(x) / sqrt(m) [psi_l(w_i . x' + b_i)], D = m L, then linear attention with phi (see
+naive.py for the exact definition). Impls:
+    naive   : naive.luna_attention in fp32 (materializes every MLP activation; O(N^2) when causal)
+    chunked : chunked.luna_attention_chunked, blocks of `chunk` tokens, checkpointed per block
+Parameters are fp32 on the problem's device; inputs of any dtype are read in fp32 and the output
+is cast back to the input dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from attentions.luna.chunked import LunaWeights, features_blockwise, luna_attention_chunked
+from attentions.luna.fit import fit_luna
+from attentions.luna.naive import init_luna_params, luna_attention
+from harness.api import AttentionVariant, Capabilities, FitResult, FitSpec, Problem, Teacher
+from harness.costs import io_bytes_for_mode, scale_for_mode
+
+ENVELOPES = ("none", "learned")
+CH_RMS_CAUSAL_REASON = "luna ch_rms pools over all tokens, so it has no causal form"
+FIT_BLOCK = 256  # tokens per checkpointed feature block during fit (bounds its memory only)
+
+
+def _check_int(name: str, value: object, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"luna param {name} must be an int >= {low}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class LunaParams:
+    """Hyperparameters. D = m * L features per token."""
+
+    m: int = 8  # projections w_i
+    L: int = 8  # channel functions psi_l
+    hidden: int = 64  # width of the scalar MLP
+    shared_channels: bool = False  # one 1->hidden->L MLP (True) or L separate 1->hidden->1 MLPs
+    nonneg: bool = True  # final ReLU on psi: non-negative features, attention weights >= 0
+    envelope: str = "none"  # "none": h = 1; "learned": h(x) = softplus(a . x' + c)
+    ch_rms: bool = False  # divide each feature channel by its RMS over the sequence (non-causal only)
+    eps: float = 1e-6  # in the attention denominator and the channel RMS
+    chunk: int = 128  # token block of the chunked impl
+
+    def __post_init__(self) -> None:
+        for name, low in (("m", 1), ("L", 1), ("hidden", 1), ("chunk", 1)):
+            _check_int(name, getattr(self, name), low)
+        for name in ("shared_channels", "nonneg", "ch_rms"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"luna param {name} must be a bool, got {getattr(self, name)!r}")
+        if self.envelope not in ENVELOPES:
+            raise ValueError(f"luna param envelope must be one of {ENVELOPES}, got {self.envelope!r}")
+        if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or not self.eps > 0:
+            raise ValueError(f"luna param eps must be a float > 0, got {self.eps!r}")
+
+
+def _param_count(params: LunaParams, d: int) -> int:
+    """Number of learnable scalars: W, b, w1, b1, w2, b2 (+ env_a, env_c)."""
+    G = 1 if params.shared_channels else params.L
+    count = params.m * (d + 1) + 2 * G * params.hidden + params.L * (params.hidden + 1)
+    return count + (d + 1 if params.envelope == "learned" else 0)
+
+
+def flop_terms(problem: Problem, params: LunaParams) -> dict[str, float]:
+    """Forward FLOPs by part (whole problem). The "*_matmul" parts are what torch's FlopCounterMode
+    counts; it skips "mlp_elementwise" (the first MLP layer, and per-channel also the second, computed
+    as broadcasts) and "envelope_matvec" (an aten.mv). Causal attention is counted as the chunked impl
+    runs it: full c x c intra-block products, c = min(chunk, N)."""
+    p, d, m, L, hid = params, problem.head_dim, params.m, params.L, params.hidden
+    tokens = 2.0 * problem.batch * problem.heads * problem.seq_len  # q and k tokens
+    D = m * L
+    if p.shared_channels:  # per scalar: 1 -> hidden (2 hid), hidden -> L matmul (2 hid L)
+        mlp_matmul, mlp_elementwise = tokens * m * 2 * hid * L, tokens * m * 2 * hid
+    else:  # per scalar, per channel l: 1 -> hidden (2 hid) and hidden . w2_l (2 hid)
+        mlp_matmul, mlp_elementwise = 0.0, tokens * m * L * 4 * hid
+    bh, n = problem.batch * problem.heads, problem.seq_len
+    attention = bh * n * (4.0 * D * problem.head_dim + 2.0 * D)  # phi(k)^T v, phi(q) S, phi(q) . z
+    if problem.causal:
+        c = min(p.chunk, n)
+        attention += bh * n * 2.0 * c * (D + problem.head_dim)  # intra-block c x c product and its @ v
+    return {
+        "projection_matmul": tokens * 2 * m * d,
+        "envelope_matvec": tokens * 2 * d if p.envelope == "learned" else 0.0,
+        "mlp_matmul": mlp_matmul,
+        "mlp_elementwise": mlp_elementwise,
+        "attention_matmul": attention,
+    }
+
+
+class LunaAttention(AttentionVariant):
+    """LUNA with learnable W, b, scalar MLPs psi (and envelope), distilled to softmax by `fit`."""
+
+    name: ClassVar[str] = "luna"
+    version: ClassVar[int] = 1
+    paper: ClassVar[str] = (
+        "Shahbazi et al. 2025, LUNA: Linear Universal Neural Attention with Generalization Guarantees, "
+        "arXiv 2512.08061"
+    )
+    reference_impl: ClassVar[str] = "attentions/luna/naive.py (Eq. 11 and Listing 1 of the paper)"
+    Params: ClassVar[type] = LunaParams
+    impls: ClassVar[tuple[str, ...]] = ("naive", "chunked")
+    capabilities: ClassVar[Capabilities] = Capabilities(learnable=True)
+
+    def __init__(self, params: LunaParams, impl: str, problem: Problem) -> None:
+        super().__init__(params, impl, problem)
+        init = init_luna_params(problem.head_dim, params.m, params.L, params.hidden, params.shared_channels)
+        names = ["W", "b", "w1", "b1", "w2", "b2"]
+        if params.envelope == "learned":
+            names += ["env_a", "env_c"]
+        for key in names:
+            self.register_parameter(
+                key, nn.Parameter(init[key].to(device=problem.device, dtype=torch.float32))
+            )
+
+    # ----- description --------------------------------------------------------------------
+    @classmethod
+    def not_supported_reasons(cls, problem: Problem, params: LunaParams, impl: str) -> list[str]:
+        reasons = super().not_supported_reasons(problem, params, impl)
+        if params.ch_rms and problem.causal:
+            reasons.append(CH_RMS_CAUSAL_REASON)
+        return reasons
+
+    @classmethod
+    def feature_dim(cls, params: LunaParams, problem: Problem) -> int:
+        return params.m * params.L
+
+    @classmethod
+    def flops(cls, problem: Problem, params: LunaParams) -> float:
+        """Forward: features of q and k (projection, scalar MLP, envelope) + linear attention; bwd = 2x."""
+        return scale_for_mode(sum(flop_terms(problem, params).values()), problem)
+
+    @classmethod
+    def bytes_moved(cls, problem: Problem, params: LunaParams) -> float:
+        """I/O minimum a fused kernel could reach: q, k, v, o (+ dO, dq, dk, dv) and the fp32 parameters
+        (read once in the forward; read and their gradients written in the backward). The naive impl
+        moves far more: it writes and reads B*H*N*m*hidden (or *L*hidden) MLP activations."""
+        param_bytes = 4.0 * _param_count(params, problem.head_dim)
+        per_mode = {"fwd": param_bytes, "bwd": 2 * param_bytes, "fwd_bwd": 3 * param_bytes}[problem.mode]
+        return io_bytes_for_mode(problem) + per_mode
+
+    # ----- per case -----------------------------------------------------------------------
+    def weights(self) -> LunaWeights:
+        """The learnable tensors, envelope ones None when the envelope is off."""
+        env = (self.env_a, self.env_c) if self.params.envelope == "learned" else (None, None)
+        return LunaWeights(self.W, self.b, self.w1, self.b1, self.w2, self.b2, *env)
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, causal: bool) -> Tensor:
+        """q, k, v: (B, H, N, d) any float dtype -> (B, H, N, d) in q's dtype (computed in fp32)."""
+        p, w = self.params, self.weights()
+        if p.ch_rms and causal:
+            raise ValueError(CH_RMS_CAUSAL_REASON)
+        if self.impl == "naive":
+            out = luna_attention(
+                q, k, v, *w[:6], causal=causal, nonneg=p.nonneg, eps=p.eps, ch_rms=p.ch_rms,
+                env_a=w.env_a, env_c=w.env_c,
+            )  # fmt: skip
+        elif self.impl == "chunked":
+            out = luna_attention_chunked(q, k, v, w, causal, p.nonneg, p.eps, p.ch_rms, p.chunk)
+        else:
+            raise ValueError(f"luna has no impl {self.impl!r} (impls: {', '.join(self.impls)})")
+        return out.to(q.dtype)
+
+    def fit(
+        self, calib_batches: Sequence[tuple[Tensor, Tensor, Tensor]], teacher: Teacher, spec: FitSpec
+    ) -> FitResult:
+        """Distil phi to the softmax teacher (see fit.py): row-wise KL, Adam, fp32, seeded by spec.seed."""
+        p = self.params
+
+        def features(x: Tensor) -> Tensor:
+            return features_blockwise(x, self.weights(), p.nonneg, FIT_BLOCK)
+
+        return fit_luna(
+            features, self.parameters(), calib_batches, teacher, spec,
+            eps=p.eps, ch_rms=p.ch_rms, device=self.W.device,
+        )  # fmt: skip

@@ -1,0 +1,117 @@
+"""Luna, linear unified nested attention (Ma et al. 2021), written for reading: the fp32 reference.
+
+Per (batch, head), with q, k, v: (N, d), learned pack queries P_q: (l, d) and scale = d^-1/2:
+
+Non-causal (pack, then unpack):
+    pack weights  Wp = softmax_N(P_q k^T * scale)            (l, N)   rows sum to 1
+    packed        P' = Wp v                                  (l, d)
+    unpack keys   K' = P' W_k  (tied: W_k = I)               (l, d)
+    unpack values V' = P' W_v  (tied: W_v = I)               (l, d)
+    out           = softmax_l(q K'^T * scale) V'             (N, d)
+    Effective weights on v: W_eff = softmax_l(q K'^T * scale) Wp  (N, N), row-stochastic.
+
+Causal (official `LunarCausalAttention`, fairseq-apollo), t = 1..N the 1-based position:
+    A     = softplus_beta(k P_q^T * scale), beta = ln 2    (N, l)  unnormalized, A = 1 at 0
+    s_t   = (1/t) sum_{j<=t} (q_t . k_j * scale) A_j       (l,)
+    alpha = softmax_l(s_t)                                  (l,)
+    out_t = (1/t) sum_{j<=t} (alpha_t . A_j) v_j            (d,)
+    Effective weights W[t, j] = (1/t) alpha_t . A_j for j <= t: not row-stochastic.
+
+Everything here is O(N^2) or materializes per-position prefix sums: it exists for tests only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+SOFTPLUS_BETA = math.log(2.0)  # official choice: softplus_beta(0) = 1
+
+
+def softplus_ln2(x: Tensor) -> Tensor:
+    """softplus_beta(x) = log(1 + exp(beta x)) / beta with beta = ln 2 (linear above beta x > 20)."""
+    return F.softplus(x, beta=SOFTPLUS_BETA)
+
+
+def pack_weights(k: Tensor, P_q: Tensor) -> Tensor:
+    """Wp = softmax over N of P_q k^T / sqrt(d). k: (B, H, N, d); P_q: (H, l, d) -> (B, H, l, N)."""
+    d = k.shape[-1]
+    return torch.softmax(P_q.float() @ k.float().transpose(-1, -2) * d**-0.5, dim=-1)
+
+
+def unpack_kv(packed: Tensor, W_k: Tensor | None, W_v: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Unpack keys and values from P' (B, H, l, d); W_k, W_v: (H, d, d) or None (tied: identity)."""
+    keys = packed if W_k is None else packed @ W_k
+    values = packed if W_v is None else packed @ W_v
+    return keys, values
+
+
+def luna_nested_noncausal(
+    q: Tensor, k: Tensor, v: Tensor, P_q: Tensor, W_k: Tensor | None = None, W_v: Tensor | None = None
+) -> Tensor:
+    """Non-causal Luna nested attention. q, k, v: (B, H, N, d) -> fp32 (B, H, N, d)."""
+    d = q.shape[-1]
+    packed = pack_weights(k, P_q) @ v.float()  # (B, H, l, d)
+    keys, values = unpack_kv(packed, W_k, W_v)
+    alpha = torch.softmax(q.float() @ keys.transpose(-1, -2) * d**-0.5, dim=-1)  # (B, H, N, l)
+    return alpha @ values
+
+
+def pack_scores_causal(k: Tensor, P_q: Tensor) -> Tensor:
+    """A = softplus_ln2(k P_q^T / sqrt(d)). k: (B, H, N, d); P_q: (H, l, d) -> (B, H, N, l)."""
+    d = k.shape[-1]
+    return softplus_ln2(k.float() @ P_q.float().transpose(-1, -2) * d**-0.5)
+
+
+def causal_effective_weights(q: Tensor, k: Tensor, P_q: Tensor) -> Tensor:
+    """W[t, j] = (1/t) alpha_t . A_j for j <= t, else 0. q, k: (B, H, N, d) -> (B, H, N, N)."""
+    N, d = q.shape[-2:]
+    A = pack_scores_causal(k, P_q)  # (B, H, N, l)
+    t = torch.arange(1, N + 1, device=q.device, dtype=torch.float32)[:, None]  # (N, 1)
+    future = torch.ones(N, N, dtype=torch.bool, device=q.device).triu(1)
+    scores = (q.float() @ k.float().transpose(-1, -2) * d**-0.5).masked_fill(future, 0.0)  # (B, H, N, N)
+    alpha = torch.softmax(scores @ A / t, dim=-1)  # (B, H, N, l)
+    return (alpha @ A.transpose(-1, -2)).masked_fill(future, 0.0) / t
+
+
+def luna_nested_causal(q: Tensor, k: Tensor, v: Tensor, P_q: Tensor) -> Tensor:
+    """Causal Luna nested attention by its explicit (N, N) weights. -> fp32 (B, H, N, d)."""
+    return causal_effective_weights(q, k, P_q) @ v.float()
+
+
+def prefix_average(x: Tensor, y: Tensor, z: Tensor) -> Tensor:
+    """out_t = (1/t) x_t . sum_{j<=t} y_j z_j^T, by an explicit (N, d1, d2) cumulative sum.
+
+    The structure of the official `efficient_causal_attention_parallel` (rewritten here).
+    x, y: (B, H, N, d1); z: (B, H, N, d2) -> (B, H, N, d2).
+    """
+    N = x.shape[-2]
+    states = torch.cumsum(y[..., :, None] * z[..., None, :], dim=-3)  # (B, H, N, d1, d2)
+    t = torch.arange(1, N + 1, device=x.device, dtype=x.dtype)[:, None]
+    return (x[..., None, :] @ states).squeeze(-2) / t
+
+
+def luna_nested_causal_prefix(q: Tensor, k: Tensor, v: Tensor, P_q: Tensor) -> Tensor:
+    """Causal Luna nested attention by explicit prefix sums, the official code's order. -> fp32."""
+    d = q.shape[-1]
+    A = pack_scores_causal(k, P_q)  # (B, H, N, l)
+    alpha = torch.softmax(prefix_average(q.float() * d**-0.5, k.float(), A), dim=-1)  # (B, H, N, l)
+    return prefix_average(alpha, A, v.float())
+
+
+def luna_nested_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    P_q: Tensor,
+    causal: bool,
+    W_k: Tensor | None = None,
+    W_v: Tensor | None = None,
+) -> Tensor:
+    """Luna nested attention, fp32 (B, H, N, d). The causal form has no packed sequence, so no W_k, W_v."""
+    if causal:
+        return luna_nested_causal(q, k, v, P_q)
+    return luna_nested_noncausal(q, k, v, P_q, W_k, W_v)

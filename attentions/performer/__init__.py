@@ -1,0 +1,1 @@
+"""`performer`: FAVOR+ positive orthogonal random features (Choromanski et al. 2021)."""

@@ -1,0 +1,61 @@
+"""Performer's FAVOR+ (Choromanski et al. 2021), written for reading: the fp32 reference.
+
+For a token x in R^d (a query or key of one head) and W (M, d) of random feature rows w_r:
+
+    x'      = x * d^(-1/4)
+    phi(x)  = M^(-1/2) * [exp(w_r . x' - |x'|^2 / 2)]_{r=1..M}        (positive random features)
+    K_ij    = phi(q_i) . phi(k_j)                    ~= exp(q_i . k_j / sqrt(d))  (unbiased)
+    out_i   = sum_j K_ij v_j / sum_j K_ij            (j <= i when causal)
+
+This reference builds the full (N, N) matrix K, so it is O(N^2): for tests only. K is formed in
+log space (per-token maxima pulled out of each exp) so large inputs cannot overflow, then each
+row is normalized over its visible keys with a softmax of log K. No eps, no stabilizer that
+could couple tokens.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def feature_logits(x: Tensor, W: Tensor) -> Tensor:
+    """log(sqrt(M) * phi(x)) = W x' - |x'|^2 / 2. x: (B, H, N, d), W: (M, d) -> fp32 (B, H, N, M)."""
+    x = x.float() * x.shape[-1] ** -0.25
+    return x @ W.float().T - (x * x).sum(dim=-1, keepdim=True) / 2
+
+
+def favor_features(x: Tensor, W: Tensor) -> Tensor:
+    """phi(x), unstabilized (overflows for large inputs). (B, H, N, d) -> fp32 (B, H, N, M)."""
+    return torch.exp(feature_logits(x, W)) / math.sqrt(W.shape[0])
+
+
+def favor_log_kernel(q: Tensor, k: Tensor, W: Tensor) -> Tensor:
+    """log K_ij = log(phi(q_i) . phi(k_j)). q, k: (B, H, N, d) -> fp32 (B, H, N, N)."""
+    a, b = feature_logits(q, W), feature_logits(k, W)  # (B, H, N, M)
+    a_max, b_max = a.amax(dim=-1, keepdim=True), b.amax(dim=-1, keepdim=True)  # (B, H, N, 1)
+    kernel = torch.exp(a - a_max) @ torch.exp(b - b_max).transpose(-1, -2) / W.shape[0]
+    return torch.log(kernel) + a_max + b_max.transpose(-1, -2)
+
+
+def favor_attention(q: Tensor, k: Tensor, v: Tensor, W: Tensor, causal: bool) -> Tensor:
+    """FAVOR+ attention. q, k, v: (B, H, N, d), W: (M, d) -> fp32 (B, H, N, d)."""
+    log_k = favor_log_kernel(q, k, W)
+    if causal:
+        n = log_k.shape[-1]
+        future = torch.ones(n, n, dtype=torch.bool, device=log_k.device).triu(1)
+        log_k = log_k.masked_fill(future, -math.inf)
+    weights = torch.softmax(log_k, dim=-1)  # K_ij / sum_j K_ij
+    return weights @ v.float()
+
+
+def softmax_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool) -> Tensor:
+    """Exact softmax attention, the function FAVOR+ approximates. fp32 (B, H, N, d)."""
+    scores = q.float() @ k.float().transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if causal:
+        n = scores.shape[-1]
+        future = torch.ones(n, n, dtype=torch.bool, device=scores.device).triu(1)
+        scores = scores.masked_fill(future, -math.inf)
+    return torch.softmax(scores, dim=-1) @ v.float()

@@ -1,0 +1,1 @@
+"""`softmax`: exact attention in plain PyTorch (materializes the N x N score matrix)."""

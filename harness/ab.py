@@ -1,0 +1,184 @@
+"""`compare BASE_RUN HEAD_RUN` and `ab --base REV [--head REV] SCENARIO` command lines.
+
+`ab` is the regression gate that works on shared runners: it checks out both revisions into
+temporary git worktrees and runs the same scenario with each on this machine, interleaved in
+rounds (base, head, head, base, base, head, ...: the order alternates so drift in the machine's
+state hits both sides alike), merges each side's raw time samples per case and compares the two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from statistics import median
+
+from harness import compare
+from harness.records import read_records
+from harness.timing import summarize
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class AbError(ValueError):
+    """Bad input to `ab` (unknown revision, not a git checkout): one line, exit 2."""
+
+
+def _compare_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.05,
+        help="relative time change that matters (0.10 on shared machines)",
+    )
+    p.add_argument("--alpha", type=float, default=0.01, help="1 - confidence of a time verdict")
+    p.add_argument("--no-time-gate", action="store_true", help="report time verdicts but never fail on them")
+    p.add_argument("--markdown", type=Path, help="also write the verdict report to this file")
+
+
+def _finish(result: compare.ComparisonResult, markdown_path: Path | None) -> int:
+    text = compare.render_verdict_markdown(result)
+    print(text)
+    if markdown_path:
+        markdown_path.write_text(text + "\n")
+    return compare.exit_code(result)
+
+
+def compare_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="run_bench.py compare", description="Per-case verdicts between two runs."
+    )
+    p.add_argument("base_run", type=Path)
+    p.add_argument("head_run", type=Path)
+    _compare_args(p)
+    args = p.parse_args(argv)
+    try:
+        result = compare.compare_runs(
+            args.base_run, args.head_run, args.threshold, args.alpha, gate_time=not args.no_time_gate
+        )
+    except compare.CompareInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return _finish(result, args.markdown)
+
+
+def _git(*args: str, cwd: Path = REPO_ROOT) -> str:
+    res = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise AbError(
+            f"git {' '.join(args)}: {res.stderr.strip().splitlines()[-1] if res.stderr.strip() else 'failed'}"
+        )
+    return res.stdout.strip()
+
+
+def _checkout(rev: str, into: Path) -> Path:
+    sha = _git("rev-parse", "--verify", f"{rev}^{{commit}}")
+    _git("worktree", "add", "--detach", str(into), sha)
+    return into
+
+
+def merge_rounds(round_dirs: list[Path], out_dir: Path) -> None:
+    """One run dir whose records pool each case's raw samples over all rounds."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("env.json", "scenario.json", "run.json"):
+        if (round_dirs[0] / name).exists():
+            shutil.copy(round_dirs[0] / name, out_dir / name)
+    merged: dict[str, dict] = {}
+    for d in round_dirs:
+        for rec in read_records(d / "records.jsonl"):
+            cur = merged.get(rec["case_id"])
+            if cur is None:
+                merged[rec["case_id"]] = rec
+            elif cur["status"] == "ok" and rec["status"] == "ok":
+                cur["time_ms_samples"] = cur["time_ms_samples"] + rec["time_ms_samples"]
+                if rec.get("rel_err") is not None and cur.get("rel_err") is not None:
+                    cur["rel_err"] = median([cur["rel_err"], rec["rel_err"]])
+            elif rec["status"] != "ok":
+                merged[rec["case_id"]] = rec  # a failure in any round is what the gate must see
+    path = out_dir / "records.jsonl"
+    path.unlink(missing_ok=True)
+    for rec in merged.values():
+        if rec["status"] == "ok" and rec["time_ms_samples"]:
+            s = summarize(rec["time_ms_samples"])
+            rec.update(
+                time_ms_median=s.median_ms,
+                time_ms_p20=s.p20_ms,
+                time_ms_p80=s.p80_ms,
+                noise=s.noise,
+                n_samples=s.n,
+            )
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(rec) + "\n")
+
+
+def ab_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="run_bench.py ab", description="Run a scenario at two revisions, interleaved, and compare."
+    )
+    p.add_argument("scenario", type=Path)
+    p.add_argument("--base", required=True, help="base git revision (e.g. origin/main)")
+    p.add_argument(
+        "--head", help="head git revision (default: this working tree, uncommitted changes included)"
+    )
+    p.add_argument("--rounds", type=int, default=3, help="rounds of (base, head) runs (default 3)")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"))
+    p.add_argument("--out", type=Path, help="keep the runs here (default: a temporary directory)")
+    _compare_args(p)
+    args = p.parse_args(argv)
+    if args.rounds < 1:
+        raise AbError(f"--rounds: expected an integer >= 1, found {args.rounds}")
+    scenario = args.scenario.resolve()
+    if not scenario.exists():
+        raise AbError(f"{args.scenario}: no such scenario file")
+    work = Path(tempfile.mkdtemp(prefix="attnbench-ab-"))
+    out = args.out or work / "runs"
+    trees: list[Path] = []
+    try:
+        base_tree = _checkout(args.base, work / "base")
+        trees.append(base_tree)
+        head_tree = REPO_ROOT if args.head is None else _checkout(args.head, work / "head")
+        if args.head is not None:
+            trees.append(head_tree)
+        sides = {"base": base_tree, "head": head_tree}
+        rounds: dict[str, list[Path]] = {"base": [], "head": []}
+        for r in range(args.rounds):
+            order = ("base", "head") if r % 2 == 0 else ("head", "base")
+            for side in order:
+                run_dir = out / f"{side}-round{r}"
+                cmd = [
+                    sys.executable,
+                    "run_bench.py",
+                    str(scenario),
+                    "--out",
+                    str(run_dir),
+                    "--quiet",
+                    "--no-plots",
+                ]
+                if args.device:
+                    cmd += ["--device", args.device]
+                print(f"ab: round {r + 1}/{args.rounds}: {side}", file=sys.stderr, flush=True)
+                res = subprocess.run(cmd, cwd=sides[side])
+                if res.returncode != 0:
+                    raise AbError(f"{side} run failed with exit code {res.returncode} ({' '.join(cmd)})")
+                rounds[side].append(run_dir)
+        for side in ("base", "head"):
+            merge_rounds(rounds[side], out / side)
+        try:
+            result = compare.compare_runs(
+                out / "base", out / "head", args.threshold, args.alpha, gate_time=not args.no_time_gate
+            )
+        except compare.CompareInputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return _finish(result, args.markdown)
+    finally:
+        for tree in trees:
+            subprocess.run(
+                ["git", "worktree", "remove", "--force", str(tree)], cwd=REPO_ROOT, capture_output=True
+            )
+        if args.out is None:
+            shutil.rmtree(work, ignore_errors=True)

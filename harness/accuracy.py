@@ -1,0 +1,230 @@
+"""Exact softmax reference on sampled query rows, error metrics, causality and batch checks.
+
+Row i of softmax attention depends only on q_i and the keys/values it may see, so the exact
+output of R sampled rows costs O(R N d) at any N and never builds the N x N matrix:
+
+    ref_i     = softmax(q_i K^T / sqrt(d)) V          (causal: keys j <= i only)
+    uniform_i = mean_{j visible to i} v_j             (the floor: attention that ignores q, k)
+    rel_err   = ||out_R - ref_R||_F / ||ref_R||_F     over all sampled (b, h, row)
+    skill     = 1 - rel_err / uniform_rel_err         1 = exact, 0 = no better than uniform
+
+The reference is computed in fp64 on CPU and fp32 on CUDA, from the (possibly low-precision)
+inputs upcast, in blocks of rows so the (B, H, rows, N) score block stays under 256 MiB.
+All tensors here are in the canonical "bhnd" layout (B, H, N, d).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+BLOCK_BYTES = 256 * 2**20  # budget of one (B, H, block, N) score block
+TINY = torch.finfo(torch.float32).tiny
+
+Forward = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+def compute_dtype(device: torch.device | str) -> torch.dtype:
+    """fp64 on CPU (cheap there), fp32 elsewhere (fp64 is slow on most GPUs)."""
+    return torch.float64 if torch.device(device).type == "cpu" else torch.float32
+
+
+def rows_per_block(bh: int, n: int, elem_bytes: int, budget: int = BLOCK_BYTES) -> int:
+    """How many query rows fit one (bh, rows, n) block of `elem_bytes` elements in `budget`."""
+    return max(1, budget // max(1, bh * n * elem_bytes))
+
+
+def sample_rows(n: int, rows: int, seed: int, device: torch.device | str = "cpu") -> Tensor:
+    """Sorted unique query-row indices (R,), int64, on `device`.
+
+    All rows when rows >= n. Otherwise rows 0 and n-1 (the extremes of causal attention: one
+    key, all keys) plus rows-2 others drawn without replacement by a CPU generator seeded
+    with `seed`, so the choice is the same on every device. rows < 2 still returns both ends.
+    """
+    if n < 1 or rows < 1:
+        raise ValueError(f"sample_rows needs n >= 1 and rows >= 1, got n={n}, rows={rows}")
+    if rows >= n:
+        return torch.arange(n, device=device)
+    gen = torch.Generator().manual_seed(seed)
+    inner = torch.randperm(n - 2, generator=gen)[: max(rows - 2, 0)] + 1
+    idx = torch.cat([torch.tensor([0, n - 1]), inner]).unique(sorted=True)
+    return idx.to(device)
+
+
+def row_logits(q_rows: Tensor, k: Tensor, rows_idx: Tensor, causal: bool) -> Tensor:
+    """Scaled scores of some query rows. q_rows: (B, H, R, d), k: (B, H, N, d) -> (B, H, R, N).
+
+    Causal rows mask keys j > i with -inf (row i always sees key i, so no row is empty).
+    """
+    scores = q_rows @ k.transpose(-1, -2) / math.sqrt(q_rows.shape[-1])
+    if causal:
+        cols = torch.arange(k.shape[-2], device=k.device)
+        scores = scores.masked_fill(cols[None, :] > rows_idx[:, None], float("-inf"))
+    return scores
+
+
+def reference_rows(q: Tensor, k: Tensor, v: Tensor, rows_idx: Tensor, causal: bool) -> Tensor:
+    """Exact softmax attention of the rows `rows_idx` (R,). q, k, v: (B, H, N, d) -> (B, H, R, d).
+
+    Computed in `compute_dtype(q.device)` (fp64 CPU, fp32 CUDA), row block by row block.
+    """
+    ct = compute_dtype(q.device)
+    rows_idx = rows_idx.to(q.device)
+    k, v = k.to(ct), v.to(ct)
+    B, H, N, _ = k.shape
+    block = rows_per_block(B * H, N, torch.finfo(ct).bits // 8, BLOCK_BYTES)
+    outs = []
+    for start in range(0, rows_idx.numel(), block):
+        idx = rows_idx[start : start + block]
+        weights = torch.softmax(row_logits(q[:, :, idx].to(ct), k, idx, causal), dim=-1)
+        outs.append(weights @ v)  # (B, H, r, d)
+    return torch.cat(outs, dim=2)
+
+
+def uniform_rows(v: Tensor, rows_idx: Tensor, causal: bool) -> Tensor:
+    """Uniform attention (mean of visible V) at rows `rows_idx`. v: (B, H, N, d) -> (B, H, R, d).
+
+    Non-causal: the mean of all v. Causal: the prefix mean, cumsum(v)[i] / (i + 1), O(N d).
+    """
+    ct = compute_dtype(v.device)
+    rows_idx = rows_idx.to(v.device)
+    v = v.to(ct)
+    if not causal:
+        return v.mean(dim=2, keepdim=True).expand(-1, -1, rows_idx.numel(), -1)
+    prefix = v.cumsum(dim=2)[:, :, rows_idx]  # (B, H, R, d)
+    return prefix / (rows_idx.to(ct) + 1)[:, None]
+
+
+def is_finite(t: Tensor) -> bool:
+    """True when every element of `t` is finite (no nan, no +-inf)."""
+    return bool(torch.isfinite(t).all())
+
+
+@dataclass
+class AccuracyResult:
+    """Error of a variant's output against exact softmax attention on `rows` sampled rows.
+
+    rel_err, uniform_rel_err: relative Frobenius errors of the output and of uniform attention.
+    max_abs_err: largest absolute elementwise error. cos_sim: mean over (b, h, row) of the cosine
+    between output and reference rows. skill = 1 - rel_err / uniform_rel_err; when the floor is
+    0 (exact attention is uniform, e.g. all keys equal) skill is 1.0 if rel_err == 0 else nan
+    (undefined). A non-finite output gives rel_err = max_abs_err = cos_sim = skill = nan.
+    """
+
+    rel_err: float
+    max_abs_err: float
+    cos_sim: float
+    uniform_rel_err: float
+    skill: float
+    rows: int
+
+
+def rel_frobenius(x: Tensor, ref: Tensor) -> float:
+    """||x - ref||_F / ||ref||_F; 0 when both are 0, inf when only ref is 0."""
+    num, den = float(torch.linalg.vector_norm(x - ref)), float(torch.linalg.vector_norm(ref))
+    if den == 0.0:
+        return 0.0 if num == 0.0 else math.inf
+    return num / den
+
+
+def skill_score(rel_err: float, uniform_rel_err: float) -> float:
+    """1 - rel_err / uniform_rel_err; see `AccuracyResult` for the zero-floor case."""
+    if math.isnan(rel_err) or math.isnan(uniform_rel_err):
+        return math.nan
+    if uniform_rel_err == 0.0:
+        return 1.0 if rel_err == 0.0 else math.nan
+    return 1.0 - rel_err / uniform_rel_err
+
+
+def accuracy_metrics(
+    q: Tensor, k: Tensor, v: Tensor, out: Tensor, causal: bool, rows: int, seed: int
+) -> AccuracyResult:
+    """Compare `out` (B, H, N, d), any dtype, to exact attention of q, k, v on sampled rows."""
+    idx = sample_rows(q.shape[2], rows, seed, q.device)
+    ref = reference_rows(q, k, v, idx, causal)
+    uniform_err = rel_frobenius(uniform_rows(v, idx, causal), ref)
+    if not is_finite(out):
+        nan = math.nan
+        return AccuracyResult(nan, nan, nan, uniform_err, nan, idx.numel())
+    o = out[:, :, idx.to(out.device)].to(device=ref.device, dtype=ref.dtype)
+    rel = rel_frobenius(o, ref)
+    norms = torch.linalg.vector_norm(o, dim=-1) * torch.linalg.vector_norm(ref, dim=-1)
+    cos = (o * ref).sum(-1) / norms.clamp_min(TINY)  # (B, H, R)
+    return AccuracyResult(
+        rel_err=rel,
+        max_abs_err=float((o - ref).abs().max()),
+        cos_sim=float(cos.mean()),
+        uniform_rel_err=uniform_err,
+        skill=skill_score(rel, uniform_err),
+        rows=idx.numel(),
+    )
+
+
+def fresh_like(x: Tensor, gen: torch.Generator) -> Tensor:
+    """Fresh N(0, std(x)^2) values shaped and typed like x (std 1 when x is constant)."""
+    std = float(x.float().std()) if x.numel() > 1 else 0.0
+    std = std if std > 0.0 and math.isfinite(std) else 1.0
+    noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=torch.float32)
+    return (noise * std).to(x.dtype)
+
+
+def relative_change(new: Tensor, old: Tensor) -> float:
+    """max |new - old| / (max |old| + tiny), in fp32."""
+    new, old = new.float(), old.float()
+    return float((new - old).abs().max() / (old.abs().max() + TINY))
+
+
+def make_generator(device: torch.device | str, seed: int) -> torch.Generator:
+    """A torch.Generator on `device` (CPU or CUDA) seeded with `seed`."""
+    return torch.Generator(device=torch.device(device)).manual_seed(seed)
+
+
+@torch.no_grad()
+def causality_change(forward: Forward, q: Tensor, k: Tensor, v: Tensor, seed: int = 0) -> float:
+    """Relative change of past outputs when the future changes (0 for a causal forward).
+
+    q, k, v: (B, H, N, d); `forward(q, k, v) -> (B, H, N, d)` computes causal attention.
+    Split t = (N - 1) // 2: rows 0..t are the past (at least 1), rows t+1..N-1 the future (at
+    least 1 when N >= 2). Future q, k and v are replaced with fresh random values of the same
+    dtype and spread (q too: a causal output must not depend on future queries either, which
+    catches statistics pooled over the sequence). Returns
+    max |out_new[:, :, :t+1] - out[:, :, :t+1]| / (max |out[:, :, :t+1]| + tiny); 0.0 when N == 1.
+    """
+    n = q.shape[2]
+    if n < 2:
+        return 0.0
+    t = (n - 1) // 2
+    gen = make_generator(q.device, seed)
+    out = forward(q, k, v)
+    perturbed = []
+    for x in (q, k, v):
+        x = x.clone()
+        x[:, :, t + 1 :] = fresh_like(x[:, :, t + 1 :], gen)
+        perturbed.append(x)
+    out_new = forward(*perturbed)
+    return relative_change(out_new[:, :, : t + 1], out[:, :, : t + 1])
+
+
+@torch.no_grad()
+def batch_change(forward: Forward, q: Tensor, k: Tensor, v: Tensor, seed: int = 0) -> float | None:
+    """Relative change of batch element 0's output when every other batch element changes.
+
+    q, k, v: (B, H, N, d); `forward(q, k, v) -> (B, H, N, d)`. Batch elements 1..B-1 of q, k
+    and v are replaced with fresh random values of the same dtype and spread. Returns
+    max |out_new[0] - out[0]| / (max |out[0]| + tiny), or None when B == 1 (nothing to change).
+    """
+    if q.shape[0] < 2:
+        return None
+    gen = make_generator(q.device, seed)
+    out = forward(q, k, v)
+    perturbed = []
+    for x in (q, k, v):
+        x = x.clone()
+        x[1:] = fresh_like(x[1:], gen)
+        perturbed.append(x)
+    out_new = forward(*perturbed)
+    return relative_change(out_new[0], out[0])

@@ -1,0 +1,183 @@
+"""Command line: `run-bench [SCENARIO] [options]` and the subcommands validate, list, report, compare, ab.
+
+Exit codes: 0 success; 1 a confirmed regression (compare/ab); 2 bad input (one line on stderr,
+never a traceback); 130 interrupted (what finished is kept; continue with --resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+
+DEFAULT_SCENARIO = "scenarios/quick.yaml"
+SUBCOMMANDS = ("run", "validate", "list", "report", "compare", "ab")
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit 2."""
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run_bench.py", description="Run an attention benchmark scenario.")
+    p.add_argument(
+        "scenario", nargs="?", default=DEFAULT_SCENARIO, help=f"scenario YAML (default {DEFAULT_SCENARIO})"
+    )
+    p.add_argument("--out", type=Path, help="run directory (default runs/<scenario>-<time>)")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), help="override the scenario's device")
+    p.add_argument("--resume", action="store_true", help="continue a killed run in --out")
+    p.add_argument("--only", nargs="+", metavar="VARIANT", help="run only these variants")
+    p.add_argument("--case", action="append", metavar="CASE_ID", help="run only this case id (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--no-plots", action="store_true", help="skip PNG plots in the report")
+    return p
+
+
+def cmd_run(argv: list[str]) -> int:
+    from harness import registry
+    from harness.progress import make_reporter
+    from harness.runner import default_out_dir, resolve_device, run_scenario
+    from harness.scenario import load_scenario
+
+    args = _run_parser().parse_args(argv)
+    scenario = load_scenario(args.scenario)
+    for name in args.only or []:
+        registry.get(name)  # unknown names fail with a did-you-mean
+    device = resolve_device(scenario, args.device)
+    if args.resume and args.out is None:
+        raise UsageError("--resume needs --out RUN_DIR (the directory of the run to continue)")
+    out_dir = args.out or default_out_dir(scenario)
+    summary = run_scenario(
+        scenario,
+        out_dir,
+        device,
+        resume=args.resume,
+        only=args.only,
+        case_ids=args.case,
+        reporter=make_reporter(args.quiet),
+        scenario_arg=args.scenario,
+        argv=[sys.argv[0], *argv],
+    )
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.statuses.items())) or "nothing new"
+    print(
+        f"{summary.ran} cases run ({counts}); {summary.already_done} already recorded; results in {out_dir}"
+    )
+    if (out_dir / "report.md").exists():
+        print(f"report: {out_dir / 'report.md'}")
+    if summary.interrupted:
+        print(f"interrupted: continue with  python run_bench.py {args.scenario} --out {out_dir} --resume")
+        return 130
+    return 0
+
+
+def cmd_validate(argv: list[str]) -> int:
+    from harness.runner import resolve_device
+    from harness.scenario import load_scenario
+    from harness.sweep import expand, static_skip_reasons
+
+    p = argparse.ArgumentParser(prog="run_bench.py validate", description="Check a scenario; run nothing.")
+    p.add_argument("scenario")
+    p.add_argument(
+        "--device", choices=("cpu", "cuda", "auto"), help="device to expand for (default: scenario's)"
+    )
+    args = p.parse_args(argv)
+    scenario = load_scenario(args.scenario)
+    wanted = args.device or scenario.device
+    device = "cuda" if wanted == "cuda" else resolve_device(scenario, wanted)
+    cases = expand(scenario, device)
+    skipped = [(c, static_skip_reasons(c)) for c in cases]
+    skipped = [(c, r) for c, r in skipped if r]
+    print(f"{args.scenario}: valid; {len(cases)} cases on {device}, {len(skipped)} skipped before running")
+    reasons = Counter("; ".join(r) for _, r in skipped)
+    for reason, n in reasons.most_common():
+        print(f"  {n:4d} skipped: {reason}")
+    return 0
+
+
+def cmd_list(argv: list[str]) -> int:
+    import dataclasses
+
+    from harness import registry
+
+    argparse.ArgumentParser(prog="run_bench.py list", description="List registered variants.").parse_args(
+        argv
+    )
+    for name in registry.names():
+        cls = registry.get(name)
+        caps = cls.capabilities
+        params = ", ".join(
+            f"{f.name}={f.default!r}"
+            for f in dataclasses.fields(cls.Params)
+            if f.default is not dataclasses.MISSING
+        )
+        kinds = [k for k, on in (("causal", caps.causal), ("non-causal", caps.non_causal)) if on]
+        print(f"{name} (v{cls.version}): {cls.paper}")
+        print(f"    impls: {', '.join(cls.impls)}; params: {params or '-'}")
+        print(
+            f"    devices: {','.join(caps.devices)}; dtypes: {','.join(caps.dtypes)}; {' + '.join(kinds)}; "
+            f"backward: {'yes' if caps.backward else 'no'}; learnable: {'yes' if caps.learnable else 'no'}"
+        )
+    return 0
+
+
+def cmd_report(argv: list[str]) -> int:
+    from harness.runner import finish_run_dir
+
+    p = argparse.ArgumentParser(
+        prog="run_bench.py report", description="(Re)write report.md of a run directory."
+    )
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--no-plots", action="store_true")
+    args = p.parse_args(argv)
+    if not (args.run_dir / "records.jsonl").exists():
+        raise UsageError(f"{args.run_dir}: not a run directory (no records.jsonl)")
+    finish_run_dir(args.run_dir, plots=not args.no_plots)
+    print(args.run_dir / "report.md")
+    return 0
+
+
+def cmd_compare(argv: list[str]) -> int:
+    from harness.compare import compare_main
+
+    return compare_main(argv)
+
+
+def cmd_ab(argv: list[str]) -> int:
+    from harness.ab import ab_main
+
+    return ab_main(argv)
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "validate": cmd_validate,
+    "list": cmd_list,
+    "report": cmd_report,
+    "compare": cmd_compare,
+    "ab": cmd_ab,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from harness.ab import AbError
+    from harness.registry import UnknownVariantError
+    from harness.runner import RunDirError
+    from harness.scenario import ScenarioError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = "run"
+    if argv and argv[0] in COMMANDS:
+        command, argv = argv[0], argv[1:]
+    try:
+        return COMMANDS[command](argv)
+    except (ScenarioError, RunDirError, UsageError, UnknownVariantError, AbError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""PNG plots of one run: runtime and peak memory vs N, error vs D, and the error-vs-time frontier.
+
+One file per (dtype, causal, mode) group and plot kind, named `{kind}_{group_slug}.png`; plots
+that would be empty are not written. `make_plots` returns {"kind:group_slug": path}.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator  # noqa: E402
+
+from harness.report import (  # noqa: E402
+    MIB,
+    Row,
+    feature_dim_rows,
+    group_slug,
+    group_title,
+    iter_groups,
+    lengths_of,
+    num,
+    ordered_labels,
+)
+
+DPI = 120
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+
+
+def _len_label(n: int) -> str:
+    return f"{n // 1024}K" if n >= 1024 and n % 1024 == 0 else str(n)
+
+
+def _style(i: int) -> dict:
+    return {"color": plt.get_cmap("tab10")(i % 10), "marker": MARKERS[(i // 10 + i) % len(MARKERS)]}
+
+
+def _log_ticks(ax, which: str) -> None:
+    """Readable ticks on a log axis: plain numbers (0.02, 5, 300) from 1-2-5 (or finer) steps."""
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    lo, hi = ax.get_xlim() if which == "x" else ax.get_ylim()
+    decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+    ticks: list[float] = []
+    for mantissas in ((1,), (1, 2, 5), (1, 1.5, 2, 3, 4, 5, 7)):
+        ticks = [m * 10.0**e for e in decades for m in mantissas if lo <= m * 10.0**e <= hi]
+        if len(ticks) >= 3:
+            break
+    if len(ticks) < 2:  # a very narrow range: two rounded values inside it
+        ticks = sorted({float(f"{lo * (hi / lo) ** q:.2g}") for q in (0.2, 0.8)})
+    axis.set_major_locator(FixedLocator(ticks))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _finish(fig, ax, title: str, path: Path, legend: bool = True) -> Path:
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    if legend:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _lines_vs_n(rows: list[Row], value, ylabel: str, title: str, path: Path, band=None) -> Path | None:
+    """One log-log line per configuration: x = seq_len, y = value(record) (None = not plotted).
+
+    `band(record)` -> (low, high) or None draws a shaded spread (e.g. time p20-p80).
+    """
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    ys: list[float] = []
+    for i, label in enumerate(ordered_labels(rows)):
+        ok = sorted(
+            (int(r["seq_len"]), v, r)
+            for r in rows
+            if r["label"] == label and r["status"] == "ok" and (v := value(r)) is not None and v > 0
+        )
+        if not ok:
+            continue
+        style = _style(i)
+        ax.plot(
+            [n for n, _, _ in ok], [v for _, v, _ in ok], label=label, linewidth=1.4, markersize=5, **style
+        )
+        ys += [v for _, v, _ in ok]
+        spread = [(n, b) for n, _, r in ok if band is not None and (b := band(r)) is not None]
+        if len(spread) > 1:
+            ax.fill_between(
+                [n for n, _ in spread],
+                [b[0] for _, b in spread],
+                [b[1] for _, b in spread],
+                color=style["color"],
+                alpha=0.15,
+                linewidth=0,
+            )
+    if not ys:
+        plt.close(fig)
+        return None
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    _log_ticks(ax, "y")
+    lengths = lengths_of(rows)
+    ax.xaxis.set_major_locator(FixedLocator(lengths))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([_len_label(n) for n in lengths])
+    ax.set_xlabel("sequence length N (tokens)")
+    ax.set_ylabel(ylabel)
+    return _finish(fig, ax, title, path)
+
+
+def _error_vs_d(rows: list[Row], title: str, path: Path) -> Path | None:
+    """rel_err vs D, one line per approximate variant family, at its longest common length."""
+    series = []
+    for fr in feature_dim_rows(rows):
+        pts = sorted(
+            (d, e)
+            for d, r in fr["cells"].items()
+            if r["status"] == "ok" and (e := num(r["rel_err"])) and e > 0
+        )
+        if len(pts) > 1:
+            series.append((f"{fr['name']} (N={_len_label(fr['seq_len'])})", pts))
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for i, (label, pts) in enumerate(series):
+        ax.plot(
+            [d for d, _ in pts], [e for _, e in pts], label=label, linewidth=1.4, markersize=5, **_style(i)
+        )
+    dims = sorted({d for _, pts in series for d, _ in pts})
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(FixedLocator(dims))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([str(d) for d in dims])
+    ax.set_yscale("log")
+    _log_ticks(ax, "y")
+    ax.set_xlabel("feature dimension D")
+    ax.set_ylabel("relative error vs exact softmax")
+    return _finish(fig, ax, title, path)
+
+
+def _frontier(rows: list[Row], title: str, path: Path) -> Path | None:
+    """Error vs time at the longest length where >= 2 configurations have both; Pareto line."""
+    for n in reversed(lengths_of(rows)):
+        pts = sorted(
+            (t, e, r["label"])
+            for r in rows
+            if int(r["seq_len"]) == n
+            and r["status"] == "ok"
+            and (t := num(r["time_ms_median"])) is not None
+            and (e := num(r["rel_err"])) is not None
+            and t > 0
+            and e > 0
+        )
+        if len(pts) >= 2:
+            break
+    else:
+        return None
+    pareto, lowest = [], float("inf")
+    for t, e, _ in pts:  # ascending time: on the frontier if no faster point is at least as accurate
+        if e < lowest:
+            pareto.append((t, e))
+            lowest = e
+    colour = {label: i for i, label in enumerate(ordered_labels(rows))}
+    fig, ax = plt.subplots(figsize=(7.0, 4.8))
+    ax.step(
+        [t for t, _ in pareto],
+        [e for _, e in pareto],
+        where="post",
+        color="0.5",
+        linewidth=1.0,
+        linestyle="--",
+        label="Pareto frontier",
+    )
+    for t, e, label in pts:
+        ax.scatter([t], [e], s=36, zorder=3, **_style(colour[label]))
+        ax.annotate(label, (t, e), xytext=(4, 4), textcoords="offset points", fontsize=7)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _log_ticks(ax, "x")
+    _log_ticks(ax, "y")
+    ax.set_xlabel("median time per call (ms)")
+    ax.set_ylabel("relative error vs exact softmax")
+    return _finish(fig, ax, f"{title}: error vs time at N={_len_label(n)}", path)
+
+
+def _time_ms(r: Row) -> float | None:
+    return num(r["time_ms_median"])
+
+
+def _time_band(r: Row) -> tuple[float, float] | None:
+    lo, hi = num(r["time_ms_p20"]), num(r["time_ms_p80"])
+    return None if lo is None or hi is None else (lo, hi)
+
+
+def _peak_mib(r: Row) -> float | None:
+    peak = num(r["peak_mem_bytes"])
+    return None if peak is None else peak / MIB
+
+
+def make_plots(df, out_dir: Path) -> dict[str, Path]:
+    """Write the PNGs of every group under `out_dir`; return {"kind:group_slug": path}."""
+    out_dir = Path(out_dir)
+    made: dict[str, Path] = {}
+    for key, rows in iter_groups(df):
+        slug, title = group_slug(key), group_title(key)
+        drawn = {
+            "runtime": _lines_vs_n(
+                rows,
+                _time_ms,
+                "median time per call (ms)",
+                f"{title}: runtime (median, p20-p80 shaded)",
+                out_dir / f"runtime_{slug}.png",
+                band=_time_band,
+            ),
+            "memory": _lines_vs_n(
+                rows, _peak_mib, "peak memory (MiB)", f"{title}: peak memory", out_dir / f"memory_{slug}.png"
+            ),
+            "error_vs_d": _error_vs_d(rows, f"{title}: error vs D", out_dir / f"error_vs_d_{slug}.png"),
+            "frontier": _frontier(rows, title, out_dir / f"frontier_{slug}.png"),
+        }
+        made.update({f"{kind}:{slug}": path for kind, path in drawn.items() if path is not None})
+    return made

@@ -1,0 +1,505 @@
+"""Markdown report of one run directory: tables per (dtype, causal, mode) group, plots, footnotes.
+
+Knows no variant except the two references: `flash` (speed) and `softmax` (exactness). Cells of
+cases that did not finish ok carry their status and a footnote with the reason, never a blank.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from harness.records import read_records, to_dataframe
+from harness.stats import loglog_crossover
+
+MIB = float(1 << 20)
+MODE_ORDER = {"fwd": 0, "bwd": 1, "fwd_bwd": 2}
+EXTRA_GROUP_KEYS = ("device", "batch", "heads", "head_dim", "input_dist", "input_scale")
+STATUS_TEXT = {"skipped": "skipped", "oom": "OOM", "leak": "leak", "error": "error", "nan": "nan"}
+PRECISION_FLOOR = {"bf16": 6e-3, "fp16": 8e-4}  # exact attention vs fp64 (VARIANTS.md)
+Row = dict[str, Any]
+
+
+# ----- frame helpers (shared with plots.py) ---------------------------------------------------
+def num(x: Any) -> float | None:
+    """A finite float, or None for None/NaN/non-numbers."""
+    if x is None or isinstance(x, bool):
+        return None
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def iter_groups(df) -> list[tuple[dict[str, Any], list[Row]]]:
+    """[(key, rows)] per (dtype, causal, mode), plus any other problem axis that varies in the run."""
+    if len(df) == 0:
+        return []
+    keys = ["dtype", "causal", "mode"] + [k for k in EXTRA_GROUP_KEYS if df[k].nunique(dropna=False) > 1]
+    groups: dict[tuple, list[Row]] = {}
+    for row in df.to_dict("records"):
+        groups.setdefault(tuple(row[k] for k in keys), []).append(row)
+    order = sorted(
+        groups,
+        key=lambda t: tuple(MODE_ORDER.get(v, 9) if k == "mode" else v for k, v in zip(keys, t, strict=True)),
+    )
+    return [(dict(zip(keys, t, strict=True)), groups[t]) for t in order]
+
+
+def group_title(key: dict[str, Any]) -> str:
+    extras = [f"{k}={v}" for k, v in key.items() if k not in ("dtype", "causal", "mode")]
+    title = f"{key['dtype']} · {'causal' if key['causal'] else 'non-causal'} · {key['mode']}"
+    return title + (f" ({', '.join(extras)})" if extras else "")
+
+
+def group_slug(key: dict[str, Any]) -> str:
+    """File-name-safe id of a group, e.g. `bf16_causal_fwd_B1_H8`."""
+    parts = [str(key["dtype"]), "causal" if key["causal"] else "full", str(key["mode"])]
+    parts += [f"{k}{v}" for k, v in key.items() if k not in ("dtype", "causal", "mode")]
+    return re.sub(r"[^A-Za-z0-9._-]", "-", "_".join(parts))
+
+
+def ordered_labels(rows: list[Row]) -> list[str]:
+    """Variant configurations: softmax first, flash next, the rest in run order."""
+    first: dict[str, tuple[int, int]] = {}
+    for i, r in enumerate(rows):
+        rank = {"softmax": 0, "flash": 1}.get(r["variant"], 2)
+        first.setdefault(r["label"], (rank, i))
+    return sorted(first, key=first.__getitem__)
+
+
+def lengths_of(rows: list[Row]) -> list[int]:
+    return sorted({int(r["seq_len"]) for r in rows})
+
+
+def cells_by_label(rows: list[Row]) -> dict[tuple[str, int], Row]:
+    """(label, seq_len) -> record; a later record of the same case wins (resume re-runs)."""
+    return {(r["label"], int(r["seq_len"])): r for r in rows}
+
+
+def flash_reference(rows: list[Row]) -> dict[int, Row]:
+    """seq_len -> the ok `flash` record to compare against (impl `sdpa` first, then run order)."""
+    ref: dict[int, Row] = {}
+    flash = [r for r in rows if r["variant"] == "flash" and r["status"] == "ok" and num(r["time_ms_median"])]
+    for r in sorted(flash, key=lambda r: r["impl"] != "sdpa"):
+        ref.setdefault(int(r["seq_len"]), r)
+    return ref
+
+
+def feature_dim_rows(rows: list[Row]) -> list[dict[str, Any]]:
+    """Rows of the feature-dimension table: one per approximate variant family with >1 D.
+
+    Each is {"variant", "name", "seq_len", "cells": {D: record}} at the longest length all its
+    configurations were measured (preferring lengths where all are ok). Configurations of one
+    (variant, impl) are split into rows by the params other than the one that sets D.
+    """
+    out: list[dict[str, Any]] = []
+    approx = [r for r in rows if num(r["feature_dim"]) is not None]
+    families: dict[tuple[str, str], dict[str, Row]] = {}
+    for r in approx:
+        families.setdefault((r["variant"], r["impl"]), {}).setdefault(r["label"], r)
+    multi_impl = {v for v, _ in families if sum(1 for w, _ in families if w == v) > 1}
+    for (variant, impl), by_label in families.items():
+        dims = {lab: int(num(r["feature_dim"])) for lab, r in by_label.items()}
+        if len(set(dims.values())) < 2:
+            continue
+        base = f"{variant}[{impl}]" if variant in multi_impl else variant
+        for name, labels in _split_by_other_params(by_label, dims):
+            n = _common_length([r for r in rows if r["label"] in labels])
+            if n is None:
+                continue
+            at_n = {r["label"]: r for r in rows if r["label"] in labels and int(r["seq_len"]) == n}
+            cells = {int(num(at_n[lab]["feature_dim"]) or dims[lab]): at_n[lab] for lab in labels}
+            if len(cells) > 1:
+                out.append({"variant": variant, "name": base + name, "seq_len": n, "cells": cells})
+    return out
+
+
+def _split_by_other_params(by_label: dict[str, Row], dims: dict[str, int]) -> list[tuple[str, list[str]]]:
+    labels = list(by_label)
+    params = {lab: dict(by_label[lab]["params"] or {}) for lab in labels}
+    varying = sorted(
+        {k for p in params.values() for k in p if len({repr(q.get(k)) for q in params.values()}) > 1}
+    )
+    best: list[tuple[str, list[str]]] | None = None
+    for d_key in varying:
+        rest = [k for k in varying if k != d_key]
+        parts: dict[tuple, list[str]] = {}
+        for lab in labels:
+            parts.setdefault(tuple(repr(params[lab].get(k)) for k in rest), []).append(lab)
+        if all(len({dims[lab] for lab in labs}) == len(labs) for labs in parts.values()):
+            named = [
+                ("(" + ",".join(f"{k}={params[labs[0]].get(k)}" for k in rest) + ")" if rest else "", labs)
+                for labs in parts.values()
+            ]
+            if best is None or len(named) < len(best):
+                best = named
+    return best or []
+
+
+def _common_length(rows: list[Row]) -> int | None:
+    labels = {r["label"] for r in rows}
+    have: dict[int, set[str]] = {}
+    ok: dict[int, set[str]] = {}
+    for r in rows:
+        have.setdefault(int(r["seq_len"]), set()).add(r["label"])
+        if r["status"] == "ok":
+            ok.setdefault(int(r["seq_len"]), set()).add(r["label"])
+    for table in (ok, have):
+        common = [n for n, labs in table.items() if labs == labels]
+        if common:
+            return max(common)
+    return None
+
+
+# ----- formatting -----------------------------------------------------------------------------
+def fmt_sig(x: float, sig: int = 3) -> str:
+    """`sig` significant digits without scientific notation for everyday magnitudes."""
+    if x == 0:
+        return "0"
+    a = abs(x)
+    if 1e-3 <= a < 1e5:
+        return f"{x:.{max(0, sig - 1 - math.floor(math.log10(a)))}f}"
+    return f"{x:.{sig - 1}e}"
+
+
+def fmt_x(ratio: float) -> str:
+    """Speedup as `4.1x`, `0.52x`, `12x`."""
+    return f"{ratio:.0f}x" if ratio >= 10 else f"{ratio:.1f}x" if ratio >= 1 else f"{ratio:.2f}x"
+
+
+def _clean(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+class Footnotes:
+    """Status markers like `OOM[^2]`; identical (status, reason) pairs share one footnote."""
+
+    def __init__(self) -> None:
+        self._ids: dict[tuple[str, str], int] = {}
+
+    def mark(self, row: Row) -> str:
+        status, reason = str(row["status"]), _clean(row.get("reason") or "no reason recorded")
+        if len(reason) > 400:
+            reason = reason[:400] + " …"
+        n = self._ids.setdefault((status, reason), len(self._ids) + 1)
+        return f"{STATUS_TEXT.get(status, status)}[^{n}]"
+
+    def render(self) -> str:
+        return "\n".join(f"[^{n}]: {status}: {reason}" for (status, reason), n in self._ids.items())
+
+
+def _table(header: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(_clean(c) if i == 0 else c for i, c in enumerate(row)) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def _grid(
+    rows: list[Row], fn: Footnotes, cell: Callable[[Row], str | None], first: str, always: bool = False
+) -> str | None:
+    """Label x seq_len table; `cell(ok_record)` gives text or None (no data).
+
+    Returns None when no ok record has data, unless `always` (then status-only tables show too).
+    """
+    lengths, at = lengths_of(rows), cells_by_label(rows)
+    body, filled = [], always
+    for label in ordered_labels(rows):
+        if not always and not any(r["status"] == "ok" for r in rows if r["label"] == label):
+            continue  # all-failed configurations are shown (with reasons) in the runtime table
+        line = [label]
+        for n in lengths:
+            r = at.get((label, n))
+            if r is None:
+                line.append("—")
+            elif r["status"] != "ok":
+                line.append(fn.mark(r))
+            else:
+                text = cell(r)
+                filled |= text is not None
+                line.append(text if text is not None else "n/a")
+        body.append(line)
+    return _table([first] + [f"N={n}" for n in lengths], body) if filled else None
+
+
+# ----- tables ---------------------------------------------------------------------------------
+def runtime_table(rows: list[Row], fn: Footnotes) -> str | None:
+    ref = flash_reference(rows)
+
+    def cell(r: Row) -> str | None:
+        t = num(r["time_ms_median"])
+        if t is None:
+            return None
+        f = ref.get(int(r["seq_len"]))
+        speed = f" ({fmt_x(num(f['time_ms_median']) / t)})" if f is not None and f is not r and t > 0 else ""
+        return f"{fmt_sig(t)} ms{speed}"
+
+    return _grid(rows, fn, cell, "configuration", always=True)
+
+
+def memory_table(rows: list[Row], fn: Footnotes) -> str | None:
+    ref = flash_reference(rows)
+
+    def cell(r: Row) -> str | None:
+        peak, extra = num(r["peak_mem_bytes"]), num(r["extra_mem_bytes"])
+        if peak is None and extra is None:
+            return None
+        text = " / ".join("n/a" if v is None else fmt_sig(v / MIB) for v in (peak, extra))
+        f = ref.get(int(r["seq_len"]))
+        f_extra = num(f["extra_mem_bytes"]) if f is not None else None
+        if f is not None and f is not r and extra is not None and f_extra:
+            text += f" ({fmt_sig(extra / f_extra, 2)}×flash)"
+        return text
+
+    return _grid(rows, fn, cell, "configuration")
+
+
+def error_table(rows: list[Row], fn: Footnotes) -> str | None:
+    def cell(r: Row) -> str | None:
+        err = num(r["rel_err"])
+        if err is None:
+            return None
+        extras = []
+        if num(r["unfitted_rel_err"]) is not None:
+            extras.append(f"unfit {fmt_sig(num(r['unfitted_rel_err']), 2)}")
+        if num(r["skill"]) is not None:
+            extras.append(f"skill {num(r['skill']):.2f}")
+        return fmt_sig(err, 2) + (f" ({'; '.join(extras)})" if extras else "")
+
+    table = _grid(rows, fn, cell, "configuration")
+    if table is None:
+        return None
+    for title, col in (
+        ("uniform attention (floor)", "uniform_rel_err"),
+        ("input entropy (nats)", "softmax_entropy"),
+    ):
+        line = [title]
+        for n in lengths_of(rows):
+            vals = sorted(v for r in rows if int(r["seq_len"]) == n and (v := num(r[col])) is not None)
+            line.append(fmt_sig(vals[len(vals) // 2], 3) if vals else "n/a")
+        table += "\n| " + " | ".join(line) + " |"
+    return table
+
+
+def feature_dim_table(rows: list[Row], fn: Footnotes) -> str | None:
+    """Per approximate variant with several D: rel_err · time per D at the longest common length."""
+    tables = []
+    by_variant: dict[str, list[dict[str, Any]]] = {}
+    for fr in feature_dim_rows(rows):
+        if any(r["status"] == "ok" for r in fr["cells"].values()):
+            by_variant.setdefault(fr["variant"], []).append(fr)
+    for frs in by_variant.values():
+        dims = sorted({d for fr in frs for d in fr["cells"]})
+        body = []
+        for fr in frs:
+            line = [fr["name"], str(fr["seq_len"])]
+            for d in dims:
+                r = fr["cells"].get(d)
+                if r is None:
+                    line.append("—")
+                elif r["status"] != "ok":
+                    line.append(fn.mark(r))
+                else:
+                    err, t = num(r["rel_err"]), num(r["time_ms_median"])
+                    err_s = "n/a" if err is None else fmt_sig(err, 2)
+                    line.append(f"{err_s} · {'n/a' if t is None else fmt_sig(t)} ms")
+            body.append(line)
+        tables.append(_table(["variant", "N"] + [f"D={d}" for d in dims], body))
+    return "\n\n".join(tables) or None
+
+
+def throughput_table(rows: list[Row], fn: Footnotes) -> str | None:
+    def cell(r: Row) -> str | None:
+        t = num(r["time_ms_median"])
+        tflops, gbps = num(r["tflops"]), num(r["gbps"])
+        if tflops is None and t and num(r["flops"]) is not None:
+            tflops = num(r["flops"]) / (t * 1e-3) / 1e12
+        if gbps is None and t and num(r["bytes_moved"]) is not None:
+            gbps = num(r["bytes_moved"]) / (t * 1e-3) / 1e9
+        if tflops is None and gbps is None:
+            return None
+        return " · ".join(
+            "n/a" if v is None else f"{fmt_sig(v)} {u}" for v, u in ((tflops, "TFLOP/s"), (gbps, "GB/s"))
+        )
+
+    return _grid(rows, fn, cell, "configuration")
+
+
+def efficiency_table(rows: list[Row]) -> str | None:
+    """Sequence length from which each configuration is faster than flash (log-log interpolation)."""
+    ref = flash_reference(rows)
+    if not ref:
+        return None
+    ref_ids = {id(r) for r in ref.values()}
+    at = cells_by_label(rows)
+    body = []
+    for label in ordered_labels(rows):
+        pts = [
+            (n, num(r["time_ms_median"]) / num(ref[n]["time_ms_median"]))
+            for n in sorted(ref)
+            if (r := at.get((label, n))) is not None
+            and r["status"] == "ok"
+            and num(r["time_ms_median"])
+            and id(r) not in ref_ids
+        ]
+        if not pts:
+            continue
+        c = loglog_crossover([n for n, _ in pts], [x for _, x in pts])
+        if c.kind == "between":
+            text = f"≈ {round(c.length):,} (between {c.lo:,} and {c.hi:,})"
+        elif c.kind == "always":
+            text = f"faster at all lengths (≤ {c.hi:,})"
+        else:
+            text = f"never in range (≤ {c.lo:,})"
+        body.append([label, text])
+    return _table(["configuration", "faster than flash from N"], body) if body else None
+
+
+# ----- the document ---------------------------------------------------------------------------
+def _header(df, env: dict, scenario: dict | None, run: dict | None) -> list[str]:
+    scenario, run = scenario or {}, run or {}
+    name = scenario.get("name") or (df["scenario"].iloc[0] if len(df) else "?")
+    version = scenario.get("version") or (df["scenario_version"].iloc[0] if len(df) else "?")
+    run_id = run.get("run_id") or (df["run_id"].iloc[0] if len(df) else "?")
+    started = run.get("started_at") or (
+        min(s for s in df["started_at"] if s) if len(df) and any(df["started_at"]) else "?"
+    )
+    lines = [f"# attnbench report: {name} (v{version})", ""]
+    if scenario.get("description"):
+        lines += [f"_{_clean(scenario['description'])}_", ""]
+    lines.append(f"Run `{run_id}` · started {started}")
+    machine = env.get("gpu") or env.get("cpu") or "unknown machine"
+    facts = [f"**Machine:** {machine}"]
+    for key, text in (
+        ("gpu_driver", "driver {}"),
+        ("cuda", "CUDA {}"),
+        ("torch", "torch {}"),
+        ("python", "Python {}"),
+    ):
+        if env.get(key):
+            facts.append(text.format(env[key]))
+    if env.get("gpu") and env.get("cpu"):
+        facts.append(f"host CPU {env['cpu']}")
+    if env.get("threads") is not None:
+        facts.append(f"{env['threads']} threads")
+    sha = env.get("git_sha") or (df["git_sha"].iloc[0] if len(df) else "")
+    if sha:
+        facts.append(f"git {str(sha)[:10]}" + (" (dirty)" if env.get("git_dirty") else ""))
+    lines += ["", " · ".join(facts), ""]
+    counts = df["status"].value_counts().to_dict() if len(df) else {}
+    lines.append(f"**Cases:** {len(df)} — " + ", ".join(f"{s} {c}" for s, c in sorted(counts.items())))
+    return lines
+
+
+def _accuracy_notes(df) -> list[str]:
+    lines = [
+        "## Accuracy notes",
+        "",
+        "Errors are relative Frobenius errors of the output against exact softmax attention computed in "
+        "fp32/fp64 on sampled query rows. Exact attention itself has a precision floor against fp64 of "
+        "about 6e-3 in bf16 and 8e-4 in fp16: an approximate variant cannot look better than that, and one "
+        "near it is as good as exact. Skill = 1 − error / error of uniform attention.",
+    ]
+    exact = df[(df["variant"].isin(["softmax", "flash"])) & (df["status"] == "ok")] if len(df) else df
+    measured = []
+    for (label, dtype), g in exact.groupby(["label", "dtype"], sort=True) if len(exact) else []:
+        errs = [v for v in map(num, g["rel_err"]) if v is not None]
+        if errs:
+            floor = f" (floor ~{PRECISION_FLOOR[dtype]:.0e})" if dtype in PRECISION_FLOOR else ""
+            measured.append(
+                f"- `{label}` {dtype}: {fmt_sig(min(errs), 2)} – {fmt_sig(max(errs), 2)} over "
+                f"{len(errs)} cases{floor}"
+            )
+    if measured:
+        lines += ["", "Measured error of the exact references:", ""] + measured
+    return lines
+
+
+def render_report(df, env: dict, scenario: dict | None, plot_files: dict, run: dict | None = None) -> str:
+    """The Markdown report. `plot_files` maps plot keys (`kind:group_slug`) to relative paths."""
+    fn = Footnotes()
+    lines = _header(df, env or {}, scenario, run)
+    for key, rows in iter_groups(df):
+        lines += ["", f"## {group_title(key)}"]
+        slug = group_slug(key)
+        links = [
+            f"[{kind}]({plot_files[f'{kind}:{slug}']})"
+            for kind in PLOT_KINDS
+            if f"{kind}:{slug}" in plot_files
+        ]
+        if links:
+            lines += ["", "Plots: " + " · ".join(links)]
+        sections = [
+            (
+                "Runtime",
+                "median ms per call; (Nx) = speedup vs flash at that length, <1x = slower",
+                runtime_table(rows, fn),
+            ),
+            (
+                "Memory",
+                "peak / above-inputs MiB; (r×flash) = above-inputs memory ÷ flash's",
+                memory_table(rows, fn),
+            ),
+            (
+                "Error",
+                "relative error vs exact softmax (unfit = before fitting; skill vs uniform attention)",
+                error_table(rows, fn),
+            ),
+            (
+                "Error and time vs feature dimension D",
+                "rel_err · median time at the longest length measured for every D",
+                feature_dim_table(rows, fn),
+            ),
+            ("Throughput", "cost-model FLOPs and bytes over the median time", throughput_table(rows, fn)),
+            (
+                "Efficiency length",
+                "where the configuration becomes faster than flash",
+                efficiency_table(rows),
+            ),
+        ]
+        for title, caption, table in sections:
+            if table:
+                lines += ["", f"### {title}", "", f"_{caption}_", "", table]
+    lines += [""] + _accuracy_notes(df)
+    notes = fn.render()
+    if notes:
+        lines += ["", notes]
+    return "\n".join(lines) + "\n"
+
+
+PLOT_KINDS = ("runtime", "memory", "error_vs_d", "frontier")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_report(run_dir: Path, plots: bool = True) -> Path:
+    """Write run_dir/report.md (and PNGs under run_dir/plots/) from records.jsonl; return its path."""
+    run_dir = Path(run_dir)
+    df = to_dataframe(read_records(run_dir / "records.jsonl"))
+    plot_files: dict[str, str] = {}
+    if plots and len(df):
+        from harness.plots import make_plots
+
+        made = make_plots(df, run_dir / "plots")
+        plot_files = {k: p.relative_to(run_dir).as_posix() for k, p in made.items()}
+    text = render_report(
+        df,
+        _read_json(run_dir / "env.json"),
+        _read_json(run_dir / "scenario.json") or None,
+        plot_files,
+        run=_read_json(run_dir / "run.json"),
+    )
+    out = run_dir / "report.md"
+    out.write_text(text, encoding="utf-8")
+    return out

@@ -1,0 +1,164 @@
+"""The sweep: run directory, resume, the OOM rule, and one record appended per finished case.
+
+Run directory layout:
+    run.json         run_id, scenario path, started_at, argv (kept on --resume)
+    scenario.json    the resolved scenario
+    env.json         machine and software fingerprint
+    records.jsonl    one JSON record per case, appended and fsynced as each case ends
+    records.parquet  the same as a table (written at the end, and by `report`)
+    report.md        Markdown tables (+ PNG plots)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from harness import env as env_mod
+from harness.pipeline import CaseContext, run_case
+from harness.progress import Reporter, make_reporter
+from harness.records import append_record, read_records, repair_torn_tail, write_parquet
+from harness.scenario import Scenario, ScenarioError, scenario_to_dict
+from harness.sweep import Case, expand
+
+
+class RunDirError(ValueError):
+    """A run directory that cannot be used as asked (exists without --resume, wrong scenario)."""
+
+
+@dataclass
+class RunSummary:
+    out_dir: Path
+    total: int
+    ran: int
+    already_done: int
+    statuses: dict[str, int]
+    interrupted: bool = False
+
+
+def resolve_device(scenario: Scenario, override: str | None) -> str:
+    """cpu | cuda from the scenario's device and the --device override; fails fast without a GPU."""
+    wanted = override or scenario.device
+    if wanted == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if wanted == "cuda" and not torch.cuda.is_available():
+        source = "--device" if override else "device"
+        raise ScenarioError(
+            f"{scenario.path}: {source}: cuda requested but no CUDA GPU is available here "
+            f"(torch {torch.__version__}); use --device cpu to run it on the CPU"
+        )
+    return wanted
+
+
+def default_out_dir(scenario: Scenario) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{scenario.name}-{stamp}"
+
+
+def _prepare_dir(out_dir: Path, scenario: Scenario, resume: bool, argv: list[str]) -> str:
+    """Create or reopen `out_dir`; returns the run id."""
+    run_json = out_dir / "run.json"
+    records = out_dir / "records.jsonl"
+    if resume:
+        if not run_json.exists():
+            raise RunDirError(f"{out_dir}: --resume: no run.json here; nothing to resume")
+        meta = json.loads(run_json.read_text())
+        if meta.get("scenario_name") != scenario.name:
+            raise RunDirError(
+                f"{out_dir}: --resume: this run is of scenario {meta.get('scenario_name')!r}, "
+                f"not {scenario.name!r}"
+            )
+        repair_torn_tail(records)
+        return meta["run_id"]
+    if records.exists() and records.stat().st_size > 0:
+        raise RunDirError(
+            f"{out_dir}: already holds records; pass --resume to continue it or choose another --out"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
+    meta = {
+        "run_id": run_id,
+        "scenario_path": scenario.path,
+        "scenario_name": scenario.name,
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "argv": argv,
+    }
+    run_json.write_text(json.dumps(meta, indent=2) + "\n")
+    (out_dir / "scenario.json").write_text(
+        json.dumps(scenario_to_dict(scenario), indent=2, default=str) + "\n"
+    )
+    return run_id
+
+
+def _oom_lengths(done: list[dict]) -> dict[str, int]:
+    oom_at: dict[str, int] = {}
+    for r in done:
+        if r.get("status") == "oom":
+            key = r["config_key"]
+            oom_at[key] = min(oom_at.get(key, r["seq_len"]), r["seq_len"])
+    return oom_at
+
+
+def run_scenario(
+    scenario: Scenario,
+    out_dir: Path,
+    device: str,
+    resume: bool = False,
+    only: list[str] | None = None,
+    case_ids: list[str] | None = None,
+    reporter: Reporter | None = None,
+    scenario_arg: str | None = None,
+    argv: list[str] | None = None,
+) -> RunSummary:
+    """Run every case of `scenario` not yet recorded in `out_dir`. Ctrl-C keeps what finished."""
+    out_dir = Path(out_dir)
+    run_id = _prepare_dir(out_dir, scenario, resume, argv if argv is not None else sys.argv)
+    env = env_mod.collect_env()
+    (out_dir / "env.json").write_text(json.dumps(env, indent=2, default=str) + "\n")
+
+    cases: list[Case] = expand(scenario, device, only=only)
+    if case_ids:
+        cases = [c for c in cases if c.case_id in set(case_ids)]
+    records_path = out_dir / "records.jsonl"
+    done = read_records(records_path)
+    done_ids = {r["case_id"] for r in done}
+    todo = [c for c in cases if c.case_id not in done_ids]
+    oom_at = _oom_lengths(done)
+    ctx = CaseContext(scenario, run_id, env.get("git_sha", ""), scenario_arg or scenario.path, device)
+
+    reporter = reporter or make_reporter(quiet=False)
+    statuses: dict[str, int] = {}
+    ran = 0
+    interrupted = False
+    reporter.start(len(cases), len(cases) - len(todo))
+    try:
+        for case in todo:
+            reporter.case_started(case)
+            record = run_case(case, ctx, oom_at)
+            append_record(records_path, record)
+            ran += 1
+            statuses[record.status] = statuses.get(record.status, 0) + 1
+            reporter.case_finished(case, record)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        reporter.stop()
+        finish_run_dir(out_dir)
+    return RunSummary(out_dir, len(cases), ran, len(cases) - len(todo), statuses, interrupted)
+
+
+def finish_run_dir(out_dir: Path, plots: bool = True) -> None:
+    """Write records.parquet and report.md from records.jsonl (safe to call repeatedly)."""
+    from harness.report import write_report
+
+    records = read_records(out_dir / "records.jsonl")
+    if not records:
+        return
+    write_parquet(records, out_dir / "records.parquet")
+    write_report(out_dir, plots=plots)

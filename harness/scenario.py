@@ -1,0 +1,314 @@
+"""Strict scenario YAML -> typed `Scenario`.
+
+Data model only in this header; the loader below validates every key (see `load_scenario`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from harness import registry
+from harness import scenario_validate as v
+from harness.api import DTYPES, MODES, AttentionVariant
+
+
+class ScenarioError(ValueError):
+    """Bad scenario input. `str(err)` is one line: `FILE: KEY.PATH: what was expected`."""
+
+
+@dataclass(frozen=True)
+class ProblemSpec:
+    """Sweep axes of the problem; every field is a non-empty tuple (a scalar in YAML = 1 value)."""
+
+    batch: tuple[int, ...]
+    heads: tuple[int, ...]
+    head_dim: tuple[int, ...]
+    seq_len: tuple[int, ...]
+    dtype: tuple[str, ...] = ("fp32",)
+    causal: tuple[bool, ...] = (False,)
+    mode: tuple[str, ...] = ("fwd",)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Input distribution: `dist` in gaussian|peaked|clustered|local, its knobs and the seed."""
+
+    dist: str = "gaussian"
+    scale: float = 1.0
+    seed: int = 0
+    options: tuple[tuple[str, Any], ...] = ()  # distribution-specific knobs (sorted items)
+
+
+@dataclass(frozen=True)
+class FitBlock:
+    """The `fit:` block of a variant entry (mirrors harness.api.FitSpec)."""
+
+    steps: int = 200
+    lr: float = 1e-2
+    seed: int = 1234
+    batches: int = 4
+    seq_len: int | None = None
+    rows: int = 256
+    mse_weight: float = 0.0
+
+
+@dataclass(frozen=True)
+class VariantEntry:
+    """One entry of `variants:`. `params` maps each param name to its sweep values."""
+
+    name: str
+    impl: tuple[str, ...] = ()  # empty = the variant's default impl
+    params: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    fit: FitBlock | None = None  # None for variants that are not learnable; default FitBlock() otherwise
+    label: str | None = None  # display name in reports
+
+
+@dataclass(frozen=True)
+class AccuracySpec:
+    enabled: bool = True
+    rows: int = 256  # sampled query rows for the exact reference
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class MeasureSpec:
+    warmup_ms: float = 25.0
+    min_samples: int = 10
+    max_samples: int = 1000
+    rep_ms: float = 200.0
+    flush_l2: bool = True
+    timeout_s: float = 600.0  # per case; exceeded -> status `timeout`
+    memory: bool = True
+
+
+@dataclass(frozen=True)
+class ChecksSpec:
+    causality: bool = True  # perturb future k/v, past outputs must not move (causal cases)
+    batch_independence: bool = False
+    tolerance: float = 1e-4  # relative change that counts as a leak
+
+
+@dataclass(frozen=True)
+class Scenario:
+    path: str
+    name: str
+    version: int
+    description: str
+    device: str  # cpu | cuda | auto
+    problem: ProblemSpec
+    inputs: InputSpec
+    variants: tuple[VariantEntry, ...]
+    accuracy: AccuracySpec = field(default_factory=AccuracySpec)
+    measure: MeasureSpec = field(default_factory=MeasureSpec)
+    checks: ChecksSpec = field(default_factory=ChecksSpec)
+
+
+def load_scenario(path: str) -> Scenario:
+    """Read and validate `path`; raise `ScenarioError` with one line naming file, key, expectation."""
+    try:
+        return _scenario(str(path), v.read_yaml(str(path)))
+    except v.Invalid as err:
+        raise ScenarioError(v.one_line(f"{path}: {err.where}: {err.message}")) from None
+
+
+def scenario_to_dict(s: Scenario) -> dict[str, Any]:
+    """Plain JSON-able dict of `s`; without its `path` key it is a scenario that loads back to `s`."""
+    variants = []
+    for e in s.variants:
+        entry: dict[str, Any] = {"name": e.name, "params": {k: list(vals) for k, vals in e.params}}
+        if e.impl:
+            entry["impl"] = list(e.impl)
+        if e.fit is not None:
+            entry["fit"] = dataclasses.asdict(e.fit)
+        if e.label is not None:
+            entry["label"] = e.label
+        variants.append(entry)
+    inputs = {"dist": s.inputs.dist, "scale": s.inputs.scale, "seed": s.inputs.seed, **dict(s.inputs.options)}
+    return {
+        "path": s.path,
+        "name": s.name,
+        "version": s.version,
+        "description": s.description,
+        "device": s.device,
+        "problem": {k: list(vals) for k, vals in dataclasses.asdict(s.problem).items()},
+        "inputs": inputs,
+        "variants": variants,
+        "accuracy": dataclasses.asdict(s.accuracy),
+        "measure": dataclasses.asdict(s.measure),
+        "checks": dataclasses.asdict(s.checks),
+    }
+
+
+# ----- schema -------------------------------------------------------------------------------
+TOP_KEYS = tuple("name version description device problem inputs variants accuracy measure checks".split())
+DEVICES = ("cpu", "cuda", "auto")
+DISTS = ("gaussian", "peaked", "clustered", "local")
+VARIANT_KEYS = ("name", "impl", "params", "fit", "label")
+
+_positive_int = partial(v.as_int, minimum=1)
+_seed = partial(v.as_int, minimum=0)
+_nonneg = partial(v.as_float, minimum=0.0)
+_positive = partial(v.as_float, minimum=0.0, strict=True)
+
+DIST_KNOBS: dict[str, dict[str, v.Check]] = {
+    "gaussian": {},
+    "peaked": {"noise": _nonneg},
+    "clustered": {"clusters": _positive_int, "spread": _nonneg},
+    "local": {"window": _positive_int},
+}
+PROBLEM_AXES: dict[str, tuple[v.Check, str]] = {
+    "batch": (_positive_int, "a positive int"),
+    "heads": (_positive_int, "a positive int"),
+    "head_dim": (_positive_int, "a positive int"),
+    "seq_len": (_positive_int, "a positive int"),
+    "dtype": (v.choice(tuple(DTYPES), "dtype"), "a dtype"),
+    "causal": (v.as_bool, "true or false"),
+    "mode": (v.choice(MODES, "mode"), "a mode"),
+}
+FIT_CHECKS: dict[str, v.Check] = {
+    "steps": _seed,  # any int >= 0
+    "lr": _positive,
+    "seed": _seed,
+    "batches": _positive_int,
+    "seq_len": v.optional(_positive_int),
+    "rows": _positive_int,
+    "mse_weight": _nonneg,
+}
+ACCURACY_CHECKS: dict[str, v.Check] = {"enabled": v.as_bool, "rows": _positive_int, "seed": _seed}
+MEASURE_CHECKS: dict[str, v.Check] = {
+    "warmup_ms": _nonneg,
+    "min_samples": _positive_int,
+    "max_samples": _positive_int,
+    "rep_ms": _nonneg,
+    "flush_l2": v.as_bool,
+    "timeout_s": _positive,
+    "memory": v.as_bool,
+}
+CHECKS_CHECKS: dict[str, v.Check] = {
+    "causality": v.as_bool,
+    "batch_independence": v.as_bool,
+    "tolerance": _positive,
+}
+
+
+def _scenario(path: str, raw: dict[str, Any]) -> Scenario:
+    """Validate the top-level mapping section by section, in document order."""
+    top = v.mapping(raw, v.TOP, TOP_KEYS, required=("name", "problem", "variants"))
+    return Scenario(
+        path=path,
+        name=v.as_str(top["name"], "name"),
+        version=v.as_int(top.get("version", 1), "version", minimum=1),
+        description=_text(top.get("description", ""), "description"),
+        device=v.choice(DEVICES, "device")(top.get("device", "auto"), "device"),
+        problem=_problem(top["problem"]),
+        inputs=_inputs(top.get("inputs", {})),
+        variants=_variants(top["variants"]),
+        accuracy=v.block(top.get("accuracy", {}), "accuracy", AccuracySpec, ACCURACY_CHECKS),
+        measure=_measure(top.get("measure", {})),
+        checks=v.block(top.get("checks", {}), "checks", ChecksSpec, CHECKS_CHECKS),
+    )
+
+
+def _measure(raw: Any) -> MeasureSpec:
+    measure = v.block(raw, "measure", MeasureSpec, MEASURE_CHECKS)
+    if measure.max_samples < measure.min_samples:
+        found = f"found {measure.max_samples} < min_samples {measure.min_samples}"
+        raise v.Invalid("measure.max_samples", f"expected an int >= min_samples, {found}")
+    return measure
+
+
+def _text(raw: Any, where: str) -> str:
+    if not isinstance(raw, str):
+        raise v.Invalid(where, f"expected a string, found {v.show(raw)}")
+    return raw
+
+
+def _problem(raw: Any) -> ProblemSpec:
+    required = ("batch", "heads", "head_dim", "seq_len")
+    values = v.mapping(raw, "problem", list(PROBLEM_AXES), required=required)
+    axes = {}
+    for name, value in values.items():
+        check, desc = PROBLEM_AXES[name]
+        axes[name] = v.axis(value, f"problem.{name}", check, desc)
+    return ProblemSpec(**axes)
+
+
+def _inputs(raw: Any) -> InputSpec:
+    knobs = sorted({k for per_dist in DIST_KNOBS.values() for k in per_dist})
+    values = v.mapping(raw, "inputs", ["dist", "scale", "seed", *knobs])
+    dist = v.choice(DISTS, "dist")(values.get("dist", "gaussian"), "inputs.dist")
+    options = []
+    for name in sorted(set(values) - {"dist", "scale", "seed"}):
+        if name not in DIST_KNOBS[dist]:
+            owner = next(d for d, per_dist in DIST_KNOBS.items() if name in per_dist)
+            allowed = ", ".join(DIST_KNOBS[dist]) or "none"
+            raise v.Invalid(f"inputs.{name}", f"a knob of dist {owner}, not {dist} (its knobs: {allowed})")
+        options.append((name, DIST_KNOBS[dist][name](values[name], f"inputs.{name}")))
+    return InputSpec(
+        dist=dist,
+        scale=_positive(values.get("scale", 1.0), "inputs.scale"),
+        seed=_seed(values.get("seed", 0), "inputs.seed"),
+        options=tuple(options),
+    )
+
+
+def _variant_class(raw: Any, where: str) -> type[AttentionVariant]:
+    known = registry.names()
+    if not isinstance(raw, str):
+        raise v.Invalid(where, f"expected a variant name (one of {', '.join(known)}), found {v.show(raw)}")
+    if raw not in known:
+        hint = registry.suggest(raw, known)
+        raise v.Invalid(where, f"unknown variant {raw!r}{hint}; expected one of {', '.join(known)}")
+    try:
+        return registry.get(raw)
+    except (ImportError, AttributeError) as err:
+        raise v.Invalid(where, f"variant {raw!r} is registered but cannot be imported: {err!r}") from None
+
+
+def _variants(raw: Any) -> tuple[VariantEntry, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise v.Invalid("variants", f"expected a non-empty list of variant entries, found {v.show(raw)}")
+    return tuple(_variant(entry, f"variants[{i}]") for i, entry in enumerate(raw))
+
+
+def _variant(raw: Any, where: str) -> VariantEntry:
+    if isinstance(raw, str):
+        raise v.Invalid(where, f"expected a mapping like {{name: {raw}}}, found {v.show(raw)}")
+    entry = v.mapping(raw, where, VARIANT_KEYS, required=("name",))
+    cls = _variant_class(entry["name"], f"{where}.name")
+    impl = ()
+    if "impl" in entry:
+        impl = v.axis(entry["impl"], f"{where}.impl", v.choice(cls.impls, "impl"), "an impl name")
+    params = _params(entry["name"], cls, entry.get("params", {}), f"{where}.params")
+    # Learnable variants are always distilled before their error is measured (`steps: 0` opts out).
+    fit = FitBlock() if cls.capabilities.learnable else None
+    if "fit" in entry:
+        if not cls.capabilities.learnable:
+            raise v.Invalid(
+                f"{where}.fit", f"variant {entry['name']!r} is not learnable, it has nothing to fit"
+            )
+        fit = v.block(entry["fit"], f"{where}.fit", FitBlock, FIT_CHECKS)
+    label = v.as_str(entry["label"], f"{where}.label") if "label" in entry else None
+    return VariantEntry(name=entry["name"], impl=impl, params=params, fit=fit, label=label)
+
+
+def _params(variant: str, cls: type[AttentionVariant], raw: Any, where: str) -> tuple[tuple[str, tuple], ...]:
+    """`params:` -> (name, values) axes in YAML order; every sweep point must build a valid `cls.Params`."""
+    fields = cls.param_fields()
+    values = v.mapping(raw, where, list(fields))
+    axes = []
+    for name in values:
+        check, desc = v.param_check(fields[name])
+        axes.append((name, v.axis(values[name], f"{where}.{name}", check, desc)))
+    names = [name for name, _ in axes]
+    for point in itertools.product(*(vals for _, vals in axes)):
+        try:
+            cls.make_params(dict(zip(names, point, strict=True)))
+        except (ValueError, TypeError) as err:
+            shown = ", ".join(f"{n}={p!r}" for n, p in zip(names, point, strict=True)) or "defaults"
+            raise v.Invalid(where, f"{variant} rejects params {shown}: {err}") from None
+    return tuple(axes)

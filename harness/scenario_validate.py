@@ -1,0 +1,257 @@
+"""Validation machinery for scenario YAML: safe reading, key paths and typed value checks.
+
+Every check raises `Invalid(where, message)`, where `where` is a key path such as
+`variants[2].params.m`; `harness.scenario.load_scenario` prefixes the file name and turns it
+into a one-line `ScenarioError`. Nothing here knows the scenario schema except the variant
+`Params` type rules (`param_check`), which only read dataclass fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import yaml
+
+from harness.registry import suggest
+
+Check = Callable[[Any, str], Any]  # (raw value, key path) -> validated value, or raise Invalid
+TOP = "(top level)"
+
+
+class Invalid(Exception):
+    """One validation failure: `where` is the key path (or a file location), `message` the rest."""
+
+    def __init__(self, where: str, message: str) -> None:
+        super().__init__(where, message)
+        self.where = where
+        self.message = message
+
+
+# ----- rendering ----------------------------------------------------------------------------
+def show(value: Any, limit: int = 60) -> str:
+    """`value` as one short line with its YAML type, e.g. `true (bool)`, `'fp61' (str)`, `null`."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (bool)"
+    kind = {dict: "a mapping", list: "a list"}.get(type(value))
+    text = repr(value)
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{kind} {text}" if kind else f"{text} ({type(value).__name__})"
+
+
+def key(where: str, name: Any) -> str:
+    """Key path of `name` inside `where` (TOP or '' means the document root)."""
+    name = name if isinstance(name, str) and re.fullmatch(r"[\w\-]+", name) else repr(name)
+    return name if where in ("", TOP) else f"{where}.{name}"
+
+
+def one_line(text: str) -> str:
+    """Join any line breaks with spaces so an error message stays on one line."""
+    return " ".join(part.strip() for part in text.splitlines())
+
+
+# ----- reading ------------------------------------------------------------------------------
+def _check_duplicate_keys(node: yaml.Node | None, where: str, seen: set[int]) -> None:
+    """Reject a mapping that repeats a key (plain `safe_load` silently keeps the last one)."""
+    if node is None or id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[str, int] = {}
+        for k, v in node.value:
+            name = k.value if isinstance(k, yaml.ScalarNode) else None
+            if name is not None and name != "<<":
+                if name in lines:
+                    line = k.start_mark.line + 1
+                    raise Invalid(key(where, name), f"duplicate key (lines {lines[name]} and {line})")
+                lines[name] = k.start_mark.line + 1
+            _check_duplicate_keys(v, key(where, name) if name is not None else where, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_duplicate_keys(item, f"{where}[{i}]", seen)
+
+
+def _yaml_invalid(err: yaml.YAMLError) -> Invalid:
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "(yaml)"
+    problem = str(getattr(err, "problem", None) or err)
+    tag = re.search(r"constructor for the tag '([^']*)'", problem)
+    if isinstance(err, yaml.constructor.ConstructorError) and tag:
+        shown = tag.group(1).replace("tag:yaml.org,2002:", "!!")
+        return Invalid(where, f"YAML tag {shown!r} is not allowed; scenarios are plain YAML (safe_load)")
+    context = getattr(err, "context", None)
+    return Invalid(
+        where, f"invalid YAML: {one_line(problem)}" + (f" ({one_line(context)})" if context else "")
+    )
+
+
+def read_yaml(path: str) -> dict[str, Any]:
+    """Parse `path` with `yaml.safe_load` (no tag can run code) into the top-level mapping."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except FileNotFoundError:
+        raise Invalid("(file)", "file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise Invalid("(file)", f"cannot read: {one_line(str(err))}") from None
+    try:
+        _check_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader), TOP, set())
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise _yaml_invalid(err) from None
+    if data is None:
+        raise Invalid(TOP, "empty file; expected a mapping with name, problem and variants")
+    if not isinstance(data, dict):
+        raise Invalid(TOP, f"expected a mapping with name, problem and variants, found {show(data)}")
+    return data
+
+
+# ----- structure ----------------------------------------------------------------------------
+def mapping(raw: Any, where: str, allowed: Sequence[str], required: Sequence[str] = ()) -> dict[str, Any]:
+    """`raw` as a dict whose keys are all in `allowed` and include every `required` key."""
+    if not isinstance(raw, dict):
+        raise Invalid(where, f"expected a mapping with keys {', '.join(allowed)}, found {show(raw)}")
+    for name in raw:
+        if not isinstance(name, str):
+            raise Invalid(where, f"keys must be strings, found key {show(name)}")
+        if name not in allowed:
+            expected = f"expected one of {', '.join(allowed)}" if allowed else "no keys are allowed here"
+            raise Invalid(key(where, name), f"unknown key{suggest(name, list(allowed))}; {expected}")
+    for name in required:
+        if name not in raw:
+            raise Invalid(key(where, name), "required key is missing")
+    return raw
+
+
+def axis(raw: Any, where: str, check: Check, desc: str) -> tuple[Any, ...]:
+    """A sweep axis: a scalar (one value) or a non-empty list of distinct values, each `check`ed."""
+    if isinstance(raw, dict):
+        raise Invalid(where, f"expected {desc} or a non-empty list of them, found {show(raw)}")
+    if not isinstance(raw, list):
+        return (check(raw, where),)
+    if not raw:
+        raise Invalid(where, f"expected {desc} or a non-empty list of them, found an empty list")
+    values = [check(v, f"{where}[{i}]") for i, v in enumerate(raw)]
+    for j, v in enumerate(values):
+        if v in values[:j]:
+            i = values.index(v)
+            raise Invalid(f"{where}[{j}]", f"duplicate value {show(raw[j])} (same as {where}[{i}])")
+    return tuple(values)
+
+
+# ----- scalars ------------------------------------------------------------------------------
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    """An int or a finite float; bool is not a number here."""
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _float_hint(v: Any) -> str:
+    """YAML 1.1 reads `1e-2` (no dot) as text; say so when a float was clearly meant."""
+    try:
+        float(v)
+    except (TypeError, ValueError):
+        return ""
+    return "; YAML reads a number like 1e-2 as text, write 1.0e-2" if isinstance(v, str) else ""
+
+
+def as_int(raw: Any, where: str, minimum: int | None = None) -> int:
+    desc = {None: "an int", 0: "an int >= 0", 1: "a positive int"}.get(minimum, f"an int >= {minimum}")
+    if not _is_int(raw) or (minimum is not None and raw < minimum):
+        raise Invalid(where, f"expected {desc}, found {show(raw)}")
+    return raw
+
+
+def as_float(raw: Any, where: str, minimum: float | None = None, strict: bool = False) -> float:
+    """A finite number (int accepted, bool not) `>= minimum`, or `> minimum` when `strict`."""
+    desc = "a number" if minimum is None else f"a number {'>' if strict else '>='} {minimum:g}"
+    ok = _is_number(raw)
+    if ok and minimum is not None:
+        ok = raw > minimum if strict else raw >= minimum
+    if not ok:
+        raise Invalid(where, f"expected {desc}, found {show(raw)}{_float_hint(raw)}")
+    return float(raw)
+
+
+def as_bool(raw: Any, where: str) -> bool:
+    if not isinstance(raw, bool):
+        raise Invalid(where, f"expected true or false, found {show(raw)}")
+    return raw
+
+
+def as_str(raw: Any, where: str) -> str:
+    if not isinstance(raw, str) or not raw.strip():
+        raise Invalid(where, f"expected a non-empty string, found {show(raw)}")
+    return raw
+
+
+def choice(choices: Sequence[str], what: str) -> Check:
+    """A check accepting exactly one of `choices` (strings), with a did-you-mean on typos."""
+
+    def check(raw: Any, where: str) -> str:
+        if isinstance(raw, str) and raw in choices:
+            return raw
+        found = f"unknown {what} {raw!r}{suggest(raw, list(choices))}" if isinstance(raw, str) else ""
+        if found:
+            raise Invalid(where, f"{found}; expected one of {', '.join(choices)}")
+        raise Invalid(where, f"expected one of {', '.join(choices)}, found {show(raw)}")
+
+    return check
+
+
+def optional(check: Check) -> Check:
+    """`check`, or None for an explicit `null`."""
+    return lambda raw, where: None if raw is None else check(raw, where)
+
+
+def block(raw: Any, where: str, cls: type, checks: dict[str, Check]) -> Any:
+    """A flat settings mapping -> `cls(**values)`; absent keys keep the dataclass defaults."""
+    values = mapping(raw, where, list(checks))
+    return cls(**{name: checks[name](v, key(where, name)) for name, v in values.items()})
+
+
+# ----- variant params -----------------------------------------------------------------------
+_KINDS = {"int": "an int", "float": "a number", "bool": "true or false", "str": "a string"}
+
+
+def _field_kind(f: dataclasses.Field) -> str | None:
+    """int | float | bool | str | optional (default None), from the default, else the annotation."""
+    if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if default is None:
+            return "optional"
+        return type(default).__name__ if type(default) in (int, float, bool, str) else None
+    names = {t.strip() for t in str(getattr(f.type, "__name__", f.type)).split("|")}
+    if "None" in names:
+        return "optional"
+    return names.pop() if len(names) == 1 and names <= set(_KINDS) else None
+
+
+def param_check(f: dataclasses.Field) -> tuple[Check, str]:
+    """The value check for one `Params` field and a description of what it accepts."""
+    kind = _field_kind(f)
+    desc = _KINDS.get(kind or "", "null, a number or a string" if kind == "optional" else "a scalar")
+
+    def check(raw: Any, where: str) -> Any:
+        ok = {
+            "int": _is_int(raw),
+            "float": _is_number(raw),
+            "bool": isinstance(raw, bool),
+            "str": isinstance(raw, str),
+            "optional": raw is None or _is_number(raw) or isinstance(raw, str),
+        }.get(kind or "", raw is None or isinstance(raw, bool | int | float | str))
+        if not ok:
+            hint = _float_hint(raw) if kind == "float" else ""
+            raise Invalid(where, f"expected {desc}, found {show(raw)}{hint}")
+        return float(raw) if kind == "float" else raw
+
+    return check, desc

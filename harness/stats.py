@@ -1,0 +1,142 @@
+"""Statistics for comparing timings and reading curves: bootstrap CIs, Mann-Whitney, crossovers.
+
+Timing samples are noisy and skewed (a few slow outliers), so comparisons work on medians:
+the time ratio is median(head) / median(base), with a percentile bootstrap confidence interval
+(resampling each side independently) and a two-sided Mann-Whitney U test as a second,
+rank-based opinion. A time change is only called when the point estimate is beyond the
+threshold band AND both tests are confident; otherwise it is SAME or AMBIGUOUS.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import mannwhitneyu
+
+REGRESSED, IMPROVED, SAME, AMBIGUOUS = "REGRESSED", "IMPROVED", "SAME", "AMBIGUOUS"
+
+
+@dataclass(frozen=True)
+class TimeStats:
+    """Outcome of comparing two sets of timing samples (ratio > 1 means head is slower)."""
+
+    verdict: str  # REGRESSED | IMPROVED | SAME | AMBIGUOUS
+    ratio: float | None  # median(head) / median(base)
+    ci_lo: float | None  # bootstrap CI of the ratio at level 1 - alpha
+    ci_hi: float | None
+    p_value: float | None  # two-sided Mann-Whitney U
+    n_base: int
+    n_head: int
+    reason: str = ""
+
+
+def bootstrap_ratio_ci(
+    base: Sequence[float], head: Sequence[float], alpha: float = 0.01, n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """(ratio, lo, hi): median(head)/median(base) and its percentile bootstrap CI at 1 - alpha.
+
+    base: (n_b,) and head: (n_h,) positive samples. Each bootstrap replicate resamples both sides
+    with replacement; all replicates are drawn at once as (n_boot, n) index arrays.
+    """
+    b = np.asarray(base, dtype=np.float64)
+    h = np.asarray(head, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    b_star = np.median(b[rng.integers(0, b.size, size=(n_boot, b.size))], axis=1)  # (n_boot,)
+    h_star = np.median(h[rng.integers(0, h.size, size=(n_boot, h.size))], axis=1)  # (n_boot,)
+    lo, hi = np.quantile(h_star / b_star, [alpha / 2.0, 1.0 - alpha / 2.0])
+    return float(np.median(h) / np.median(b)), float(lo), float(hi)
+
+
+def mann_whitney_p(base: Sequence[float], head: Sequence[float]) -> float:
+    """Two-sided Mann-Whitney U p-value that head and base come from the same distribution."""
+    return float(mannwhitneyu(np.asarray(head), np.asarray(base), alternative="two-sided").pvalue)
+
+
+def time_verdict(
+    base: Sequence[float],
+    head: Sequence[float],
+    threshold: float = 0.05,
+    alpha: float = 0.01,
+    min_samples: int = 5,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> TimeStats:
+    """Verdict on head vs base timing samples (ms).
+
+    REGRESSED: ratio > 1 + threshold, CI lower bound > 1 and Mann-Whitney p < alpha.
+    IMPROVED:  ratio < 1 / (1 + threshold), CI upper bound < 1 and p < alpha (symmetric in log).
+    AMBIGUOUS: the point estimate is beyond the band but the tests are not confident, or there
+               are fewer than `min_samples` samples on a side (then only the ratio is reported).
+    SAME:      otherwise (the ratio is inside the band).
+    """
+    b = np.asarray(base, dtype=np.float64)
+    h = np.asarray(head, dtype=np.float64)
+    nb, nh = int(b.size), int(h.size)
+    if nb == 0 or nh == 0:
+        return TimeStats(AMBIGUOUS, None, None, None, None, nb, nh, "no raw timing samples")
+    if not (np.all(np.isfinite(b)) and np.all(np.isfinite(h)) and b.min() > 0 and h.min() > 0):
+        return TimeStats(AMBIGUOUS, None, None, None, None, nb, nh, "non-positive or non-finite samples")
+    ratio = float(np.median(h) / np.median(b))
+    if min(nb, nh) < min_samples:
+        reason = f"too few samples ({nb} base, {nh} head; need {min_samples})"
+        return TimeStats(AMBIGUOUS, ratio, None, None, None, nb, nh, reason)
+    _, lo, hi = bootstrap_ratio_ci(b, h, alpha=alpha, n_boot=n_boot, seed=seed)
+    p = mann_whitney_p(b, h)
+    up, down = 1.0 + threshold, 1.0 / (1.0 + threshold)
+    if ratio > up or ratio < down:
+        slower = ratio > up
+        confident = (lo > 1.0 if slower else hi < 1.0) and p < alpha
+        if confident:
+            return TimeStats(REGRESSED if slower else IMPROVED, ratio, lo, hi, p, nb, nh)
+        why = f"{'slower' if slower else 'faster'} beyond {threshold:.0%} but not significant"
+        return TimeStats(AMBIGUOUS, ratio, lo, hi, p, nb, nh, f"{why} (CI {lo:.3f}-{hi:.3f}, p={p:.2g})")
+    return TimeStats(SAME, ratio, lo, hi, p, nb, nh)
+
+
+def geomean(values: Sequence[float]) -> float:
+    """Geometric mean of positive values (NaN for an empty sequence)."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size == 0:
+        return math.nan
+    return float(np.exp(np.mean(np.log(arr))))
+
+
+@dataclass(frozen=True)
+class Crossover:
+    """Where a time ratio (variant / reference) drops below 1 for good.
+
+    kind: "between" (length is the log-log interpolated crossover), "always" (faster at every
+    measured length, so the crossover is <= lengths[0]), "never" (still slower at the longest
+    measured length), or "none" (no length measured by both).
+    """
+
+    kind: str
+    length: float | None
+    lo: int | None = None  # bracketing measured lengths
+    hi: int | None = None
+
+
+def loglog_crossover(lengths: Sequence[int], ratios: Sequence[float]) -> Crossover:
+    """Length N* at which `ratios` (variant time / reference time, at ascending `lengths`) crosses 1.
+
+    Uses the last length where the variant is slower (ratio >= 1) and the next one (where it is
+    faster), and interpolates log(ratio) linearly in log(N) between them; exact for power laws.
+    """
+    pairs = sorted((int(n), float(r)) for n, r in zip(lengths, ratios, strict=True) if r > 0)
+    if not pairs:
+        return Crossover("none", None)
+    ns = [n for n, _ in pairs]
+    rs = [r for _, r in pairs]
+    slower = [i for i, r in enumerate(rs) if r >= 1.0]
+    if not slower:
+        return Crossover("always", float(ns[0]), None, ns[0])
+    s = slower[-1]
+    if s == len(rs) - 1:
+        return Crossover("never", None, ns[-1], None)
+    x0, x1 = math.log(ns[s]), math.log(ns[s + 1])
+    y0, y1 = math.log(rs[s]), math.log(rs[s + 1])
+    x = x0 + (0.0 - y0) * (x1 - x0) / (y1 - y0)
+    return Crossover("between", math.exp(x), ns[s], ns[s + 1])
