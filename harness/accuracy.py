@@ -209,12 +209,17 @@ def causality_change(forward: Forward, q: Tensor, k: Tensor, v: Tensor, seed: in
     return relative_change(out_new[:, :, : t + 1], out[:, :, : t + 1])
 
 
+OTHERS_SPREAD = 3.0  # spread of the replaced batch elements, relative to the originals
+
+
 @torch.no_grad()
 def batch_change(forward: Forward, q: Tensor, k: Tensor, v: Tensor, seed: int = 0) -> float | None:
     """Relative change of batch element 0's output when every other batch element changes.
 
     q, k, v: (B, H, N, d); `forward(q, k, v) -> (B, H, N, d)`. Batch elements 1..B-1 of q, k
-    and v are replaced with fresh random values of the same dtype and spread. Returns
+    and v are replaced with fresh random values of the same dtype and OTHERS_SPREAD times the
+    spread, so any statistic pooled over the batch (a max, a mean) moves; the shapes stay the
+    same, so a kernel that tiles by batch size computes sample 0 the same way. Returns
     max |out_new[0] - out[0]| / (max |out[0]| + tiny), or None when B == 1 (nothing to change).
     """
     if q.shape[0] < 2:
@@ -224,7 +229,7 @@ def batch_change(forward: Forward, q: Tensor, k: Tensor, v: Tensor, seed: int = 
     perturbed = []
     for x in (q, k, v):
         x = x.clone()
-        x[1:] = fresh_like(x[1:], gen)
+        x[1:] = fresh_like(x[1:], gen) * OTHERS_SPREAD
         perturbed.append(x)
     out_new = forward(*perturbed)
     return relative_change(out_new[0], out[0])

@@ -138,7 +138,7 @@ def cmd_report(argv: list[str]) -> int:
 
 
 def cmd_compare(argv: list[str]) -> int:
-    from harness.compare import compare_main
+    from harness.ab import compare_main
 
     return compare_main(argv)
 

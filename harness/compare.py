@@ -1,17 +1,18 @@
 """Regression verdicts between two runs (base vs head) and the Markdown verdict report.
 
-Cases are matched by `case_id`. Deterministic metrics are gated tightly (rel_err, CUDA peak
-memory, cost-model FLOPs); time is compared on the raw samples with a bootstrap CI of the
-median ratio plus Mann-Whitney U, and only a confident change beyond the threshold counts.
-Only a confirmed regression fails (`exit_code` 1); AMBIGUOUS never does. Bad input raises
-`CompareInputError` (one line; the CLI maps it to exit 2).
+Cases are matched by `case_id`, a hash of the case's full configuration (variant, impl, params,
+problem, inputs, fit and accuracy settings; never the run id), so the same case has the same id
+in every run. Deterministic metrics are gated tightly (rel_err, CUDA peak memory, cost-model
+FLOPs); time is compared on the raw samples with a bootstrap CI of the median ratio plus a
+Mann-Whitney U test, and only a confident change beyond the threshold counts. A case that was
+ok in base and is not in head is STATUS-CHANGED and counts as a regression. Only a confirmed
+regression fails (`exit_code` 1); AMBIGUOUS never does. Bad input raises `CompareInputError`
+(one line; the CLI maps it to exit 2).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,8 @@ from harness.records import SCHEMA_VERSION, read_records
 from harness.stats import AMBIGUOUS, IMPROVED, REGRESSED, SAME, geomean, time_verdict
 
 NEW, MISSING, STATUS_CHANGED = "NEW", "MISSING", "STATUS-CHANGED"
-VERDICTS = (REGRESSED, IMPROVED, SAME, AMBIGUOUS, NEW, MISSING, STATUS_CHANGED)
-ENV_KEYS = ("gpu", "cpu", "torch", "cuda", "gpu_driver", "threads")
+VERDICTS = (REGRESSED, STATUS_CHANGED, IMPROVED, AMBIGUOUS, SAME, NEW, MISSING)
+ENV_KEYS = ("cpu", "gpu", "gpu_driver", "cuda", "torch", "threads")  # = harness.env.FINGERPRINT_KEYS
 REQUIRED_KEYS = ("case_id", "status", "variant", "label", "seq_len", "dtype", "causal", "mode")
 MIB = float(1 << 20)
 REL_ERR_FACTOR, REL_ERR_ABS = 1.1, 1e-6  # rel_err regresses if head > base * 1.1 + 1e-6
@@ -38,7 +39,7 @@ class RunData:
     path: Path
     run_id: str
     env: dict[str, Any]
-    records: dict[str, dict[str, Any]]  # case_id -> record (the last one wins)
+    records: dict[str, dict[str, Any]]  # case_id -> record (the last one wins: resume re-runs)
 
 
 @dataclass
@@ -66,8 +67,30 @@ class CaseComparison:
     causal: bool
     mode: str
     verdict: str
+    base_status: str | None = None  # None: the case is not in base (NEW)
+    head_status: str | None = None  # None: the case is not in head (MISSING)
     findings: list[Finding] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, rec: dict[str, Any], verdict: str, base_status: str | None, head_status: str | None):
+        return cls(
+            str(rec["case_id"]),
+            str(rec["label"]),
+            str(rec["variant"]),
+            int(rec["seq_len"]),
+            str(rec["dtype"]),
+            bool(rec["causal"]),
+            str(rec["mode"]),
+            verdict,
+            base_status,
+            head_status,
+        )
+
+    @property
+    def is_regression(self) -> bool:
+        """REGRESSED, or a status that was ok in base and is not in head."""
+        return self.verdict == REGRESSED or (self.verdict == STATUS_CHANGED and self.base_status == "ok")
 
     def finding(self, metric: str) -> Finding | None:
         return next((f for f in self.findings if f.metric == metric), None)
@@ -75,13 +98,13 @@ class CaseComparison:
 
 @dataclass
 class VariantTime:
-    """Geometric mean of head/base median time over the variant's cases ok in both runs."""
+    """Geometric mean of head/base median time over one configuration's cases ok in both runs."""
 
-    variant: str
+    label: str
     n: int
     geomean: float
-    lo: float
-    hi: float
+    lo: float  # smallest per-case ratio
+    hi: float  # largest per-case ratio
 
 
 @dataclass
@@ -103,12 +126,16 @@ class ComparisonResult:
         return out
 
     @property
+    def regressions(self) -> list[CaseComparison]:
+        return [c for c in self.cases if c.is_regression]
+
+    @property
     def verdict(self) -> str:
+        """REGRESSED if any case regressed, else IMPROVED, AMBIGUOUS or SAME (first that occurs)."""
+        if self.regressions:
+            return REGRESSED
         counts = self.counts
-        for v in (REGRESSED, IMPROVED, STATUS_CHANGED, AMBIGUOUS):
-            if counts[v]:
-                return v
-        return SAME
+        return next((v for v in (IMPROVED, AMBIGUOUS) if counts[v]), SAME)
 
     def by_verdict(self, verdict: str) -> list[CaseComparison]:
         return [c for c in self.cases if c.verdict == verdict]
@@ -126,7 +153,7 @@ def load_run(run_dir: Path) -> RunData:
     try:
         rows = read_records(path)
     except (OSError, ValueError) as exc:
-        raise CompareInputError(f"{path}: unreadable: {exc}") from exc
+        raise CompareInputError(f"{path}: unreadable: {' '.join(str(exc).split())}") from exc
     if not rows:
         raise CompareInputError(f"{path}: no complete records")
     records: dict[str, dict[str, Any]] = {}
@@ -157,6 +184,7 @@ def _num(x: Any) -> float | None:
 
 
 def _deterministic(metric: str, b: float, h: float, factor: float, absolute: float) -> Finding:
+    """REGRESSED above b*factor + absolute, IMPROVED below (b - absolute)/factor, else SAME."""
     ratio = h / b if b else None
     if h > b * factor + absolute:
         verdict = REGRESSED
@@ -167,53 +195,61 @@ def _deterministic(metric: str, b: float, h: float, factor: float, absolute: flo
     return Finding(metric, verdict, b, h, ratio)
 
 
-def _time_finding(b: dict, h: dict, opts: dict[str, Any]) -> Finding:
+def _time_finding(b: dict, h: dict, opts: dict[str, Any]) -> Finding | None:
     bs, hs = b.get("time_ms_samples") or [], h.get("time_ms_samples") or []
-    st = time_verdict(bs, hs, opts["threshold"], opts["alpha"], opts["min_samples"], opts["n_boot"], opts["seed"])
-    ratio = st.ratio
     bm, hm = _num(b.get("time_ms_median")), _num(h.get("time_ms_median"))
+    if not (bs or hs or bm or hm):
+        return None  # time was not measured in either run
+    st = time_verdict(
+        bs, hs, opts["threshold"], opts["alpha"], opts["min_samples"], opts["n_boot"], opts["seed"]
+    )
+    ratio = st.ratio
     if ratio is None and bm and hm:  # no raw samples: the medians' ratio, but never a verdict on it
         ratio = hm / bm
-    ci = (st.ci_lo, st.ci_hi) if st.ci_lo is not None else None
-    base_v = float(sorted(bs)[len(bs) // 2]) if bs else bm
-    head_v = float(sorted(hs)[len(hs) // 2]) if hs else hm
-    return Finding("time_ms", st.verdict, base_v, head_v, ratio, ci, st.p_value, opts["gate_time"], st.reason)
+    ci = (st.ci_lo, st.ci_hi) if st.ci_lo is not None and st.ci_hi is not None else None
+    return Finding("time_ms", st.verdict, bm, hm, ratio, ci, st.p_value, opts["gate_time"], st.reason)
+
+
+def _rel_err_finding(b: dict, h: dict, budgets: dict[str, float]) -> Finding | None:
+    be, he = _num(b.get("rel_err")), _num(h.get("rel_err"))
+    if be is None or he is None:
+        return None
+    f = _deterministic("rel_err", be, he, REL_ERR_FACTOR, REL_ERR_ABS)
+    if f.verdict == REGRESSED:
+        f.reason = f"above base × {REL_ERR_FACTOR:g} + {REL_ERR_ABS:g}"
+    budget = budgets.get(h["label"], budgets.get(h["variant"]))
+    if budget is not None and he > budget:
+        f.verdict, f.reason = REGRESSED, f"above the budget {budget:g}"
+    return f
 
 
 def compare_case(b: dict, h: dict, opts: dict[str, Any]) -> CaseComparison:
-    """Verdict of one case present in both runs."""
-    case = CaseComparison(
-        h["case_id"], h["label"], h["variant"], int(h["seq_len"]), h["dtype"], bool(h["causal"]), h["mode"], SAME
-    )
-    sb, sh = b["status"], h["status"]
+    """Verdict of one case present in both runs (b: base record, h: head record)."""
+    sb, sh = str(b["status"]), str(h["status"])
+    case = CaseComparison.of(h, SAME, sb, sh)
     if b.get("variant_version") != h.get("variant_version"):
         case.notes.append(f"variant version {b.get('variant_version')} -> {h.get('variant_version')}")
     if sb != sh:
-        verdict = REGRESSED if sb == "ok" else IMPROVED if sh == "ok" else STATUS_CHANGED
-        base_s = sb if sb == "ok" else f"{sb}: {b.get('reason', '')}"
-        head_s = sh if sh == "ok" else f"{sh}: {h.get('reason', '')}"
-        case.findings.append(Finding("status", verdict, base_s, head_s, reason=f"status {sb} -> {sh}"))
-    elif sb == "ok":
-        case.findings.append(_time_finding(b, h, opts))
-        be, he = _num(b.get("rel_err")), _num(h.get("rel_err"))
-        if be is not None and he is not None:
-            f = _deterministic("rel_err", be, he, REL_ERR_FACTOR, REL_ERR_ABS)
-            budget = opts["budget"].get(h["label"], opts["budget"].get(h["variant"]))
-            if budget is not None and he > budget:
-                f.verdict, f.reason = REGRESSED, f"above the budget {budget:g}"
-            case.findings.append(f)
-        bp, hp = _num(b.get("peak_mem_bytes")), _num(h.get("peak_mem_bytes"))
-        if h.get("device") == "cuda" and b.get("device") == "cuda" and bp is not None and hp is not None:
-            case.findings.append(_deterministic("peak_mem_bytes", bp, hp, MEM_FACTOR, MEM_ABS))
-        bf, hf = _num(b.get("flops")), _num(h.get("flops"))
-        if bf and hf:
-            f = _deterministic("flops", bf, hf, FLOPS_FACTOR, 0.0)
-            f.reason = "the analytic cost model changed" if f.verdict != SAME else ""
-            case.findings.append(f)
-    else:
+        base_s = sb if sb == "ok" else f"{sb}: {b.get('reason') or 'no reason recorded'}"
+        head_s = sh if sh == "ok" else f"{sh}: {h.get('reason') or 'no reason recorded'}"
+        case.findings.append(Finding("status", STATUS_CHANGED, base_s, head_s, reason=f"{sb} -> {sh}"))
+        case.verdict = STATUS_CHANGED
+        return case
+    if sb != "ok":
         case.notes.append(f"{sb} in both runs")
+        return case
+    found = [_time_finding(b, h, opts), _rel_err_finding(b, h, opts["budget"])]
+    bp, hp = _num(b.get("peak_mem_bytes")), _num(h.get("peak_mem_bytes"))
+    if h.get("device") == "cuda" and b.get("device") == "cuda" and bp is not None and hp is not None:
+        found.append(_deterministic("peak_mem_bytes", bp, hp, MEM_FACTOR, MEM_ABS))
+    bf, hf = _num(b.get("flops")), _num(h.get("flops"))
+    if bf and hf:
+        f = _deterministic("flops", bf, hf, FLOPS_FACTOR, 0.0)
+        f.reason = "the analytic cost model changed" if f.verdict != SAME else ""
+        found.append(f)
+    case.findings = [f for f in found if f is not None]
     gated = {f.verdict for f in case.findings if f.gated}
-    case.verdict = next((v for v in (REGRESSED, STATUS_CHANGED, IMPROVED, AMBIGUOUS) if v in gated), SAME)
+    case.verdict = next((v for v in (REGRESSED, IMPROVED, AMBIGUOUS) if v in gated), SAME)
     return case
 
 
@@ -222,8 +258,8 @@ def _variant_times(cases: list[CaseComparison]) -> list[VariantTime]:
     for c in cases:
         f = c.finding("time_ms")
         if f is not None and f.ratio is not None and f.ratio > 0:
-            ratios.setdefault(c.variant, []).append(f.ratio)
-    return [VariantTime(v, len(r), geomean(r), min(r), max(r)) for v, r in sorted(ratios.items())]
+            ratios.setdefault(c.label, []).append(f.ratio)
+    return [VariantTime(lab, len(r), geomean(r), min(r), max(r)) for lab, r in ratios.items()]
 
 
 def _env_warnings(base: RunData, head: RunData) -> list[str]:
@@ -232,9 +268,13 @@ def _env_warnings(base: RunData, head: RunData) -> list[str]:
         if not side.env:
             out.append(f"{side.path}: no env.json; cannot check that the machines match")
     if base.env and head.env:
-        diffs = [f"{k}: {base.env.get(k)!r} -> {head.env.get(k)!r}" for k in ENV_KEYS if base.env.get(k) != head.env.get(k)]
+        diffs = [
+            f"{k}: {base.env.get(k)!r} -> {head.env.get(k)!r}"
+            for k in ENV_KEYS
+            if base.env.get(k) != head.env.get(k)
+        ]
         if diffs:
-            out.append("environments differ (" + "; ".join(diffs) + "): time verdicts may reflect the machine")
+            out.append(f"environments differ ({'; '.join(diffs)}): time verdicts may reflect the machine")
     return out
 
 
@@ -253,7 +293,9 @@ def compare_runs(
 
     threshold: relative time change that matters (0.05; 0.10 on shared machines); alpha: the
     CI is at 1 - alpha and Mann-Whitney must reach p < alpha; gate_time=False reports time
-    verdicts without letting them decide a case (CPU CI); rel_err_budget: {variant or label: max}.
+    verdicts without letting them decide a case (CPU CI); rel_err_budget: {variant or label: max
+    rel_err}; min_samples: fewer raw time samples on a side give no time verdict; n_boot, seed:
+    bootstrap replicates and its seed (the verdicts are deterministic for given inputs).
     """
     if not 0 < threshold < 10:
         raise CompareInputError(f"threshold must be in (0, 10), got {threshold}")
@@ -272,15 +314,12 @@ def compare_runs(
     cases = []
     for cid, h in head.records.items():
         b = base.records.get(cid)
-        if b is None:
-            cases.append(CaseComparison(cid, h["label"], h["variant"], int(h["seq_len"]), h["dtype"],
-                                        bool(h["causal"]), h["mode"], NEW))
-        else:
-            cases.append(compare_case(b, h, opts))
-    for cid, b in base.records.items():
-        if cid not in head.records:
-            cases.append(CaseComparison(cid, b["label"], b["variant"], int(b["seq_len"]), b["dtype"],
-                                        bool(b["causal"]), b["mode"], MISSING))
+        cases.append(CaseComparison.of(h, NEW, None, h["status"]) if b is None else compare_case(b, h, opts))
+    cases += [
+        CaseComparison.of(b, MISSING, b["status"], None)
+        for cid, b in base.records.items()
+        if cid not in head.records
+    ]
     warnings = _env_warnings(base, head)
     if not any(c.verdict not in (NEW, MISSING) for c in cases):
         warnings.append("no case in common (different scenarios?): nothing was compared")
@@ -288,5 +327,133 @@ def compare_runs(
 
 
 def exit_code(result: ComparisonResult) -> int:
-    """1 on a confirmed regression, else 0 (AMBIGUOUS, NEW and MISSING never fail)."""
-    return 1 if result.counts[REGRESSED] else 0
+    """1 on a confirmed regression (incl. ok -> failing status), else 0; AMBIGUOUS never fails."""
+    return 1 if result.regressions else 0
+
+
+# ----- Markdown -------------------------------------------------------------------------------
+SECTION_TITLES = {
+    STATUS_CHANGED: "Status changed (not from ok)",
+    IMPROVED: "Improved",
+    AMBIGUOUS: "Ambiguous (noisy or too few samples; never fails)",
+    NEW: "New in head",
+    MISSING: "Missing from head",
+    SAME: "Same",
+}
+
+
+def _md(text: Any) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _g(x: float | None, sig: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{sig}g}"
+
+
+def _time_cell(f: Finding | None) -> str:
+    if f is None:
+        return "n/a"
+    text = "n/a" if f.ratio is None else f"{f.ratio:.3f}×"
+    if f.ci is not None:
+        text += f" [{f.ci[0]:.3f}, {f.ci[1]:.3f}]"
+    if f.verdict != SAME:
+        text += f" {f.verdict}"
+    return text + ("" if f.gated else " (not gated)")
+
+
+def _pair_cell(f: Finding | None, scale: float = 1.0) -> str:
+    if f is None:
+        return "n/a"
+    text = f"{_g(f.base / scale)} → {_g(f.head / scale)}"
+    return text + (f" ({f.ratio:.3g}×)" if f.ratio is not None and f.verdict != SAME else "")
+
+
+def _why(c: CaseComparison) -> str:
+    parts = []
+    for f in c.findings:
+        if f.metric == "status":
+            parts.append(f"status {f.base} → {f.head}")
+        elif f.verdict != SAME:
+            gate = "" if f.gated else " (not gated)"
+            parts.append(f"{f.metric} {f.verdict}{gate}" + (f": {f.reason}" if f.reason else ""))
+    if c.verdict == NEW:
+        parts.append(f"status {c.head_status}")
+    elif c.verdict == MISSING:
+        parts.append(f"was {c.base_status} in base")
+    return "; ".join(parts + c.notes)
+
+
+def _case_table(cases: list[CaseComparison], show_mem: bool) -> str:
+    header = ["configuration", "N", "problem", "verdict", "time head/base [CI]", "rel_err base → head"]
+    header += ["peak MiB base → head"] if show_mem else []
+    lines = ["| " + " | ".join(header + ["why"]) + " |", "|" + "---|" * (len(header) + 1)]
+    key = lambda c: (c.label, c.dtype, c.causal, c.mode, c.seq_len)  # noqa: E731
+    for c in sorted(cases, key=key):
+        row = [
+            c.label,
+            str(c.seq_len),
+            f"{c.dtype} · {'causal' if c.causal else 'non-causal'} · {c.mode}",
+            c.verdict,
+            _time_cell(c.finding("time_ms")),
+            _pair_cell(c.finding("rel_err")),
+        ]
+        row += [_pair_cell(c.finding("peak_mem_bytes"), MIB)] if show_mem else []
+        lines.append("| " + " | ".join(_md(x) for x in row + [_why(c) or "—"]) + " |")
+    return "\n".join(lines)
+
+
+def _variant_table(variants: list[VariantTime]) -> str:
+    lines = [
+        "| configuration | cases | geomean head/base | min | max |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for v in sorted(variants, key=lambda v: -v.geomean):
+        lines.append(f"| {_md(v.label)} | {v.n} | {v.geomean:.3f}× | {v.lo:.3f}× | {v.hi:.3f}× |")
+    return "\n".join(lines)
+
+
+def _details(summary: str, body: str) -> list[str]:
+    return ["", "<details>", f"<summary>{summary}</summary>", "", body, "", "</details>"]
+
+
+def verdict_line(result: ComparisonResult) -> str:
+    """First line of the report: the verdict and the count of every verdict."""
+    counts = result.counts
+    n_reg = len(result.regressions)
+    compared = sum(counts[v] for v in VERDICTS if v not in (NEW, MISSING))
+    head = (
+        f"**{REGRESSED}**: {n_reg} of {compared} compared cases regressed"
+        if n_reg
+        else f"**{result.verdict}**: no confirmed regression in {compared} compared cases"
+    )
+    return head + " · " + " · ".join(f"{v} {counts[v]}" for v in VERDICTS)
+
+
+def render_verdict_markdown(result: ComparisonResult) -> str:
+    """Markdown for a pull-request comment: verdict line and counts, regressions, then details."""
+    time_rule = (
+        f"time: median ratio beyond ±{result.threshold:.0%} with a {1 - result.alpha:.0%} bootstrap CI "
+        f"and Mann-Whitney p < {result.alpha:g}" + ("" if result.gate_time else " (reported, not gated)")
+    )
+    lines = [
+        verdict_line(result),
+        "",
+        f"base `{result.base.run_id}` → head `{result.head.run_id}` · {time_rule}; rel_err gated at "
+        f"base × {REL_ERR_FACTOR:g} + {REL_ERR_ABS:g}; CUDA peak memory at base × {MEM_FACTOR:g} + 1 MiB; "
+        "a status that leaves ok counts as a regression",
+    ]
+    lines += [""] + [f"> **Warning:** {_md(w)}" for w in result.env_warnings] if result.env_warnings else []
+    show_mem = any(c.finding("peak_mem_bytes") for c in result.cases)
+    regs = result.regressions
+    lines += ["", f"### Regressions ({len(regs)})", ""]
+    lines.append(_case_table(regs, show_mem) if regs else "None.")
+    if result.variants:
+        lines += _details(
+            f"Time by configuration: geometric mean of head/base median time ({len(result.variants)})",
+            _variant_table(result.variants),
+        )
+    for verdict, title in SECTION_TITLES.items():
+        cases = [c for c in result.by_verdict(verdict) if not c.is_regression]
+        if cases:
+            lines += _details(f"{title} ({len(cases)})", _case_table(cases, show_mem))
+    return "\n".join(lines)

@@ -28,7 +28,12 @@ The API is private to torch: if it fails, `MemoryMeasureError` says so and the r
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +50,34 @@ _PROFILER_ERRORS = (
     TypeError,
     ValueError,
 )
+
+
+# Kineto's native logger writes a line to fd 2 at every profiler start and stop on some builds.
+_KINETO_NOISE = re.compile(r"^USDT:.*(profiler_start|profiler_stop)\s*$")
+
+
+@contextlib.contextmanager
+def _filtered_native_stderr() -> Iterator[None]:
+    """Capture fd 2 (native writes included) and re-emit every line except kineto's start/stop noise."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            kept = [
+                line
+                for line in capture.read().decode(errors="replace").splitlines(keepends=True)
+                if not _KINETO_NOISE.match(line)
+            ]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
 
 
 class MemoryMeasureError(RuntimeError):
@@ -101,13 +134,15 @@ def _measure_cpu(step: Callable[[], None]) -> MemoryResult:
         prof = torch.profiler.profile(
             activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
         )
-        prof.start()
+        with _filtered_native_stderr():
+            prof.start()
     except _PROFILER_ERRORS as err:
         raise MemoryMeasureError(f"torch profiler could not start: {type(err).__name__}: {err}") from err
     try:
         step()
     finally:
-        prof.stop()
+        with _filtered_native_stderr():
+            prof.stop()
     try:
         timeline = prof._memory_profile().timeline
     except _PROFILER_ERRORS as err:

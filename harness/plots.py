@@ -56,6 +56,14 @@ def _log_ticks(ax, which: str) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
+def _value_axis(ax, which: str, values: list[float]) -> None:
+    """Log scale with readable ticks when the values span a factor >= 3, else a linear scale."""
+    lo, hi = min(values), max(values)
+    if hi / lo >= 3.0:
+        (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+        _log_ticks(ax, which)
+
+
 def _finish(fig, ax, title: str, path: Path, legend: bool = True) -> Path:
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
@@ -70,7 +78,8 @@ def _finish(fig, ax, title: str, path: Path, legend: bool = True) -> Path:
 def _lines_vs_n(rows: list[Row], value, ylabel: str, title: str, path: Path, band=None) -> Path | None:
     """One log-log line per configuration: x = seq_len, y = value(record) (None = not plotted).
 
-    `band(record)` -> (low, high) or None draws a shaded spread (e.g. time p20-p80).
+    `band(record)` -> (low, high) or None draws the spread as error bars (e.g. time p20-p80).
+    Configurations without a single plotted point are listed in the legend with their status.
     """
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     ys: list[float] = []
@@ -81,71 +90,98 @@ def _lines_vs_n(rows: list[Row], value, ylabel: str, title: str, path: Path, ban
             if r["label"] == label and r["status"] == "ok" and (v := value(r)) is not None and v > 0
         )
         if not ok:
+            statuses = sorted({str(r["status"]) for r in rows if r["label"] == label and r["status"] != "ok"})
+            if statuses:
+                ax.plot([], [], linestyle="none", label=f"{label}: not plotted ({', '.join(statuses)})")
             continue
-        style = _style(i)
-        ax.plot(
-            [n for n, _, _ in ok], [v for _, v, _ in ok], label=label, linewidth=1.4, markersize=5, **style
-        )
-        ys += [v for _, v, _ in ok]
-        spread = [(n, b) for n, _, r in ok if band is not None and (b := band(r)) is not None]
-        if len(spread) > 1:
-            ax.fill_between(
-                [n for n, _ in spread],
-                [b[0] for _, b in spread],
-                [b[1] for _, b in spread],
-                color=style["color"],
-                alpha=0.15,
-                linewidth=0,
+        xs, vs = [n for n, _, _ in ok], [v for _, v, _ in ok]
+        ax.plot(xs, vs, label=label, linewidth=1.4, markersize=5, **_style(i))
+        ys += vs
+        spread = [(n, v, b) for n, v, r in ok if band is not None and (b := band(r)) is not None]
+        if spread:
+            lo = [max(0.0, v - b[0]) for _, v, b in spread]
+            hi = [max(0.0, b[1] - v) for _, v, b in spread]
+            ax.errorbar(
+                [n for n, _, _ in spread],
+                [v for _, v, _ in spread],
+                yerr=[lo, hi],
+                fmt="none",
+                ecolor=_style(i)["color"],
+                elinewidth=0.9,
+                capsize=3,
+                alpha=0.7,
             )
     if not ys:
         plt.close(fig)
         return None
     ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    _log_ticks(ax, "y")
+    _value_axis(ax, "y", ys)
     lengths = lengths_of(rows)
     ax.xaxis.set_major_locator(FixedLocator(lengths))
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xticklabels([_len_label(n) for n in lengths])
+    ax.set_xlim(lengths[0] / 1.25, lengths[-1] * 1.25)
     ax.set_xlabel("sequence length N (tokens)")
     ax.set_ylabel(ylabel)
     return _finish(fig, ax, title, path)
 
 
 def _error_vs_d(rows: list[Row], title: str, path: Path) -> Path | None:
-    """rel_err vs D, one line per approximate variant family, at its longest common length."""
+    """rel_err vs D, one line per approximate variant family at its longest common length.
+
+    A dotted line per length marks the error of uniform attention there (the no-skill floor).
+    """
     series = []
     for fr in feature_dim_rows(rows):
         pts = sorted(
             (d, e)
             for d, r in fr["cells"].items()
-            if r["status"] == "ok" and (e := num(r["rel_err"])) and e > 0
+            if r["status"] == "ok" and (e := num(r["rel_err"])) is not None and e > 0
         )
         if len(pts) > 1:
-            series.append((f"{fr['name']} (N={_len_label(fr['seq_len'])})", pts))
+            series.append((f"{fr['name']} (N={_len_label(fr['seq_len'])})", fr["seq_len"], pts))
     if not series:
         return None
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for i, (label, pts) in enumerate(series):
+    values: list[float] = []
+    for i, (label, _, pts) in enumerate(series):
         ax.plot(
             [d for d, _ in pts], [e for _, e in pts], label=label, linewidth=1.4, markersize=5, **_style(i)
         )
-    dims = sorted({d for _, pts in series for d, _ in pts})
+        values += [e for _, e in pts]
+    for j, n in enumerate(sorted({n for _, n, _ in series})):
+        floors = sorted(v for r in rows if int(r["seq_len"]) == n and (v := num(r["uniform_rel_err"])))
+        if floors:
+            floor = floors[len(floors) // 2]
+            style = (0, (1, 2 + 2 * j))
+            ax.axhline(
+                floor,
+                color="0.35",
+                linewidth=1.0,
+                linestyle=style,
+                label=f"uniform attention, N={_len_label(n)}",
+            )
+            values.append(floor)
+    dims = sorted({d for _, _, pts in series for d, _ in pts})
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_locator(FixedLocator(dims))
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xticklabels([str(d) for d in dims])
-    ax.set_yscale("log")
-    _log_ticks(ax, "y")
+    _value_axis(ax, "y", values)
     ax.set_xlabel("feature dimension D")
     ax.set_ylabel("relative error vs exact softmax")
     return _finish(fig, ax, title, path)
 
 
-def _frontier(rows: list[Row], title: str, path: Path) -> Path | None:
-    """Error vs time at the longest length where >= 2 configurations have both; Pareto line."""
-    for n in reversed(lengths_of(rows)):
-        pts = sorted(
+def _frontier_points(rows: list[Row]) -> tuple[int, list[tuple[float, float, str]]] | None:
+    """(N, [(time_ms, rel_err, label)]) at the longest length every configuration has both at.
+
+    `softmax` (the accuracy reference, with flash's error) is not required to be there; without
+    such a length, the longest with at least two points.
+    """
+
+    def points(n: int) -> list[tuple[float, float, str]]:
+        return sorted(
             (t, e, r["label"])
             for r in rows
             if int(r["seq_len"]) == n
@@ -155,17 +191,30 @@ def _frontier(rows: list[Row], title: str, path: Path) -> Path | None:
             and t > 0
             and e > 0
         )
-        if len(pts) >= 2:
-            break
-    else:
+
+    per_n = {n: points(n) for n in lengths_of(rows)}
+    wanted = {lab for pts in per_n.values() for _, _, lab in pts} - {
+        r["label"] for r in rows if r["variant"] == "softmax"
+    }
+    common = [n for n, pts in per_n.items() if len(pts) >= 2 and wanted <= {lab for _, _, lab in pts}]
+    enough = [n for n, pts in per_n.items() if len(pts) >= 2]
+    n = max(common or enough, default=None)
+    return None if n is None else (n, per_n[n])
+
+
+def _frontier(rows: list[Row], title: str, path: Path) -> Path | None:
+    """Error vs time at the longest common length (see `_frontier_points`); Pareto staircase."""
+    found = _frontier_points(rows)
+    if found is None:
         return None
+    n, pts = found
     pareto, lowest = [], float("inf")
     for t, e, _ in pts:  # ascending time: on the frontier if no faster point is at least as accurate
         if e < lowest:
             pareto.append((t, e))
             lowest = e
     colour = {label: i for i, label in enumerate(ordered_labels(rows))}
-    fig, ax = plt.subplots(figsize=(7.0, 4.8))
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
     ax.step(
         [t for t, _ in pareto],
         [e for _, e in pareto],
@@ -175,13 +224,12 @@ def _frontier(rows: list[Row], title: str, path: Path) -> Path | None:
         linestyle="--",
         label="Pareto frontier",
     )
-    for t, e, label in pts:
-        ax.scatter([t], [e], s=36, zorder=3, **_style(colour[label]))
-        ax.annotate(label, (t, e), xytext=(4, 4), textcoords="offset points", fontsize=7)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    _log_ticks(ax, "x")
-    _log_ticks(ax, "y")
+    for t, e, label in sorted(pts, key=lambda p: colour[p[2]]):
+        ax.scatter(
+            [t], [e], s=42, zorder=3, label=label, edgecolors="black", linewidths=0.4, **_style(colour[label])
+        )
+    _value_axis(ax, "x", [t for t, _, _ in pts])
+    _value_axis(ax, "y", [e for _, e, _ in pts])
     ax.set_xlabel("median time per call (ms)")
     ax.set_ylabel("relative error vs exact softmax")
     return _finish(fig, ax, f"{title}: error vs time at N={_len_label(n)}", path)
@@ -212,7 +260,7 @@ def make_plots(df, out_dir: Path) -> dict[str, Path]:
                 rows,
                 _time_ms,
                 "median time per call (ms)",
-                f"{title}: runtime (median, p20-p80 shaded)",
+                f"{title}: runtime (median; bars p20-p80)",
                 out_dir / f"runtime_{slug}.png",
                 band=_time_band,
             ),

@@ -19,7 +19,15 @@ from harness.stats import loglog_crossover
 MIB = float(1 << 20)
 MODE_ORDER = {"fwd": 0, "bwd": 1, "fwd_bwd": 2}
 EXTRA_GROUP_KEYS = ("device", "batch", "heads", "head_dim", "input_dist", "input_scale")
-STATUS_TEXT = {"skipped": "skipped", "oom": "OOM", "leak": "leak", "error": "error", "nan": "nan"}
+STATUS_TEXT = {
+    "skipped": "skipped",
+    "oom": "OOM",
+    "leak": "leak",
+    "error": "error",
+    "nan": "NaN",
+    "timeout": "timeout",
+}
+NOISY = 0.25  # IQR/median above which a median time is flagged "noisy"
 PRECISION_FLOOR = {"bf16": 6e-3, "fp16": 8e-4}  # exact attention vs fp64 (VARIANTS.md)
 Row = dict[str, Any]
 
@@ -236,8 +244,9 @@ def runtime_table(rows: list[Row], fn: Footnotes) -> str | None:
         if t is None:
             return None
         f = ref.get(int(r["seq_len"]))
-        speed = f" ({fmt_x(num(f['time_ms_median']) / t)})" if f is not None and f is not r and t > 0 else ""
-        return f"{fmt_sig(t)} ms{speed}"
+        notes = [fmt_x(num(f["time_ms_median"]) / t)] if f is not None and f is not r and t > 0 else []
+        notes += ["noisy"] if (num(r["noise"]) or 0.0) > NOISY else []
+        return f"{fmt_sig(t)} ms" + (f" ({', '.join(notes)})" if notes else "")
 
     return _grid(rows, fn, cell, "configuration", always=True)
 
@@ -353,9 +362,9 @@ def efficiency_table(rows: list[Row]) -> str | None:
         if c.kind == "between":
             text = f"≈ {round(c.length):,} (between {c.lo:,} and {c.hi:,})"
         elif c.kind == "always":
-            text = f"faster at all lengths (≤ {c.hi:,})"
+            text = f"faster at every measured length (from N={c.hi:,} or below)"
         else:
-            text = f"never in range (≤ {c.lo:,})"
+            text = f"never in range (still slower at N={c.lo:,})"
         body.append([label, text])
     return _table(["configuration", "faster than flash from N"], body) if body else None
 
@@ -373,24 +382,24 @@ def _header(df, env: dict, scenario: dict | None, run: dict | None) -> list[str]
     if scenario.get("description"):
         lines += [f"_{_clean(scenario['description'])}_", ""]
     lines.append(f"Run `{run_id}` · started {started}")
-    machine = env.get("gpu") or env.get("cpu") or "unknown machine"
-    facts = [f"**Machine:** {machine}"]
-    for key, text in (
-        ("gpu_driver", "driver {}"),
-        ("cuda", "CUDA {}"),
-        ("torch", "torch {}"),
-        ("python", "Python {}"),
-    ):
-        if env.get(key):
+    devices = sorted({str(d) for d in df["device"]}) if len(df) else []
+    device = [f"**Device:** {', '.join(devices)}"] if devices else []
+    if env.get("gpu"):
+        count = f"{env['gpu_count']}× " if (env.get("gpu_count") or 1) > 1 else ""
+        facts = [f"**GPU:** {count}{env['gpu']}", f"driver {env.get('gpu_driver') or 'unknown'}"]
+        facts.append(f"CUDA {env.get('cuda') or 'unknown'}")
+        if env.get("cpu"):
+            facts.append(f"host CPU {env['cpu']}")
+    else:
+        facts = [f"**CPU:** {env.get('cpu') or 'unknown machine'}", "no GPU"]
+    for key, text in (("torch", "torch {}"), ("python", "Python {}"), ("threads", "{} threads")):
+        if env.get(key) is not None:
             facts.append(text.format(env[key]))
-    if env.get("gpu") and env.get("cpu"):
-        facts.append(f"host CPU {env['cpu']}")
-    if env.get("threads") is not None:
-        facts.append(f"{env['threads']} threads")
     sha = env.get("git_sha") or (df["git_sha"].iloc[0] if len(df) else "")
-    if sha:
-        facts.append(f"git {str(sha)[:10]}" + (" (dirty)" if env.get("git_dirty") else ""))
-    lines += ["", " · ".join(facts), ""]
+    facts.append(
+        f"git {str(sha)[:10]}" + (" (dirty)" if env.get("git_dirty") else "") if sha else "git sha unknown"
+    )
+    lines += ["", " · ".join(device + facts), ""]
     counts = df["status"].value_counts().to_dict() if len(df) else {}
     lines.append(f"**Cases:** {len(df)} — " + ", ".join(f"{s} {c}" for s, c in sorted(counts.items())))
     return lines
@@ -420,6 +429,41 @@ def _accuracy_notes(df) -> list[str]:
     return lines
 
 
+def _sections(rows: list[Row], fn: Footnotes) -> list[tuple[str, str, str | None]]:
+    """(title, caption, table or None) of one group, in reading order."""
+    methods = sorted({str(r["mem_method"]) for r in rows if r["status"] == "ok" and r.get("mem_method")})
+    measured = f"; measured by {', '.join(methods)}" if methods else ""
+    return [
+        (
+            "Runtime",
+            "median ms per call; (Nx) = speedup vs flash at that length, <1x = slower; "
+            f"noisy = IQR/median above {NOISY:.0%}",
+            runtime_table(rows, fn),
+        ),
+        (
+            "Memory",
+            f"peak / above-inputs MiB; (r×flash) = above-inputs memory ÷ flash's{measured}",
+            memory_table(rows, fn),
+        ),
+        (
+            "Error",
+            "relative error vs exact softmax (unfit = before fitting; skill = 1 − error / uniform floor)",
+            error_table(rows, fn),
+        ),
+        (
+            "Error and time vs feature dimension D",
+            "rel_err · median time at the longest length measured for every D",
+            feature_dim_table(rows, fn),
+        ),
+        ("Throughput", "cost-model FLOPs and bytes over the median time", throughput_table(rows, fn)),
+        (
+            "Efficiency length",
+            "where the configuration becomes faster than flash (log-log interpolation between lengths)",
+            efficiency_table(rows),
+        ),
+    ]
+
+
 def render_report(df, env: dict, scenario: dict | None, plot_files: dict, run: dict | None = None) -> str:
     """The Markdown report. `plot_files` maps plot keys (`kind:group_slug`) to relative paths."""
     fn = Footnotes()
@@ -428,51 +472,29 @@ def render_report(df, env: dict, scenario: dict | None, plot_files: dict, run: d
         lines += ["", f"## {group_title(key)}"]
         slug = group_slug(key)
         links = [
-            f"[{kind}]({plot_files[f'{kind}:{slug}']})"
+            f"[{PLOT_TITLES[kind]}]({plot_files[f'{kind}:{slug}']})"
             for kind in PLOT_KINDS
             if f"{kind}:{slug}" in plot_files
         ]
         if links:
             lines += ["", "Plots: " + " · ".join(links)]
-        sections = [
-            (
-                "Runtime",
-                "median ms per call; (Nx) = speedup vs flash at that length, <1x = slower",
-                runtime_table(rows, fn),
-            ),
-            (
-                "Memory",
-                "peak / above-inputs MiB; (r×flash) = above-inputs memory ÷ flash's",
-                memory_table(rows, fn),
-            ),
-            (
-                "Error",
-                "relative error vs exact softmax (unfit = before fitting; skill vs uniform attention)",
-                error_table(rows, fn),
-            ),
-            (
-                "Error and time vs feature dimension D",
-                "rel_err · median time at the longest length measured for every D",
-                feature_dim_table(rows, fn),
-            ),
-            ("Throughput", "cost-model FLOPs and bytes over the median time", throughput_table(rows, fn)),
-            (
-                "Efficiency length",
-                "where the configuration becomes faster than flash",
-                efficiency_table(rows),
-            ),
-        ]
-        for title, caption, table in sections:
+        for title, caption, table in _sections(rows, fn):
             if table:
                 lines += ["", f"### {title}", "", f"_{caption}_", "", table]
     lines += [""] + _accuracy_notes(df)
     notes = fn.render()
     if notes:
-        lines += ["", notes]
+        lines += ["", "## Cases that did not finish ok", "", notes]
     return "\n".join(lines) + "\n"
 
 
 PLOT_KINDS = ("runtime", "memory", "error_vs_d", "frontier")
+PLOT_TITLES = {
+    "runtime": "runtime vs N",
+    "memory": "peak memory vs N",
+    "error_vs_d": "error vs D",
+    "frontier": "error vs time",
+}
 
 
 def _read_json(path: Path) -> dict:

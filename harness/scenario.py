@@ -88,7 +88,7 @@ class MeasureSpec:
 @dataclass(frozen=True)
 class ChecksSpec:
     causality: bool = True  # perturb future k/v, past outputs must not move (causal cases)
-    batch_independence: bool = False
+    batch_independence: bool = True  # a sample's output must not depend on the rest of the batch
     tolerance: float = 1e-4  # relative change that counts as a leak
 
 

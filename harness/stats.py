@@ -66,11 +66,17 @@ def time_verdict(
 ) -> TimeStats:
     """Verdict on head vs base timing samples (ms).
 
-    REGRESSED: ratio > 1 + threshold, CI lower bound > 1 and Mann-Whitney p < alpha.
-    IMPROVED:  ratio < 1 / (1 + threshold), CI upper bound < 1 and p < alpha (symmetric in log).
-    AMBIGUOUS: the point estimate is beyond the band but the tests are not confident, or there
-               are fewer than `min_samples` samples on a side (then only the ratio is reported).
-    SAME:      otherwise (the ratio is inside the band).
+    base: (n_b,) and head: (n_h,) raw samples of the same case. The band is
+    [1 / (1 + t), 1 + t] on the ratio median(head) / median(base), t = threshold; the wide band
+    uses 2t and bounds what "SAME" can hide.
+
+    REGRESSED: ratio > 1 + t, CI lower bound > 1 and Mann-Whitney p < alpha.
+    IMPROVED:  ratio < 1 / (1 + t), CI upper bound < 1 and p < alpha (symmetric in log).
+    SAME:      ratio inside the band and the CI inside the wide band (a hidden change is < 2t);
+               with fewer than `min_samples` samples on a side (no test possible): every
+               head/base sample pair inside the wide band.
+    AMBIGUOUS: anything else: beyond the band but not confident, or too noisy / too few samples
+               to tell. Never a failure.
     """
     b = np.asarray(base, dtype=np.float64)
     h = np.asarray(head, dtype=np.float64)
@@ -80,19 +86,26 @@ def time_verdict(
     if not (np.all(np.isfinite(b)) and np.all(np.isfinite(h)) and b.min() > 0 and h.min() > 0):
         return TimeStats(AMBIGUOUS, None, None, None, None, nb, nh, "non-positive or non-finite samples")
     ratio = float(np.median(h) / np.median(b))
+    up, down = 1.0 + threshold, 1.0 / (1.0 + threshold)
+    wide_up, wide_down = 1.0 + 2.0 * threshold, 1.0 / (1.0 + 2.0 * threshold)
+    in_band = down <= ratio <= up
     if min(nb, nh) < min_samples:
-        reason = f"too few samples ({nb} base, {nh} head; need {min_samples})"
+        if in_band and wide_down <= h.min() / b.max() and h.max() / b.min() <= wide_up:
+            return TimeStats(SAME, ratio, None, None, None, nb, nh, f"few samples ({nb} base, {nh} head)")
+        reason = f"too few samples to test ({nb} base, {nh} head; need {min_samples})"
         return TimeStats(AMBIGUOUS, ratio, None, None, None, nb, nh, reason)
     _, lo, hi = bootstrap_ratio_ci(b, h, alpha=alpha, n_boot=n_boot, seed=seed)
     p = mann_whitney_p(b, h)
-    up, down = 1.0 + threshold, 1.0 / (1.0 + threshold)
-    if ratio > up or ratio < down:
+    ci = f"CI {lo:.3f}-{hi:.3f}, p={p:.2g}"
+    if not in_band:
         slower = ratio > up
-        confident = (lo > 1.0 if slower else hi < 1.0) and p < alpha
-        if confident:
+        if (lo > 1.0 if slower else hi < 1.0) and p < alpha:
             return TimeStats(REGRESSED if slower else IMPROVED, ratio, lo, hi, p, nb, nh)
-        why = f"{'slower' if slower else 'faster'} beyond {threshold:.0%} but not significant"
-        return TimeStats(AMBIGUOUS, ratio, lo, hi, p, nb, nh, f"{why} (CI {lo:.3f}-{hi:.3f}, p={p:.2g})")
+        why = f"{'slower' if slower else 'faster'} beyond {threshold:.0%} but not significant ({ci})"
+        return TimeStats(AMBIGUOUS, ratio, lo, hi, p, nb, nh, why)
+    if lo < wide_down or hi > wide_up:
+        why = f"too noisy to rule out a {2 * threshold:.0%} change ({ci})"
+        return TimeStats(AMBIGUOUS, ratio, lo, hi, p, nb, nh, why)
     return TimeStats(SAME, ratio, lo, hi, p, nb, nh)
 
 

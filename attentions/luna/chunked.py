@@ -45,7 +45,7 @@ class LunaWeights(NamedTuple):
 
 
 def _features(nonneg: bool, x: Tensor, *w: Tensor | None) -> Tensor:
-    """phi of one block. x: (B, H, c, d) -> fp32 (B, H, c, D); w: the 8 fields of LunaWeights."""
+    """phi of one block. x: (B, H, c, d) -> (B, H, c, D) in W's dtype; w: the 8 fields of LunaWeights."""
     return luna_features(x, *w[:6], nonneg=nonneg, env_a=w[6], env_c=w[7])
 
 
@@ -77,13 +77,13 @@ def _key_block(nonneg: bool, ch_rms: bool, k: Tensor, v: Tensor, *w: Tensor | No
     """Key-side statistics of one block: phi(k)^T v (B, H, D, d), sum phi(k) (B, H, D), sum phi(k)^2."""
     fk = _features(nonneg, k, *w)
     sumsq = fk.pow(2).sum(dim=-2) if ch_rms else fk.new_zeros(())
-    return fk.transpose(-1, -2) @ v.float(), fk.sum(dim=-2), sumsq
+    return fk.transpose(-1, -2) @ v.to(fk.dtype), fk.sum(dim=-2), sumsq
 
 
 def _query_block(
     nonneg: bool, eps: float, q: Tensor, state: Tensor, norm: Tensor, *w: Tensor | None
 ) -> Tensor:
-    """Outputs of one query block from the key statistics. q: (B, H, c, d) -> fp32 (B, H, c, d)."""
+    """Outputs of one query block from the key statistics. q: (B, H, c, d) -> (B, H, c, d)."""
     fq = _features(nonneg, q, *w)
     return (fq @ state) / ((fq @ norm[..., None]) + eps)
 
@@ -93,7 +93,8 @@ def _causal_block(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One causal block: outputs (B, H, c, d) from the masked intra-block product plus the carried
     state, and this block's increments to the state (B, H, D, d) and normalizer (B, H, D)."""
-    fq, fk, v = _features(nonneg, q, *w), _features(nonneg, k, *w), v.float()
+    fq, fk = _features(nonneg, q, *w), _features(nonneg, k, *w)
+    v = v.to(fq.dtype)
     local = (fq @ fk.transpose(-1, -2)).tril()  # (B, H, c, c): weights of keys j <= i in the block
     num = local @ v + fq @ state
     den = local.sum(dim=-1) + (fq @ norm[..., None]).squeeze(-1)  # (B, H, c)
@@ -111,15 +112,19 @@ def luna_attention_chunked(
     ch_rms: bool = False,
     chunk: int = 128,
 ) -> Tensor:
-    """LUNA attention by blocks of `chunk` tokens. q, k, v: (B, H, N, d) -> fp32 (B, H, N, d)."""
+    """LUNA attention by blocks of `chunk` tokens. q, k, v: (B, H, N, d) -> (B, H, N, d).
+
+    Computed in the parameters' dtype (fp32 in the variant), like `naive.luna_attention`.
+    """
     if ch_rms and causal:
         raise ValueError("ch_rms pools over all tokens; it has no causal form")
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     B, H, N, d = q.shape
     D = weights.W.shape[0] * weights.w2.shape[0]
-    state = q.new_zeros(B, H, D, v.shape[-1], dtype=torch.float32)
-    norm = q.new_zeros(B, H, D, dtype=torch.float32)
+    dtype = weights.W.dtype
+    state = q.new_zeros(B, H, D, v.shape[-1], dtype=dtype)
+    norm = q.new_zeros(B, H, D, dtype=dtype)
     starts = range(0, N, chunk)
 
     if causal:
@@ -140,7 +145,7 @@ def luna_attention_chunked(
         return torch.cat(outs, dim=2)
 
     key_fn = partial(_key_block, nonneg, ch_rms)
-    sumsq_k = q.new_zeros(B, H, D, dtype=torch.float32)
+    sumsq_k = q.new_zeros(B, H, D, dtype=dtype)
     for s in range(0, k.shape[-2], chunk):
         d_state, d_norm, d_sumsq = _run(key_fn, k[:, :, s : s + chunk], v[:, :, s : s + chunk], *weights)
         state, norm, sumsq_k = state + d_state, norm + d_norm, sumsq_k + d_sumsq

@@ -58,10 +58,10 @@ def luna_features(
     env_a: Tensor | None = None,
     env_c: Tensor | None = None,
 ) -> Tensor:
-    """phi(x). x: (B, H, N, d) -> (B, H, N, m*L), computed in fp32."""
+    """phi(x). x: (B, H, N, d) -> (B, H, N, m*L), computed in the parameters' dtype (fp32 in the variant)."""
     d = x.shape[-1]
     m = W.shape[0]
-    xs = x.float() * d**-0.25
+    xs = x.to(W.dtype) * d**-0.25
     u = xs @ W.T + b  # (B, H, N, m)
     feats = scalar_mlp(u, w1, b1, w2, b2, nonneg).flatten(-2) / math.sqrt(m)  # (B, H, N, D)
     if env_a is not None:
@@ -75,11 +75,12 @@ def channel_rms(phi: Tensor, eps: float) -> Tensor:
 
 
 def linear_attention(phi_q: Tensor, phi_k: Tensor, v: Tensor, causal: bool, eps: float) -> Tensor:
-    """Linear attention from features. phi_q, phi_k: (B, H, N, D); v: (B, H, N, d) -> fp32 (B, H, N, d).
+    """Linear attention from features. phi_q, phi_k: (B, H, N, D); v: (B, H, N, d) -> (B, H, N, d).
 
-    Causal form is written with explicit masked weights (O(N^2), for reading and testing only).
+    Computed in the features' dtype. The causal form is written with explicit masked weights
+    (O(N^2), for reading and testing only).
     """
-    v = v.float()
+    v = v.to(phi_q.dtype)
     if not causal:
         state = phi_k.transpose(-1, -2) @ v  # (B, H, D, d)
         norm = phi_k.sum(dim=-2)  # (B, H, D)
@@ -108,7 +109,7 @@ def luna_attention(
     env_a: Tensor | None = None,
     env_c: Tensor | None = None,
 ) -> Tensor:
-    """LUNA attention. q, k, v: (B, H, N, d) -> (B, H, N, d) in fp32."""
+    """LUNA attention. q, k, v: (B, H, N, d) -> (B, H, N, d) in the parameters' dtype (fp32 in the variant)."""
     if ch_rms and causal:
         raise ValueError("ch_rms pools over all tokens; it has no causal form")
     phi_q = luna_features(q, W, b, w1, b1, w2, b2, nonneg, env_a, env_c)

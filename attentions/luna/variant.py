@@ -4,12 +4,15 @@ phi(x) = h(x) / sqrt(m) [psi_l(w_i . x' + b_i)], D = m L, then linear attention 
 naive.py for the exact definition). Impls:
     naive   : naive.luna_attention in fp32 (materializes every MLP activation; O(N^2) when causal)
     chunked : chunked.luna_attention_chunked, blocks of `chunk` tokens, checkpointed per block
+    triton  : triton_autograd.luna_attention_triton, fused Triton kernels (phi in registers, custom
+              backward); CUDA, or CPU under TRITON_INTERPRET=1; no ch_rms, no learned envelope
 Parameters are fp32 on the problem's device; inputs of any dtype are read in fp32 and the output
 is cast back to the input dtype.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -25,6 +28,8 @@ from harness.costs import io_bytes_for_mode, scale_for_mode
 
 ENVELOPES = ("none", "learned")
 CH_RMS_CAUSAL_REASON = "luna ch_rms pools over all tokens, so it has no causal form"
+TRITON_CPU_REASON = "luna/triton runs on CUDA, or on CPU only under TRITON_INTERPRET=1 (slow; for tests)"
+TRITON_MAX_FEATURES = TRITON_MAX_HEAD_DIM = 128  # triton_kernels.MAX_FEATURES / MAX_HEAD_DIM
 FIT_BLOCK = 256  # tokens per checkpointed feature block during fit (bounds its memory only)
 
 
@@ -92,6 +97,22 @@ def flop_terms(problem: Problem, params: LunaParams) -> dict[str, float]:
     }
 
 
+def _triton_reasons(problem: Problem, params: LunaParams) -> list[str]:
+    """Why impl "triton" cannot run this case (empty: it can)."""
+    reasons = []
+    if problem.device == "cpu" and os.environ.get("TRITON_INTERPRET", "0").lower() not in ("1", "true", "on"):
+        reasons.append(TRITON_CPU_REASON)
+    if params.ch_rms:
+        reasons.append("luna/triton does not implement ch_rms (use impl chunked)")
+    if params.envelope != "none":
+        reasons.append(f"luna/triton does not implement envelope={params.envelope!r} (use impl chunked)")
+    if params.m * params.L > TRITON_MAX_FEATURES:
+        reasons.append(f"luna/triton supports m*L <= {TRITON_MAX_FEATURES}")
+    if problem.head_dim > TRITON_MAX_HEAD_DIM:
+        reasons.append(f"luna/triton supports head_dim <= {TRITON_MAX_HEAD_DIM}")
+    return reasons
+
+
 class LunaAttention(AttentionVariant):
     """LUNA with learnable W, b, scalar MLPs psi (and envelope), distilled to softmax by `fit`."""
 
@@ -103,7 +124,8 @@ class LunaAttention(AttentionVariant):
     )
     reference_impl: ClassVar[str] = "attentions/luna/naive.py (Eq. 11 and Listing 1 of the paper)"
     Params: ClassVar[type] = LunaParams
-    impls: ClassVar[tuple[str, ...]] = ("naive", "chunked")
+    impls: ClassVar[tuple[str, ...]] = ("naive", "chunked", "triton")
+    impl_requires: ClassVar[dict[str, tuple[str, ...]]] = {"triton": ("triton",)}
     capabilities: ClassVar[Capabilities] = Capabilities(learnable=True)
 
     def __init__(self, params: LunaParams, impl: str, problem: Problem) -> None:
@@ -123,6 +145,8 @@ class LunaAttention(AttentionVariant):
         reasons = super().not_supported_reasons(problem, params, impl)
         if params.ch_rms and problem.causal:
             reasons.append(CH_RMS_CAUSAL_REASON)
+        if impl == "triton":
+            reasons += _triton_reasons(problem, params)
         return reasons
 
     @classmethod
@@ -161,6 +185,12 @@ class LunaAttention(AttentionVariant):
             )  # fmt: skip
         elif self.impl == "chunked":
             out = luna_attention_chunked(q, k, v, w, causal, p.nonneg, p.eps, p.ch_rms, p.chunk)
+        elif self.impl == "triton":
+            if p.ch_rms:
+                raise ValueError("luna/triton does not implement ch_rms")
+            from attentions.luna.triton_autograd import luna_attention_triton  # imports triton
+
+            out = luna_attention_triton(q, k, v, w, causal, p.nonneg, p.eps)
         else:
             raise ValueError(f"luna has no impl {self.impl!r} (impls: {', '.join(self.impls)})")
         return out.to(q.dtype)

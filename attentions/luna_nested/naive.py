@@ -18,6 +18,7 @@ Causal (official `LunarCausalAttention`, fairseq-apollo), t = 1..N the 1-based p
     Effective weights W[t, j] = (1/t) alpha_t . A_j for j <= t: not row-stochastic.
 
 Everything here is O(N^2) or materializes per-position prefix sums: it exists for tests only.
+Arithmetic is in P_q's dtype (fp32 in the variant; tests use fp64); inputs are cast to it.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def softplus_ln2(x: Tensor) -> Tensor:
 def pack_weights(k: Tensor, P_q: Tensor) -> Tensor:
     """Wp = softmax over N of P_q k^T / sqrt(d). k: (B, H, N, d); P_q: (H, l, d) -> (B, H, l, N)."""
     d = k.shape[-1]
-    return torch.softmax(P_q.float() @ k.float().transpose(-1, -2) * d**-0.5, dim=-1)
+    return torch.softmax(P_q @ k.to(P_q.dtype).transpose(-1, -2) * d**-0.5, dim=-1)
 
 
 def unpack_kv(packed: Tensor, W_k: Tensor | None, W_v: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -52,34 +53,35 @@ def unpack_kv(packed: Tensor, W_k: Tensor | None, W_v: Tensor | None) -> tuple[T
 def luna_nested_noncausal(
     q: Tensor, k: Tensor, v: Tensor, P_q: Tensor, W_k: Tensor | None = None, W_v: Tensor | None = None
 ) -> Tensor:
-    """Non-causal Luna nested attention. q, k, v: (B, H, N, d) -> fp32 (B, H, N, d)."""
+    """Non-causal Luna nested attention. q, k, v: (B, H, N, d) -> (B, H, N, d) in P_q's dtype."""
     d = q.shape[-1]
-    packed = pack_weights(k, P_q) @ v.float()  # (B, H, l, d)
+    packed = pack_weights(k, P_q) @ v.to(P_q.dtype)  # (B, H, l, d)
     keys, values = unpack_kv(packed, W_k, W_v)
-    alpha = torch.softmax(q.float() @ keys.transpose(-1, -2) * d**-0.5, dim=-1)  # (B, H, N, l)
+    alpha = torch.softmax(q.to(P_q.dtype) @ keys.transpose(-1, -2) * d**-0.5, dim=-1)  # (B, H, N, l)
     return alpha @ values
 
 
 def pack_scores_causal(k: Tensor, P_q: Tensor) -> Tensor:
     """A = softplus_ln2(k P_q^T / sqrt(d)). k: (B, H, N, d); P_q: (H, l, d) -> (B, H, N, l)."""
     d = k.shape[-1]
-    return softplus_ln2(k.float() @ P_q.float().transpose(-1, -2) * d**-0.5)
+    return softplus_ln2(k.to(P_q.dtype) @ P_q.transpose(-1, -2) * d**-0.5)
 
 
 def causal_effective_weights(q: Tensor, k: Tensor, P_q: Tensor) -> Tensor:
     """W[t, j] = (1/t) alpha_t . A_j for j <= t, else 0. q, k: (B, H, N, d) -> (B, H, N, N)."""
     N, d = q.shape[-2:]
+    q, k = q.to(P_q.dtype), k.to(P_q.dtype)
     A = pack_scores_causal(k, P_q)  # (B, H, N, l)
-    t = torch.arange(1, N + 1, device=q.device, dtype=torch.float32)[:, None]  # (N, 1)
+    t = torch.arange(1, N + 1, device=q.device, dtype=P_q.dtype)[:, None]  # (N, 1)
     future = torch.ones(N, N, dtype=torch.bool, device=q.device).triu(1)
-    scores = (q.float() @ k.float().transpose(-1, -2) * d**-0.5).masked_fill(future, 0.0)  # (B, H, N, N)
+    scores = (q @ k.transpose(-1, -2) * d**-0.5).masked_fill(future, 0.0)  # (B, H, N, N)
     alpha = torch.softmax(scores @ A / t, dim=-1)  # (B, H, N, l)
     return (alpha @ A.transpose(-1, -2)).masked_fill(future, 0.0) / t
 
 
 def luna_nested_causal(q: Tensor, k: Tensor, v: Tensor, P_q: Tensor) -> Tensor:
-    """Causal Luna nested attention by its explicit (N, N) weights. -> fp32 (B, H, N, d)."""
-    return causal_effective_weights(q, k, P_q) @ v.float()
+    """Causal Luna nested attention by its explicit (N, N) weights. -> (B, H, N, d) in P_q's dtype."""
+    return causal_effective_weights(q, k, P_q) @ v.to(P_q.dtype)
 
 
 def prefix_average(x: Tensor, y: Tensor, z: Tensor) -> Tensor:
@@ -95,11 +97,12 @@ def prefix_average(x: Tensor, y: Tensor, z: Tensor) -> Tensor:
 
 
 def luna_nested_causal_prefix(q: Tensor, k: Tensor, v: Tensor, P_q: Tensor) -> Tensor:
-    """Causal Luna nested attention by explicit prefix sums, the official code's order. -> fp32."""
+    """Causal Luna nested attention by explicit prefix sums, the official code's order. -> P_q's dtype."""
     d = q.shape[-1]
+    q, k, v = (x.to(P_q.dtype) for x in (q, k, v))
     A = pack_scores_causal(k, P_q)  # (B, H, N, l)
-    alpha = torch.softmax(prefix_average(q.float() * d**-0.5, k.float(), A), dim=-1)  # (B, H, N, l)
-    return prefix_average(alpha, A, v.float())
+    alpha = torch.softmax(prefix_average(q * d**-0.5, k, A), dim=-1)  # (B, H, N, l)
+    return prefix_average(alpha, A, v)
 
 
 def luna_nested_attention(
@@ -111,7 +114,7 @@ def luna_nested_attention(
     W_k: Tensor | None = None,
     W_v: Tensor | None = None,
 ) -> Tensor:
-    """Luna nested attention, fp32 (B, H, N, d). The causal form has no packed sequence, so no W_k, W_v."""
+    """Luna nested attention (B, H, N, d) in P_q's dtype. The causal form has no packed sequence, so no W_k, W_v."""
     if causal:
         return luna_nested_causal(q, k, v, P_q)
     return luna_nested_noncausal(q, k, v, P_q, W_k, W_v)

@@ -8,7 +8,8 @@ in `naive.py`; this module computes the same functions at linear cost:
   intra-block masked (c x c) product plus two carried states, sum_j k_j A_j^T (d x l) and
   sum_j A_j v_j^T (l x d), taken as exclusive prefix sums over blocks (N/c of them, never N).
 
-All arithmetic is fp32 (inputs are upcast, the output is cast back to the input dtype).
+Arithmetic is in the parameters' dtype, fp32 (inputs are cast to it, the output back to the
+input dtype); tests run the same functions with fp64 parameters.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ from harness.costs import io_bytes_for_mode, matmul_flops, scale_for_mode
 
 SOFTPLUS_BETA = math.log(2.0)
 UNPACK_INIT_NOISE = 1e-2  # std of the noise added to the identity init of W_k, W_v (untied)
+UNTIED_CAUSAL_REASON = (
+    "luna_nested tied=False (learned unpack projections W_k, W_v) has no causal form: "
+    "the official causal attention has no packed sequence to project"
+)
 
 
 @dataclass(frozen=True)
@@ -61,13 +66,17 @@ class LunaNestedParams:
 def noncausal_forward(
     q: Tensor, k: Tensor, v: Tensor, P_q: Tensor, W_k: Tensor | None, W_v: Tensor | None
 ) -> Tensor:
-    """Pack then unpack. q, k, v: (B, H, N, d); P_q: (H, l, d); W_k, W_v: (H, d, d) | None -> fp32."""
+    """Pack then unpack. q, k, v: (B, H, N, d); P_q: (H, l, d); W_k, W_v: (H, d, d) | None.
+
+    Returns (B, H, N, d) in P_q's dtype.
+    """
     scale = q.shape[-1] ** -0.5
-    pack = torch.softmax((P_q * scale) @ k.float().transpose(-1, -2), dim=-1)  # (B, H, l, N)
-    packed = pack @ v.float()  # (B, H, l, d)
+    q, k, v = (x.to(P_q.dtype) for x in (q, k, v))
+    pack = torch.softmax((P_q * scale) @ k.transpose(-1, -2), dim=-1)  # (B, H, l, N)
+    packed = pack @ v  # (B, H, l, d)
     keys = packed if W_k is None else packed @ W_k
     values = packed if W_v is None else packed @ W_v
-    alpha = torch.softmax((q.float() * scale) @ keys.transpose(-1, -2), dim=-1)  # (B, H, N, l)
+    alpha = torch.softmax((q * scale) @ keys.transpose(-1, -2), dim=-1)  # (B, H, N, l)
     return alpha @ values
 
 
@@ -77,10 +86,10 @@ def _exclusive_block_prefix(x: Tensor) -> Tensor:
 
 
 def causal_chunked_forward(q: Tensor, k: Tensor, v: Tensor, P_q: Tensor, chunk: int) -> Tensor:
-    """Causal Luna nested attention by blocks. q, k, v: (B, H, N, d); P_q: (H, l, d) -> fp32 (B, H, N, d).
+    """Causal Luna nested attention by blocks. q, k, v: (B, H, N, d); P_q: (H, l, d) -> (B, H, N, d).
 
     N is zero-padded at the end to a multiple of c = min(chunk, N); padding only feeds later
-    (padded) positions, which are dropped.
+    (padded) positions, which are dropped. Computed in P_q's dtype.
     """
     B, H, N, d = q.shape
     c = min(chunk, N)
@@ -89,12 +98,12 @@ def causal_chunked_forward(q: Tensor, k: Tensor, v: Tensor, P_q: Tensor, chunk: 
     scale = d**-0.5
 
     def blocks(x: Tensor) -> Tensor:
-        return F.pad(x.float(), (0, 0, 0, pad)).view(B, H, nc, c, d)
+        return F.pad(x.to(P_q.dtype), (0, 0, 0, pad)).view(B, H, nc, c, d)
 
     qb, kb, vb = blocks(q) * scale, blocks(k), blocks(v)  # (B, H, nc, c, d)
     A = F.softplus(kb @ (P_q * scale).transpose(-1, -2)[None, :, None], beta=SOFTPLUS_BETA)  # (B,H,nc,c,l)
     At = A.transpose(-1, -2)  # (B, H, nc, l, c)
-    t = torch.arange(1, nc * c + 1, device=q.device, dtype=torch.float32).view(nc, c, 1)
+    t = torch.arange(1, nc * c + 1, device=q.device, dtype=P_q.dtype).view(nc, c, 1)
     future = torch.ones(c, c, dtype=torch.bool, device=q.device).triu(1)
 
     # first nested attention: s_t = (1/t) sum_{j<=t} (q_t . k_j) A_j, state sum_j k_j A_j^T
@@ -115,7 +124,10 @@ class LunaNestedAttention(AttentionVariant):
     name = "luna_nested"
     version = 1
     paper = "Ma et al. 2021, Luna: Linear Unified Nested Attention, NeurIPS 2021, arXiv 2106.01540"
-    reference_impl = "XuezheMax/fairseq-apollo fairseq/modules/luna_attention.py (LunarCausalAttention)"
+    reference_impl = (
+        "XuezheMax/fairseq-apollo fairseq/modules/luna_attention.py "
+        "(LunarMultiheadAttention, LunarCausalAttention)"
+    )
     Params = LunaNestedParams
     impls = ("chunked",)
     capabilities = Capabilities(learnable=True)
@@ -131,6 +143,13 @@ class LunaNestedAttention(AttentionVariant):
             eye = torch.eye(d, device=device).expand(H, d, d)
             self.W_k = nn.Parameter(eye + UNPACK_INIT_NOISE * torch.randn(H, d, d, device=device))
             self.W_v = nn.Parameter(eye + UNPACK_INIT_NOISE * torch.randn(H, d, d, device=device))
+
+    @classmethod
+    def not_supported_reasons(cls, problem: Problem, params: LunaNestedParams, impl: str) -> list[str]:
+        reasons = super().not_supported_reasons(problem, params, impl)
+        if problem.causal and not params.tied:
+            reasons.append(UNTIED_CAUSAL_REASON)
+        return reasons
 
     @classmethod
     def feature_dim(cls, params: LunaNestedParams, problem: Problem) -> int:
@@ -167,10 +186,12 @@ class LunaNestedAttention(AttentionVariant):
         return io_bytes_for_mode(problem) + reads * param_bytes
 
     def attention_fp32(self, q: Tensor, k: Tensor, v: Tensor, causal: bool) -> Tensor:
-        """The variant's function in fp32. q, k, v: (B, H, N, d) -> fp32 (B, H, N, d)."""
+        """The variant's function in the parameters' dtype. q, k, v: (B, H, N, d) -> (B, H, N, d)."""
         if q.shape[1] != self.P_q.shape[0] or q.shape[-1] != self.P_q.shape[-1]:
             raise ValueError(f"q {tuple(q.shape)} does not match P_q {tuple(self.P_q.shape)} (H, l, d)")
         if causal:
+            if self.W_k is not None:
+                raise ValueError(UNTIED_CAUSAL_REASON)
             return causal_chunked_forward(q, k, v, self.P_q, self.params.chunk)
         return noncausal_forward(q, k, v, self.P_q, self.W_k, self.W_v)
 

@@ -21,7 +21,14 @@ the normalized attention out_i = sum_j K_ij v_j / (sum_j K_ij + eps), K_ij = phi
                          which reaches past outputs through its eps terms: upstream issue #82).
 
 Stabilizers are detached (they change no value, only the floating-point range). Everything is
-computed in fp32.
+computed in fp32, or in the input dtype when that is wider (fp64 in tests).
+
+Note on the package: performer-pytorch (like the google-research JAX code it transcribes) adds a
+constant eps (1e-4; google-research: 1e-6) to every stabilized feature, AFTER the key max was
+subtracted. That is not a numerical no-op: once typical keys sit far below the sequence max
+(large inputs, long sequences), eps outweighs exp(u - max) and the package's output drifts
+towards uniform attention (mean of v). Native adds nothing to the features; `eps` (default 0)
+only enters the normalizer's denominator.
 """
 
 from __future__ import annotations
@@ -31,7 +38,11 @@ import math
 import torch
 from torch import Tensor
 
-from attentions.linear.chunked import linear_attention_noncausal
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """fp32 for fp16 / bf16 / fp32 inputs, the input dtype when wider (fp64)."""
+    return torch.promote_types(x.dtype, torch.float32)
 
 
 def orthogonal_gaussian_features(
@@ -54,9 +65,13 @@ def orthogonal_gaussian_features(
 
 
 def feature_logits(x: Tensor, W: Tensor) -> Tensor:
-    """u(x) = W x' - |x'|^2 / 2 with x' = x d^(-1/4). x: (B, H, N, d) -> fp32 (B, H, N, M)."""
-    xs = x.float() * x.shape[-1] ** -0.25
-    return xs @ W.float().T - xs.pow(2).sum(-1, keepdim=True) / 2
+    """u(x) = W x' - |x'|^2 / 2 with x' = x d^(-1/4). x: (B, H, N, d), W: (M, d) -> (B, H, N, M).
+
+    Computed in `compute_dtype(x)` (fp32 at least).
+    """
+    dtype = compute_dtype(x)
+    xs = x.to(dtype) * x.shape[-1] ** -0.25
+    return xs @ W.to(dtype).T - xs.pow(2).sum(-1, keepdim=True) / 2
 
 
 def query_features(u_q: Tensor) -> Tensor:
@@ -66,11 +81,18 @@ def query_features(u_q: Tensor) -> Tensor:
 
 
 def favor_noncausal(u_q: Tensor, u_k: Tensor, v: Tensor, eps: float) -> Tensor:
-    """Non-causal FAVOR+. u_q, u_k: feature logits (B, H, N, M); v: (B, H, N, d) -> fp32 (B, H, N, d)."""
+    """Non-causal FAVOR+. u_q, u_k: feature logits (B, H, N, M); v: (B, H, N, d) -> (B, H, N, d).
+
+    out = phi(q) S / (phi(q) z + eps) with S = phi(k)^T v (M, d) and z = phi(k)^T 1 (M,), in the
+    logits' dtype.
+    """
+    v = v.to(u_q.dtype)
     phi_q = query_features(u_q)
     stab_k = u_k.amax(dim=(-2, -1), keepdim=True).detach()  # one constant per (batch, head)
     phi_k = torch.exp(u_k - stab_k) / math.sqrt(u_k.shape[-1])
-    return linear_attention_noncausal(phi_q, phi_k, v, eps)
+    state = phi_k.transpose(-1, -2) @ v  # (B, H, M, d)
+    norm = phi_k.sum(dim=-2)  # (B, H, M)
+    return (phi_q @ state) / (phi_q @ norm[..., None] + eps)
 
 
 def favor_causal_chunked(u_q: Tensor, u_k: Tensor, v: Tensor, eps: float, chunk: int) -> Tensor:
@@ -83,7 +105,7 @@ def favor_causal_chunked(u_q: Tensor, u_k: Tensor, v: Tensor, eps: float, chunk:
     rescaled by e^(ref - m_i) for query i and by e^(ref - ref') when ref grows.
     """
     B, H, N, M = u_q.shape
-    v = v.float()
+    v = v.to(u_q.dtype)
     phi_q = query_features(u_q)
     s = u_k.amax(dim=-1).detach()  # (B, H, N) per-key max
     psi_k = torch.exp(u_k - s[..., None]) / math.sqrt(M)

@@ -1,4 +1,4 @@
-"""Performer's FAVOR+ (Choromanski et al. 2021), written for reading: the fp32 reference.
+"""Performer's FAVOR+ (Choromanski et al. 2021), written for reading: the reference of `performer`.
 
 For a token x in R^d (a query or key of one head) and W (M, d) of random feature rows w_r:
 
@@ -7,10 +7,15 @@ For a token x in R^d (a query or key of one head) and W (M, d) of random feature
     K_ij    = phi(q_i) . phi(k_j)                    ~= exp(q_i . k_j / sqrt(d))  (unbiased)
     out_i   = sum_j K_ij v_j / sum_j K_ij            (j <= i when causal)
 
-This reference builds the full (N, N) matrix K, so it is O(N^2): for tests only. K is formed in
-log space (per-token maxima pulled out of each exp) so large inputs cannot overflow, then each
-row is normalized over its visible keys with a softmax of log K. No eps, no stabilizer that
-could couple tokens.
+`favor_attention` builds the full (N, N) matrix K, so it is O(N^2): for tests only. K is formed
+in log space (per-token maxima pulled out of each exp) so large inputs cannot overflow, then
+each row is normalized over its visible keys with a softmax of log K. No eps, no stabilizer
+that could couple tokens.
+
+`favor_attention_linear` is the non-causal linear-time form phi(q) (phi(k)^T v) / phi(q) phi(k)^T 1
+the variant computes, unstabilized (it overflows for large inputs): the cost-model reference.
+
+Everything is computed in fp32, or in the input dtype when that is wider (fp64 in tests).
 """
 
 from __future__ import annotations
@@ -21,19 +26,23 @@ import torch
 from torch import Tensor
 
 
+def _dtype(x: Tensor) -> torch.dtype:
+    return torch.promote_types(x.dtype, torch.float32)
+
+
 def feature_logits(x: Tensor, W: Tensor) -> Tensor:
-    """log(sqrt(M) * phi(x)) = W x' - |x'|^2 / 2. x: (B, H, N, d), W: (M, d) -> fp32 (B, H, N, M)."""
-    x = x.float() * x.shape[-1] ** -0.25
-    return x @ W.float().T - (x * x).sum(dim=-1, keepdim=True) / 2
+    """log(sqrt(M) * phi(x)) = W x' - |x'|^2 / 2. x: (B, H, N, d), W: (M, d) -> (B, H, N, M)."""
+    x = x.to(_dtype(x)) * x.shape[-1] ** -0.25
+    return x @ W.to(x.dtype).T - (x * x).sum(dim=-1, keepdim=True) / 2
 
 
 def favor_features(x: Tensor, W: Tensor) -> Tensor:
-    """phi(x), unstabilized (overflows for large inputs). (B, H, N, d) -> fp32 (B, H, N, M)."""
+    """phi(x), unstabilized (overflows for large inputs). (B, H, N, d) -> (B, H, N, M)."""
     return torch.exp(feature_logits(x, W)) / math.sqrt(W.shape[0])
 
 
 def favor_log_kernel(q: Tensor, k: Tensor, W: Tensor) -> Tensor:
-    """log K_ij = log(phi(q_i) . phi(k_j)). q, k: (B, H, N, d) -> fp32 (B, H, N, N)."""
+    """log K_ij = log(phi(q_i) . phi(k_j)). q, k: (B, H, N, d) -> (B, H, N, N)."""
     a, b = feature_logits(q, W), feature_logits(k, W)  # (B, H, N, M)
     a_max, b_max = a.amax(dim=-1, keepdim=True), b.amax(dim=-1, keepdim=True)  # (B, H, N, 1)
     kernel = torch.exp(a - a_max) @ torch.exp(b - b_max).transpose(-1, -2) / W.shape[0]
@@ -41,21 +50,30 @@ def favor_log_kernel(q: Tensor, k: Tensor, W: Tensor) -> Tensor:
 
 
 def favor_attention(q: Tensor, k: Tensor, v: Tensor, W: Tensor, causal: bool) -> Tensor:
-    """FAVOR+ attention. q, k, v: (B, H, N, d), W: (M, d) -> fp32 (B, H, N, d)."""
+    """FAVOR+ attention. q, k, v: (B, H, N, d), W: (M, d) -> (B, H, N, d)."""
     log_k = favor_log_kernel(q, k, W)
     if causal:
         n = log_k.shape[-1]
         future = torch.ones(n, n, dtype=torch.bool, device=log_k.device).triu(1)
         log_k = log_k.masked_fill(future, -math.inf)
     weights = torch.softmax(log_k, dim=-1)  # K_ij / sum_j K_ij
-    return weights @ v.float()
+    return weights @ v.to(weights.dtype)
+
+
+def favor_attention_linear(q: Tensor, k: Tensor, v: Tensor, W: Tensor) -> Tensor:
+    """Non-causal FAVOR+ in linear time, unstabilized. q, k, v: (B, H, N, d) -> (B, H, N, d)."""
+    phi_q, phi_k = favor_features(q, W), favor_features(k, W)  # (B, H, N, M)
+    state = phi_k.transpose(-1, -2) @ v.to(phi_k.dtype)  # (B, H, M, d)
+    norm = phi_k.sum(dim=-2)  # (B, H, M)
+    return (phi_q @ state) / (phi_q @ norm[..., None])
 
 
 def softmax_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool) -> Tensor:
-    """Exact softmax attention, the function FAVOR+ approximates. fp32 (B, H, N, d)."""
-    scores = q.float() @ k.float().transpose(-1, -2) / math.sqrt(q.shape[-1])
+    """Exact softmax attention, the function FAVOR+ approximates. (B, H, N, d) -> (B, H, N, d)."""
+    dtype = _dtype(q)
+    scores = q.to(dtype) @ k.to(dtype).transpose(-1, -2) / math.sqrt(q.shape[-1])
     if causal:
         n = scores.shape[-1]
         future = torch.ones(n, n, dtype=torch.bool, device=scores.device).triu(1)
         scores = scores.masked_fill(future, -math.inf)
-    return torch.softmax(scores, dim=-1) @ v.float()
+    return torch.softmax(scores, dim=-1) @ v.to(dtype)

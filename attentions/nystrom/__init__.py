@@ -1,0 +1,1 @@
+"""`nystrom`: Nyströmformer attention (Xiong et al. 2021), non-causal."""
