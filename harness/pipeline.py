@@ -7,17 +7,20 @@ Failures become statuses: `skipped` (not supported), `oom`, `error`, `nan`, `tim
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import math
 import signal
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import torch
 from torch import Tensor
 
 from harness import accuracy, inputs, memory, registry, timing
-from harness.api import AttentionVariant, Teacher
+from harness.api import AttentionVariant, FitResult, Teacher
 from harness.records import Record
 from harness.scenario import Scenario
 from harness.sweep import Case, static_skip_reasons
@@ -34,6 +37,24 @@ class CaseContext:
         self.git_sha = git_sha
         self.scenario_arg = scenario_arg
         self.device = device
+        # fitted parameters per (variant config, problem minus mode): fwd and fwd_bwd cases of
+        # the same configuration see the same inputs, so they share one fit (see `_fit`).
+        self.fit_cache: dict[str, FittedState] = {}
+
+
+@dataclass
+class FittedState:
+    """A finished fit: the parameters it produced and what it recorded."""
+
+    state: dict[str, Tensor]
+    result: FitResult
+    unfitted_rel_err: float | None
+
+
+def fit_cache_key(case: Case) -> str:
+    """Everything a fit depends on: the case without its mode (inputs and fit spec are run-level)."""
+    problem = dataclasses.replace(case.problem, mode="-")
+    return json.dumps([case.variant, case.impl, case.params, dataclasses.asdict(problem), str(case.fit)])
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -180,18 +201,33 @@ def _run_checks(rec: Record, fwd: Callable[..., Tensor], qc: Tensor, kc: Tensor,
 
 
 def _fit(rec: Record, variant: AttentionVariant, case: Case, fwd, qc, kc, vc, ctx) -> None:
-    """Record the unfitted error, then distil the variant to exact softmax (untimed)."""
+    """Record the unfitted error, then distil the variant to exact softmax (untimed).
+
+    A fit already done in this run for the same configuration and problem (another mode) is
+    reused: its parameters are loaded and its steps, seconds and loss recorded again, with
+    `info.fit_reused = true`.
+    """
     sc = ctx.scenario
-    if sc.accuracy.enabled:
-        with torch.no_grad():
-            out = fwd(qc, kc, vc)
-        unfit = accuracy.accuracy_metrics(qc, kc, vc, out, rec.causal, sc.accuracy.rows, sc.accuracy.seed)
-        rec.unfitted_rel_err = unfit.rel_err
-    if case.fit.steps == 0:
-        rec.fit_steps, rec.fit_s = 0, 0.0
-        return
-    calib = inputs.calibration_batches(case.problem, sc.inputs, case.fit)
-    result = variant.fit(calib, Teacher(rec.causal), case.fit)
+    key = fit_cache_key(case)
+    cached = ctx.fit_cache.get(key)
+    if cached is not None:
+        variant.load_state_dict(cached.state)
+        rec.unfitted_rel_err = cached.unfitted_rel_err
+        result = cached.result
+        rec.info["fit_reused"] = True
+    else:
+        if sc.accuracy.enabled:
+            with torch.no_grad():
+                out = fwd(qc, kc, vc)
+            unfit = accuracy.accuracy_metrics(qc, kc, vc, out, rec.causal, sc.accuracy.rows, sc.accuracy.seed)
+            rec.unfitted_rel_err = unfit.rel_err
+        if case.fit.steps == 0:
+            rec.fit_steps, rec.fit_s = 0, 0.0
+            return
+        calib = inputs.calibration_batches(case.problem, sc.inputs, case.fit)
+        result = variant.fit(calib, Teacher(rec.causal), case.fit)
+        state = {name: t.detach().clone() for name, t in variant.state_dict().items()}
+        ctx.fit_cache[key] = FittedState(state, result, rec.unfitted_rel_err)
     rec.fit_steps, rec.fit_s, rec.fit_loss = result.steps, result.seconds, result.final_loss
 
 

@@ -291,3 +291,9 @@ def test_cli_options(tmp_path: Path, capsys, extra: tuple[str, ...], code: int) 
     first = "**REGRESSED**" if code else "**SAME**"
     assert capsys.readouterr().out.startswith(first)
     assert out_md.read_text().startswith(first)
+
+
+def test_env_keys_follow_the_fingerprint() -> None:
+    from harness.env import FINGERPRINT_KEYS
+
+    assert set(compare.ENV_KEYS) == set(FINGERPRINT_KEYS)

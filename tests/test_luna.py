@@ -65,7 +65,9 @@ def make_qkv(n: int, d: int, seed: int = 0, dtype: torch.dtype = torch.float64) 
     return [torch.randn(B, H, n, d, generator=gen, dtype=dtype).requires_grad_() for _ in range(3)]
 
 
-def out_and_grads(model: LunaAttention, q, k, v, causal: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def out_and_grads(
+    model: LunaAttention, q, k, v, causal: bool
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Output and grads of q, k, v and every parameter for sum(out * w), w fixed and random."""
     out = model(q, k, v, causal)
     w = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
@@ -157,7 +159,9 @@ def test_chunked_never_holds_all_mlp_activations(causal: bool) -> None:
 @pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize("envelope", ["none", "learned"])
 def test_nonneg_features_and_weights(shared: bool, envelope: str) -> None:
-    model = randomize_(LunaAttention(LunaParams(shared_channels=shared, envelope=envelope), "naive", problem()))
+    model = randomize_(
+        LunaAttention(LunaParams(shared_channels=shared, envelope=envelope), "naive", problem())
+    )
     q, k, _ = make_qkv(63, 32, dtype=torch.float32)
     w = model.weights()
     phi_q = luna_features(q, *w[:6], nonneg=True, env_a=w.env_a, env_c=w.env_c)
@@ -214,7 +218,15 @@ def test_ch_rms_is_per_sequence_not_per_batch() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    [{"m": 0}, {"L": 1.5}, {"hidden": True}, {"envelope": "gated"}, {"eps": 0.0}, {"chunk": 0}, {"nonneg": 1}],
+    [
+        {"m": 0},
+        {"L": 1.5},
+        {"hidden": True},
+        {"envelope": "gated"},
+        {"eps": 0.0},
+        {"chunk": 0},
+        {"nonneg": 1},
+    ],
 )
 def test_params_are_validated(bad: dict) -> None:
     with pytest.raises(ValueError):
@@ -242,9 +254,9 @@ def clustered_qkv(seed: int, n: int = 128, d: int = 32, clusters: int = 4) -> tu
     gen = torch.Generator().manual_seed(seed)
 
     def near(z: torch.Tensor) -> torch.Tensor:
-        return centres.expand(B, H, clusters, d).gather(2, z[..., None].expand(B, H, n, d)) + 0.5 * torch.randn(
-            B, H, n, d, generator=gen
-        )
+        return centres.expand(B, H, clusters, d).gather(
+            2, z[..., None].expand(B, H, n, d)
+        ) + 0.5 * torch.randn(B, H, n, d, generator=gen)
 
     zq, zk = (torch.randint(clusters, (B, H, n), generator=gen) for _ in range(2))
     return near(zq), near(zk), near(zk)
@@ -307,7 +319,9 @@ def test_fit_objective(causal: bool, ch_rms: bool) -> None:
         loss, kl_only = distill_loss(weights, target, v, spec.mse_weight)
     assert math.isclose(kl_only.item(), kl.item(), rel_tol=1e-5)
     assert math.isclose(loss.item(), expected.item(), rel_tol=1e-5)
-    assert math.isclose(model.fit([(q, k, v)], Teacher(causal), spec).losses[0], expected.item(), rel_tol=1e-5)
+    assert math.isclose(
+        model.fit([(q, k, v)], Teacher(causal), spec).losses[0], expected.item(), rel_tol=1e-5
+    )
 
 
 # ----- cost model -----------------------------------------------------------------------------

@@ -34,7 +34,9 @@ def problem(n: int = 63, d: int = 32, causal: bool = False, mode: str = "fwd") -
     return Problem(batch=B, heads=H, seq_len=n, head_dim=d, causal=causal, mode=mode)
 
 
-def make_model(n: int, d: int, causal: bool, dtype: torch.dtype = torch.float64, **params) -> LunaNestedAttention:
+def make_model(
+    n: int, d: int, causal: bool, dtype: torch.dtype = torch.float64, **params
+) -> LunaNestedAttention:
     torch.manual_seed(0)
     return LunaNestedAttention(LunaNestedParams(**params), "chunked", problem(n, d, causal)).to(dtype)
 
@@ -54,15 +56,23 @@ def out_and_grads(fn, model: LunaNestedAttention, q, k, v) -> tuple[torch.Tensor
 
 
 def check_against(reference, model: LunaNestedAttention, n: int, d: int, causal: bool) -> None:
+    """Output and all gradients of `model` equal those of `reference` (q, k, v) -> out, in float64.
+
+    With pack_len 1 the unpack softmax is over one slot, so the output depends on neither q nor W_k.
+    """
     q, k, v = make_qkv(n, d)
+    no_grad = {"q", "W_k"} if model.params.pack_len == 1 else set()
     ref, ref_grads = out_and_grads(reference, model, q, k, v)
     out, grads = out_and_grads(lambda *x: model(*x, causal), model, q, k, v)
     assert out.shape == q.shape and out.dtype == torch.float64
     assert rel_err(out, ref) < F64_RTOL
     names = ["q", "k", "v"] + [name for name, _ in model.named_parameters()]
     for name, g, rg in zip(names, grads, ref_grads, strict=True):
-        assert g is not None and rg is not None and rg.norm() > 0, f"grad of {name} missing or zero"
-        assert rel_err(g, rg) < F64_RTOL, f"grad of {name}"
+        assert g is not None and rg is not None, f"grad of {name} missing"
+        if name in no_grad:
+            assert g.abs().max() < 1e-12 and rg.abs().max() < 1e-12
+            continue
+        assert rg.norm() > 0 and rel_err(g, rg) < F64_RTOL, f"grad of {name}"
 
 
 # ----- non-causal: pack then unpack -----------------------------------------------------------
@@ -149,7 +159,7 @@ def test_causal_effective_weights_are_not_row_stochastic() -> None:
     with torch.no_grad():
         w = naive.causal_effective_weights(q, k, model.P_q)
     assert (w >= 0).all() and (w.triu(1) == 0).all()
-    assert (w.sum(-1) - 1).abs().max() > 0.1
+    assert (w.sum(-1) - 1).abs().max() > 1e-3  # the non-causal form's rows sum to 1 within 1e-15
 
 
 def test_causal_outputs_ignore_the_future() -> None:
@@ -172,7 +182,9 @@ def test_untied_causal_refused() -> None:
         UNTIED_CAUSAL_REASON
     ]
     assert LunaNestedAttention.not_supported_reasons(problem(causal=False), params, "chunked") == []
-    assert LunaNestedAttention.not_supported_reasons(problem(causal=True), LunaNestedParams(), "chunked") == []
+    assert (
+        LunaNestedAttention.not_supported_reasons(problem(causal=True), LunaNestedParams(), "chunked") == []
+    )
     model = make_model(63, 32, True, dtype=torch.float32, tied=False)
     q, k, v = make_qkv(63, 32, dtype=torch.float32)
     with pytest.raises(ValueError, match="causal"):
@@ -208,9 +220,9 @@ def clustered_qkv(seed: int, n: int = 128, d: int = 32, clusters: int = 4) -> tu
     gen = torch.Generator().manual_seed(seed)
 
     def near(z: torch.Tensor) -> torch.Tensor:
-        return centres.expand(B, H, clusters, d).gather(2, z[..., None].expand(B, H, n, d)) + 0.5 * torch.randn(
-            B, H, n, d, generator=gen
-        )
+        return centres.expand(B, H, clusters, d).gather(
+            2, z[..., None].expand(B, H, n, d)
+        ) + 0.5 * torch.randn(B, H, n, d, generator=gen)
 
     zq, zk = (torch.randint(clusters, (B, H, n), generator=gen) for _ in range(2))
     return near(zq), near(zk), near(zk)
@@ -271,7 +283,13 @@ def test_fit_noncausal_objective() -> None:
 # ----- cost model -----------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "causal,tied,pack_len,chunk",
-    [(False, True, 1, 128), (False, True, 16, 128), (False, False, 16, 128), (True, True, 16, 128), (True, True, 1, 16)],
+    [
+        (False, True, 1, 128),
+        (False, True, 16, 128),
+        (False, False, 16, 128),
+        (True, True, 16, 128),
+        (True, True, 1, 16),
+    ],
 )
 @pytest.mark.parametrize("n", SEQ_LENS)
 def test_flops_match_flop_counter(n: int, causal: bool, tied: bool, pack_len: int, chunk: int) -> None:

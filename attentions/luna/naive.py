@@ -109,7 +109,7 @@ def luna_attention(
     env_a: Tensor | None = None,
     env_c: Tensor | None = None,
 ) -> Tensor:
-    """LUNA attention. q, k, v: (B, H, N, d) -> (B, H, N, d) in the parameters' dtype (fp32 in the variant)."""
+    """LUNA. q, k, v: (B, H, N, d) -> (B, H, N, d) in the parameters' dtype (fp32 in the variant)."""
     if ch_rms and causal:
         raise ValueError("ch_rms pools over all tokens; it has no causal form")
     phi_q = luna_features(q, W, b, w1, b1, w2, b2, nonneg, env_a, env_c)

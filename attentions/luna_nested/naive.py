@@ -114,7 +114,7 @@ def luna_nested_attention(
     W_k: Tensor | None = None,
     W_v: Tensor | None = None,
 ) -> Tensor:
-    """Luna nested attention (B, H, N, d) in P_q's dtype. The causal form has no packed sequence, so no W_k, W_v."""
+    """Luna nested attention (B, H, N, d) in P_q's dtype. Causal: no packed sequence, so no W_k, W_v."""
     if causal:
         return luna_nested_causal(q, k, v, P_q)
     return luna_nested_noncausal(q, k, v, P_q, W_k, W_v)

@@ -134,9 +134,9 @@ class LunaNestedAttention(AttentionVariant):
 
     def __init__(self, params: LunaNestedParams, impl: str, problem: Problem) -> None:
         super().__init__(params, impl, problem)
-        H, l, d = problem.heads, params.pack_len, problem.head_dim
+        H, plen, d = problem.heads, params.pack_len, problem.head_dim
         device = torch.device(problem.device)
-        self.P_q = nn.Parameter(torch.randn(H, l, d, device=device) * d**-0.5)
+        self.P_q = nn.Parameter(torch.randn(H, plen, d, device=device) * d**-0.5)
         self.W_k: nn.Parameter | None = None
         self.W_v: nn.Parameter | None = None
         if not params.tied:
@@ -165,15 +165,17 @@ class LunaNestedAttention(AttentionVariant):
         alpha A^T and local v products are 2 * 2 Np c d + 2 * 2 Np c l.
         Backward = 2x forward (`harness.costs.scale_for_mode`).
         """
-        N, d, l = problem.seq_len, problem.head_dim, params.pack_len
+        N, d, plen = problem.seq_len, problem.head_dim, params.pack_len
         if problem.causal:
             c = min(params.chunk, N)
             Np = -(-N // c) * c
-            per_head = 5 * matmul_flops(Np, d, l) + 2 * matmul_flops(Np, c, d) + 2 * matmul_flops(Np, c, l)
+            per_head = (
+                5 * matmul_flops(Np, d, plen) + 2 * matmul_flops(Np, c, d) + 2 * matmul_flops(Np, c, plen)
+            )
         else:
-            per_head = 4 * matmul_flops(N, d, l)
+            per_head = 4 * matmul_flops(N, d, plen)
             if not params.tied:
-                per_head += 2 * matmul_flops(l, d, d)
+                per_head += 2 * matmul_flops(plen, d, d)
         return scale_for_mode(problem.batch * problem.heads * per_head, problem)
 
     @classmethod

@@ -39,27 +39,24 @@ import torch
 from torch import Tensor
 
 
-
 def compute_dtype(x: Tensor) -> torch.dtype:
     """fp32 for fp16 / bf16 / fp32 inputs, the input dtype when wider (fp64)."""
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def orthogonal_gaussian_features(
-    features: int, dim: int, generator: torch.Generator | None = None
-) -> Tensor:
+def orthogonal_gaussian_features(features: int, dim: int, generator: torch.Generator | None = None) -> Tensor:
     """W: (features, dim) fp32 on CPU; blocks of `dim` orthogonal rows with chi_dim norms.
 
     Each block is Q^T from the QR of a dim x dim Gaussian matrix, with Q's columns sign-corrected
     by sign(diag R) so Q is Haar distributed (Mezzadri 2007); the last block keeps its first rows.
+    All blocks are drawn and factorized in one batched call (the same numbers as drawing them
+    one after another from `generator`).
     """
-    blocks = []
-    for _ in range(math.ceil(features / dim)):
-        gauss = torch.randn(dim, dim, generator=generator)
-        q, r = torch.linalg.qr(gauss)
-        q = q * torch.sign(torch.diagonal(r))  # (dim, dim) Haar orthogonal
-        blocks.append(q.T)
-    directions = torch.cat(blocks)[:features]  # (M, d) unit rows
+    blocks = math.ceil(features / dim)
+    gauss = torch.randn(blocks, dim, dim, generator=generator)
+    q, r = torch.linalg.qr(gauss)  # (blocks, dim, dim) each
+    q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[:, None, :]  # Haar orthogonal
+    directions = q.transpose(-1, -2).reshape(blocks * dim, dim)[:features]  # (M, d) unit rows
     norms = torch.randn(features, dim, generator=generator).norm(dim=1)  # (M,) chi_d
     return directions * norms[:, None]
 
@@ -115,7 +112,12 @@ def favor_causal_chunked(u_q: Tensor, u_k: Tensor, v: Tensor, eps: float, chunk:
     outs = []
     for start in range(0, N, chunk):
         stop = min(start + chunk, N)
-        fq, fk, vc, sc = phi_q[:, :, start:stop], psi_k[:, :, start:stop], v[:, :, start:stop], s[..., start:stop]
+        fq, fk, vc, sc = (
+            phi_q[:, :, start:stop],
+            psi_k[:, :, start:stop],
+            v[:, :, start:stop],
+            s[..., start:stop],
+        )
         c = stop - start
         run = torch.maximum(torch.cummax(sc, dim=-1).values, ref[..., None])  # (B, H, c): m_i
         visible = torch.ones(c, c, dtype=torch.bool, device=v.device).tril()
