@@ -14,10 +14,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch.nn.functional as F
+import torch
 from torch import Tensor
 
 from attentions.linear.chunked import linear_attention_causal_chunked, linear_attention_noncausal
+from attentions.linear.naive import elu_feature_map
 from harness.api import AttentionVariant, Capabilities, Problem
 from harness.costs import io_bytes_for_mode, scale_for_mode
 
@@ -53,7 +54,9 @@ class LinearAttention(AttentionVariant):
         "Katharopoulos et al. 2020, Transformers are RNNs: Fast Autoregressive Transformers "
         "with Linear Attention, arXiv:2006.16236"
     )
-    reference_impl = "attentions/linear/naive.py; idiap/fast-transformers LinearAttention / CausalLinearAttention"
+    reference_impl = (
+        "attentions/linear/naive.py; idiap/fast-transformers LinearAttention / CausalLinearAttention"
+    )
     Params = LinearParams
     impls = ("torch",)
     capabilities = Capabilities()
@@ -103,8 +106,9 @@ class LinearAttention(AttentionVariant):
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, causal: bool) -> Tensor:
         """q, k, v: (B, H, N, d) -> (B, H, N, d), same dtype as q."""
-        phi_q = F.elu(q.float()) + 1.0  # (B, H, N, D) fp32
-        phi_k = F.elu(k.float()) + 1.0
+        acc = torch.promote_types(q.dtype, torch.float32)  # fp32, or fp64 for fp64 inputs
+        phi_q = elu_feature_map(q.to(acc))  # (B, H, N, D)
+        phi_k = elu_feature_map(k.to(acc))
         if causal:
             out = linear_attention_causal_chunked(phi_q, phi_k, v, self.params.eps, self.params.chunk)
         else:
