@@ -22,6 +22,7 @@ from torch import Tensor
 from harness import accuracy, inputs, memory, registry, timing
 from harness.api import AttentionVariant, FitResult, Teacher
 from harness.records import Record
+from harness.roofline import Roofline
 from harness.scenario import Scenario
 from harness.sweep import Case, static_skip_reasons
 
@@ -37,6 +38,7 @@ class CaseContext:
         self.git_sha = git_sha
         self.scenario_arg = scenario_arg
         self.device = device
+        self.roofline: Roofline | None = None  # set by the runner when measure.roofline is on
         # fitted parameters per (variant config, problem minus mode): fwd and fwd_bwd cases of
         # the same configuration see the same inputs, so they share one fit (see `_fit`).
         self.fit_cache: dict[str, FittedState] = {}
@@ -146,6 +148,15 @@ def _cost_model(rec: Record, case: Case) -> None:
         rec.gbps = rec.bytes_moved / seconds / 1e9 if seconds else None
     except NotImplementedError:
         pass
+
+
+def _roofline_floor(rec: Record, roofline: Roofline | None) -> None:
+    """floor_ms and time_over_floor from the run's measured device rates (when measured)."""
+    if roofline is None:
+        return
+    rec.floor_ms = roofline.floor_ms(rec.flops, rec.bytes_moved, rec.dtype)
+    if rec.floor_ms and rec.time_ms_median:
+        rec.time_over_floor = rec.time_ms_median / rec.floor_ms
 
 
 def _canonical_forward(variant: AttentionVariant, layout: str, causal: bool) -> Callable[..., Tensor]:
@@ -300,5 +311,6 @@ def run_case(case: Case, ctx: CaseContext, oom_at: dict[str, int]) -> Record:
     if rec.status == "ok" and rec.rel_err is not None and not math.isfinite(rec.rel_err):
         rec.status, rec.reason = "nan", "error metric is not finite"
     _cost_model(rec, case)
+    _roofline_floor(rec, ctx.roofline)
     rec.wall_s = time.perf_counter() - t0
     return rec

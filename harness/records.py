@@ -77,6 +77,8 @@ class Record:
     bytes_moved: float | None = None
     tflops: float | None = None
     gbps: float | None = None
+    floor_ms: float | None = None  # roofline floor: max(bytes / copy bandwidth, flops / GEMM rate)
+    time_over_floor: float | None = None  # time_ms_median / floor_ms
     # provenance
     info: dict[str, Any] = field(default_factory=dict)
     git_sha: str = ""

@@ -332,9 +332,11 @@ def throughput_table(rows: list[Row], fn: Footnotes) -> str | None:
             gbps = num(r["bytes_moved"]) / (t * 1e-3) / 1e9
         if tflops is None and gbps is None:
             return None
-        return " · ".join(
+        text = " · ".join(
             "n/a" if v is None else f"{fmt_sig(v)} {u}" for v, u in ((tflops, "TFLOP/s"), (gbps, "GB/s"))
         )
+        over = num(r.get("time_over_floor"))
+        return text if over is None else f"{text} · {fmt_sig(over)}× floor"
 
     return _grid(rows, fn, cell, "configuration")
 
@@ -400,6 +402,16 @@ def _header(df, env: dict, scenario: dict | None, run: dict | None) -> list[str]
         f"git {str(sha)[:10]}" + (" (dirty)" if env.get("git_dirty") else "") if sha else "git sha unknown"
     )
     lines += ["", " · ".join(device + facts), ""]
+    roof = env.get("roofline") or {}
+    if roof.get("copy_gbps"):
+        rates = ", ".join(
+            f"{d} {fmt_sig(r)} TFLOP/s" for d, r in sorted(roof.get("matmul_tflops", {}).items())
+        )
+        lines += [
+            f"**Measured roofline:** copy {fmt_sig(roof['copy_gbps'])} GB/s · GEMM {rates or 'n/a'} "
+            "(a case's floor = max(bytes / copy rate, FLOPs / GEMM rate))",
+            "",
+        ]
     counts = df["status"].value_counts().to_dict() if len(df) else {}
     lines.append(f"**Cases:** {len(df)} — " + ", ".join(f"{s} {c}" for s, c in sorted(counts.items())))
     return lines
@@ -455,7 +467,11 @@ def _sections(rows: list[Row], fn: Footnotes) -> list[tuple[str, str, str | None
             "rel_err · median time at the longest length measured for every D",
             feature_dim_table(rows, fn),
         ),
-        ("Throughput", "cost-model FLOPs and bytes over the median time", throughput_table(rows, fn)),
+        (
+            "Throughput",
+            "cost-model FLOPs and bytes over the median time; × floor = median time / roofline floor",
+            throughput_table(rows, fn),
+        ),
         (
             "Efficiency length",
             "where the configuration becomes faster than flash (log-log interpolation between lengths)",
@@ -515,9 +531,13 @@ def write_report(run_dir: Path, plots: bool = True) -> Path:
 
         made = make_plots(df, run_dir / "plots")
         plot_files = {k: p.relative_to(run_dir).as_posix() for k, p in made.items()}
+    env = _read_json(run_dir / "env.json")
+    roofline = _read_json(run_dir / "roofline.json")
+    if roofline:
+        env = {**env, "roofline": roofline}
     text = render_report(
         df,
-        _read_json(run_dir / "env.json"),
+        env,
         _read_json(run_dir / "scenario.json") or None,
         plot_files,
         run=_read_json(run_dir / "run.json"),

@@ -5,6 +5,7 @@ Run directory layout:
     scenario.json    the resolved scenario
     env.json         machine and software fingerprint
     records.jsonl    one JSON record per case, appended and fsynced as each case ends
+    roofline.json    measured copy bandwidth and GEMM rates (when measure.roofline is on)
     records.parquet  the same as a table (written at the end, and by `report`)
     report.md        Markdown tables (+ PNG plots)
 """
@@ -24,6 +25,7 @@ from harness import env as env_mod
 from harness.pipeline import CaseContext, run_case
 from harness.progress import Reporter, make_reporter
 from harness.records import append_record, read_records, repair_torn_tail, write_parquet
+from harness.roofline import Roofline, measure_roofline
 from harness.scenario import Scenario, ScenarioError, scenario_to_dict
 from harness.sweep import Case, expand
 
@@ -131,6 +133,8 @@ def run_scenario(
     todo = [c for c in cases if c.case_id not in done_ids]
     oom_at = _oom_lengths(done)
     ctx = CaseContext(scenario, run_id, env.get("git_sha", ""), scenario_arg or scenario.path, device)
+    if scenario.measure.roofline:
+        ctx.roofline = _roofline(out_dir, device, [c.problem.dtype for c in cases])
 
     reporter = reporter or make_reporter(quiet=False)
     statuses: dict[str, int] = {}
@@ -151,6 +155,18 @@ def run_scenario(
         reporter.stop()
         finish_run_dir(out_dir)
     return RunSummary(out_dir, len(cases), ran, len(cases) - len(todo), statuses, interrupted)
+
+
+def _roofline(out_dir: Path, device: str, dtypes: list[str]) -> Roofline:
+    """The device's measured rates: read from roofline.json on resume, else measured and written."""
+    path = out_dir / "roofline.json"
+    if path.exists():
+        known = Roofline.from_dict(json.loads(path.read_text()))
+        if known.device == device and set(dtypes) <= set(known.matmul_tflops):
+            return known
+    roofline = measure_roofline(device, dtypes)
+    path.write_text(json.dumps(roofline.to_dict(), indent=2) + "\n")
+    return roofline
 
 
 def finish_run_dir(out_dir: Path, plots: bool = True) -> None:

@@ -83,6 +83,7 @@ class MeasureSpec:
     flush_l2: bool = True
     timeout_s: float = 600.0  # per case; exceeded -> status `timeout`
     memory: bool = True
+    roofline: bool = False  # measure copy bandwidth + GEMM rate once; record each case's floor_ms
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,7 @@ MEASURE_CHECKS: dict[str, v.Check] = {
     "flush_l2": v.as_bool,
     "timeout_s": _positive,
     "memory": v.as_bool,
+    "roofline": v.as_bool,
 }
 CHECKS_CHECKS: dict[str, v.Check] = {
     "causality": v.as_bool,

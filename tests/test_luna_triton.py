@@ -26,7 +26,13 @@ from torch import Tensor
 
 from attentions.luna.chunked import LunaWeights
 from attentions.luna.naive import init_luna_params, luna_attention
-from attentions.luna.variant import TRITON_CPU_REASON, LunaAttention, LunaParams
+from attentions.luna.variant import (
+    TRITON_CPU_REASON,
+    TRITON_MAX_FEATURES,
+    TRITON_MAX_HEAD_DIM,
+    LunaAttention,
+    LunaParams,
+)
 from harness.api import Problem
 
 triton_language = pytest.importorskip("triton.language")
@@ -211,6 +217,16 @@ def test_variant_refuses_cpu_without_interpreter(monkeypatch) -> None:
     assert LunaAttention.not_supported_reasons(problem(), params, "chunked") == []
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert LunaAttention.not_supported_reasons(problem(), params, "triton") == []
+
+
+def test_variant_limits_match_kernels() -> None:
+    """variant.py repeats the kernels' size limits so that its reasons need no triton import."""
+    from attentions.luna import triton_kernels
+
+    assert (TRITON_MAX_FEATURES, TRITON_MAX_HEAD_DIM) == (
+        triton_kernels.MAX_FEATURES,
+        triton_kernels.MAX_HEAD_DIM,
+    )
 
 
 @pytest.mark.parametrize(

@@ -165,7 +165,9 @@ def test_cost_models() -> None:
     causal = problem(1000, 64, causal=True)
     assert FlashAttention.flops(causal, None) == pytest.approx(B * H * 2 * n * n * d, rel=2e-3)
     assert FlashAttention.flops(problem(mode="fwd_bwd"), None) == 3.5 * FlashAttention.flops(problem(), None)
-    assert SoftmaxAttention.flops(problem(mode="fwd_bwd"), None) == 3.0 * SoftmaxAttention.flops(problem(), None)
+    assert SoftmaxAttention.flops(problem(mode="fwd_bwd"), None) == 3.0 * SoftmaxAttention.flops(
+        problem(), None
+    )
     qkvo = 4 * B * H * n * d * 4
     assert FlashAttention.bytes_moved(p, None) == qkvo
     assert SoftmaxAttention.bytes_moved(p, None) == qkvo + 4 * B * H * n * n * 4  # S and P, write + read

@@ -56,7 +56,9 @@ def probe(impl: str, device: str, dtype: str, head_dim: int, causal: bool, backw
 
     Inputs are zeros (no draw from torch's global generator, which the runner seeds per case).
     """
-    shape = (1, 1, PROBE_SEQ_LEN, head_dim) if LAYOUT_BY_IMPL[impl] == "bhnd" else (1, PROBE_SEQ_LEN, 1, head_dim)
+    shape = (
+        (1, 1, PROBE_SEQ_LEN, head_dim) if LAYOUT_BY_IMPL[impl] == "bhnd" else (1, PROBE_SEQ_LEN, 1, head_dim)
+    )
     q, k, v = (
         torch.zeros(shape, device=device, dtype=DTYPES[dtype], requires_grad=backward) for _ in range(3)
     )
@@ -96,7 +98,7 @@ class FlashAttention(AttentionVariant):
 
     @classmethod
     def layout_for(cls, impl: str) -> str:
-        """"bhnd" for sdpa; "bnhd" for flash_attn and xformers."""
+        """ "bhnd" for sdpa; "bnhd" for flash_attn and xformers."""
         return LAYOUT_BY_IMPL.get(impl, cls.capabilities.layout)
 
     @classmethod
@@ -116,7 +118,9 @@ class FlashAttention(AttentionVariant):
             reasons.append(f"{where} supports head_dim <= {MAX_HEAD_DIM}, not {problem.head_dim}")
         if reasons or not device_available(problem.device):  # reasons include missing packages
             return reasons
-        why = probe(impl, problem.device, problem.dtype, problem.head_dim, problem.causal, problem.needs_backward)
+        why = probe(
+            impl, problem.device, problem.dtype, problem.head_dim, problem.causal, problem.needs_backward
+        )
         if why is not None:
             mode = "causal" if problem.causal else "non-causal"
             grad = " with backward" if problem.needs_backward else ""

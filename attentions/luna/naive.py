@@ -1,4 +1,4 @@
-"""LUNA (Shahbazi et al. 2025, arXiv 2512.08061), written for reading: the fp32 reference.
+"""LUNA (Abbasi, Abbasi et al. 2025, arXiv 2512.08061), written for reading: the reference.
 
 Feature map, for a token x in R^d (q or k of one head), pre-scaled x' = x * d^(-1/4) so that
 phi(q).phi(k) can learn exp(q.k / sqrt(d)) as Performer's does:

@@ -27,7 +27,10 @@ never from the rounded output, whose bf16 error the near-cancelling terms of dph
                 den and dden, (B*H, N) fp32 each.
 Then, still in registers, the feature backward turns dphi into dq / dk and adds the parameter
 gradients of its tile into a per-program fp32 slice of a partial buffer (atomic adds into a slice
-no other program touches: no contention, fixed order); torch sums the slices (`reduce_param_grads`).
+no other program touches, so programs never contend); torch sums the slices (`reduce_param_grads`).
+
+Status: checked against naive.py under the CPU interpreter only (tests/test_luna_triton.py); block
+sizes and num_warps are first guesses, not tuned on a GPU. Causal kernels run B*H programs.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from torch import Tensor
 
 MAX_FEATURES = 128  # D = m * L; register tiles are (BLOCK_N, D) and (D, head_dim)
 MAX_HEAD_DIM = 128
+BIG_WARPS = 8  # num_warps of the kernels holding many (BLOCK_N, D) and (D, d) tiles (causal, backward)
 
 
 # fmt: off
@@ -365,17 +369,17 @@ def _causal_bwd_key_kernel(q_ptr, k_ptr, v_ptr, dout_ptr, den_ptr, dden_ptr, dk_
 
 # ----- launch wrappers ---------------------------------------------------------------------------
 def is_interpreted() -> bool:
-    """True when this module's kernels were built for Triton's CPU interpreter (TRITON_INTERPRET=1 was
-    set when the module was imported); only then can they take CPU tensors."""
-    return type(_state_kernel).__name__ == "InterpretedFunction"
+    """True when triton.language and this module were both imported under TRITON_INTERPRET=1 (Triton
+    decides at decoration time); only then can the kernels take CPU tensors."""
+    return all(type(f).__name__ == "InterpretedFunction" for f in (tl.zeros, _state_kernel))
 
 
 def _config(q: Tensor, v: Tensor, weights: tuple[Tensor, ...], nonneg: bool, block_n: int) -> dict:
     """Sizes and compile-time switches shared by every kernel launch."""
     if q.device.type != "cuda" and not is_interpreted():
         raise RuntimeError(
-            "luna triton kernels need CUDA tensors, or TRITON_INTERPRET=1 set before "
-            "attentions.luna.triton_kernels is first imported"
+            "luna triton kernels need CUDA tensors, or TRITON_INTERPRET=1 set before triton and "
+            "attentions.luna.triton_kernels are first imported"
         )
     W, _, w1, _, w2, _ = weights
     (m, d), (L, hidden) = W.shape, w2.shape
@@ -432,7 +436,7 @@ def luna_forward(
     bh, D, p = B * H, cfg["D"], _pack(weights)
     out = torch.empty_like(q)
     if causal:
-        _causal_kernel[(bh,)](q, k, v, out, p, eps=eps, **cfg)
+        _causal_kernel[(bh,)](q, k, v, out, p, eps=eps, num_warps=BIG_WARPS, **cfg)
         return out, None, None
     n_blocks = triton.cdiv(N, block_n)
     splits, per = _split(n_blocks, bh, q.device, splits)
@@ -484,9 +488,11 @@ def luna_backward(
         part_k = torch.zeros_like(part_q)
         den, dden = (q.new_empty(bh, N, dtype=torch.float32) for _ in range(2))
         _causal_bwd_query_kernel[(bh,)](
-            q, k, v, dout, dq, den, dden, part_q, p, eps=eps, part_stride=stride, **cfg
+            q, k, v, dout, dq, den, dden, part_q, p, eps=eps, part_stride=stride, num_warps=BIG_WARPS, **cfg
         )
-        _causal_bwd_key_kernel[(bh,)](q, k, v, dout, den, dden, dk, dv, part_k, p, part_stride=stride, **cfg)
+        _causal_bwd_key_kernel[(bh,)](
+            q, k, v, dout, den, dden, dk, dv, part_k, p, part_stride=stride, num_warps=BIG_WARPS, **cfg
+        )
     else:
         splits, per = _split(triton.cdiv(N, block_n), bh, q.device, splits)
         part_q = q.new_zeros(bh * splits, stride, dtype=torch.float32)
@@ -495,11 +501,11 @@ def luna_backward(
         dz_part = q.new_empty(bh, splits, D, dtype=torch.float32)
         _bwd_query_kernel[(bh, splits)](
             q, dout, S, z, dq, ds_part, dz_part, part_q, p, eps=eps, blocks_per_split=per,
-            part_stride=stride, **cfg,
+            part_stride=stride, num_warps=BIG_WARPS, **cfg,
         )  # fmt: skip
         _bwd_key_kernel[(bh, splits)](
             k, v, ds_part.sum(1), dz_part.sum(1), dk, dv, part_k, p, blocks_per_split=per,
-            part_stride=stride, **cfg,
+            part_stride=stride, num_warps=BIG_WARPS, **cfg,
         )  # fmt: skip
     m, L, G = weights[0].shape[0], cfg["L"], weights[2].shape[0]
     param_grads = reduce_param_grads(torch.cat([part_q, part_k]), m, L, d, hidden, G)

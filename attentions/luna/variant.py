@@ -1,4 +1,4 @@
-"""`luna`: LUNA, learnable-kernel linear attention (Shahbazi et al. 2025, arXiv 2512.08061).
+"""`luna`: LUNA, learnable-kernel linear attention (Abbasi et al. 2025, arXiv 2512.08061).
 
 phi(x) = h(x) / sqrt(m) [psi_l(w_i . x' + b_i)], D = m L, then linear attention with phi (see
 naive.py for the exact definition). Impls:
@@ -119,7 +119,7 @@ class LunaAttention(AttentionVariant):
     name: ClassVar[str] = "luna"
     version: ClassVar[int] = 1
     paper: ClassVar[str] = (
-        "Shahbazi et al. 2025, LUNA: Linear Universal Neural Attention with Generalization Guarantees, "
+        "Abbasi et al. 2025, LUNA: Linear Universal Neural Attention with Generalization Guarantees, "
         "arXiv 2512.08061"
     )
     reference_impl: ClassVar[str] = "attentions/luna/naive.py (Eq. 11 and Listing 1 of the paper)"
