@@ -52,13 +52,18 @@ _PROFILER_ERRORS = (
 )
 
 
-# Kineto's native logger writes a line to fd 2 at every profiler start and stop on some builds.
-_KINETO_NOISE = re.compile(r"^USDT:.*(profiler_start|profiler_stop)\s*$")
+# Native lines the profiler writes to fd 2: kineto's start/stop markers on some builds, and c10's
+# warning that a block allocated before profiling was freed (a limit documented above).
+_KINETO_NOISE = re.compile(
+    r"^(USDT:.*(profiler_start|profiler_stop)"
+    r"|\[W.*CPUAllocator\.cpp:\d+\] Memory block of unknown size was allocated before the profiling"
+    r" started.*)\s*$"
+)
 
 
 @contextlib.contextmanager
 def _filtered_native_stderr() -> Iterator[None]:
-    """Capture fd 2 (native writes included) and re-emit every line except kineto's start/stop noise."""
+    """Capture fd 2 (native writes included) and re-emit every line except the profiler's noise."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile(mode="w+b") as capture:
@@ -139,7 +144,8 @@ def _measure_cpu(step: Callable[[], None]) -> MemoryResult:
     except _PROFILER_ERRORS as err:
         raise MemoryMeasureError(f"torch profiler could not start: {type(err).__name__}: {err}") from err
     try:
-        step()
+        with _filtered_native_stderr():
+            step()
     finally:
         with _filtered_native_stderr():
             prof.stop()

@@ -247,3 +247,70 @@ def test_validate_and_list():
     assert res.returncode == 0, res.stderr
     for name in ("softmax", "flash", "linear", "performer", "nystrom", "luna", "luna_nested"):
         assert f"\n{name} (" in "\n" + res.stdout
+
+
+def test_fit_is_shared_by_the_modes_of_one_configuration(tmp_path):
+    path = tmp_path / "fit.yaml"
+    path.write_text(
+        """name: fit
+device: cpu
+problem: {batch: 1, heads: 2, head_dim: 8, seq_len: [32, 48], causal: false, mode: [fwd, fwd_bwd]}
+variants:
+  - name: luna
+    impl: chunked
+    params: {m: 2, L: 2, hidden: 8}
+    fit: {steps: 5, batches: 1, rows: 16}
+accuracy: {rows: 16}
+measure: {warmup_ms: 0, min_samples: 2, rep_ms: 0, memory: false}
+"""
+    )
+    run(path, tmp_path / "run")
+    recs = read_records(tmp_path / "run" / "records.jsonl")
+    assert [r["status"] for r in recs] == ["ok"] * 4
+    for n in (32, 48):
+        fwd, both = (
+            next(r for r in recs if r["seq_len"] == n and r["mode"] == m) for m in ("fwd", "fwd_bwd")
+        )
+        assert "fit_reused" not in fwd["info"] and both["info"]["fit_reused"] is True
+        # the same fitted parameters on the same inputs: the same error, bit for bit
+        assert both["rel_err"] == fwd["rel_err"] and both["unfitted_rel_err"] == fwd["unfitted_rel_err"]
+        assert both["fit_loss"] == fwd["fit_loss"] and both["rel_err"] < both["unfitted_rel_err"]
+
+
+class BatchCoupled(PlantedVariant):
+    """Exact attention plus the batch mean of v: sample 0 depends on the other samples."""
+
+    name = "coupled"
+
+    def forward(self, q, k, v, causal):
+        return exact(q, k, v, causal) + v.mean(dim=(0, 2), keepdim=True)
+
+
+def test_batch_dependence_is_a_leak(tmp_path):
+    registry.register("coupled", BatchCoupled)
+    try:
+        run(write_scenario(tmp_path, "  - name: coupled", seq_len="[16]"), tmp_path / "run")
+    finally:
+        registry.unregister("coupled")
+    (rec,) = read_records(tmp_path / "run" / "records.jsonl")
+    assert rec["status"] == "leak" and rec["reason"].startswith("batch leak")
+    assert rec["batch_change"] > 1e-2
+
+
+def test_roofline_floor_is_recorded(planted, tmp_path, monkeypatch):
+    from harness import runner
+    from harness.roofline import Roofline
+
+    fake = Roofline(device="cpu", copy_gbps=10.0, matmul_tflops={"fp32": 0.5})
+    calls = []
+    monkeypatch.setattr(runner, "measure_roofline", lambda device, dtypes: calls.append(dtypes) or fake)
+    path = write_scenario(tmp_path, "  - name: planted", seq_len="[16]")
+    path.write_text(path.read_text().replace("timeout_s: 30}", "timeout_s: 30, roofline: true}"))
+    run(path, tmp_path / "run")
+    (rec,) = read_records(tmp_path / "run" / "records.jsonl")
+    assert calls == [["fp32"]]
+    assert json.loads((tmp_path / "run" / "roofline.json").read_text())["copy_gbps"] == 10.0
+    floor = fake.floor_ms(rec["flops"], rec["bytes_moved"], "fp32")
+    assert rec["floor_ms"] == pytest.approx(floor) and floor > 0
+    assert rec["time_over_floor"] == pytest.approx(rec["time_ms_median"] / floor)
+    assert "Measured roofline" in (tmp_path / "run" / "report.md").read_text()
