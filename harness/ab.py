@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from statistics import median
 
-from harness import compare
+from harness import compare, compare_markdown
 from harness.records import read_records
 from harness.timing import summarize
 
@@ -41,7 +41,7 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
 
 
 def _finish(result: compare.ComparisonResult, markdown_path: Path | None) -> int:
-    text = compare.render_verdict_markdown(result)
+    text = compare_markdown.render_verdict_markdown(result)
     print(text)
     if markdown_path:
         markdown_path.write_text(text + "\n")

@@ -58,6 +58,7 @@ def cmd_run(argv: list[str]) -> int:
         reporter=make_reporter(args.quiet),
         scenario_arg=args.scenario,
         argv=[sys.argv[0], *argv],
+        plots=not args.no_plots,
     )
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.statuses.items())) or "nothing new"
     print(

@@ -117,6 +117,7 @@ def run_scenario(
     reporter: Reporter | None = None,
     scenario_arg: str | None = None,
     argv: list[str] | None = None,
+    plots: bool = True,
 ) -> RunSummary:
     """Run every case of `scenario` not yet recorded in `out_dir`. Ctrl-C keeps what finished."""
     out_dir = Path(out_dir)
@@ -153,7 +154,7 @@ def run_scenario(
         interrupted = True
     finally:
         reporter.stop()
-        finish_run_dir(out_dir)
+        finish_run_dir(out_dir, plots=plots)
     return RunSummary(out_dir, len(cases), ran, len(cases) - len(todo), statuses, interrupted)
 
 

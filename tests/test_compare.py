@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import compare
+from harness import compare, compare_markdown
 from harness.records import Record, append_record
 
 REPO = Path(__file__).resolve().parent.parent
@@ -126,7 +126,7 @@ def test_slower_variant_is_regressed_and_named(tmp_path: Path) -> None:
     times = {v.label: v.geomean for v in result.variants}
     assert times["linear"] == pytest.approx(1.5, rel=0.05)
     assert times["flash"] == pytest.approx(1.0, abs=0.03)
-    md = compare.render_verdict_markdown(result)
+    md = compare_markdown.render_verdict_markdown(result)
     regressions = md.split("### Regressions")[1].split("<details>")[0]
     assert "| linear |" in regressions and "| flash |" not in regressions
 
@@ -146,7 +146,7 @@ def test_time_not_gated_for_cpu_ci(tmp_path: Path) -> None:
     case = next(c for c in result.cases if c.label == "linear")
     assert case.verdict == compare.SAME
     assert case.finding("time_ms").verdict == compare.REGRESSED and not case.finding("time_ms").gated
-    assert "not gated" in compare.render_verdict_markdown(result)
+    assert "not gated" in compare_markdown.render_verdict_markdown(result)
 
 
 @pytest.mark.parametrize(("factor", "expected"), [(1.3, compare.REGRESSED), (1.05, compare.SAME)])
@@ -168,7 +168,7 @@ def test_rel_err_budget(tmp_path: Path) -> None:
     recs = make_records()
     result = run_compare(tmp_path, recs, recs, rel_err_budget={"linear": 0.5})
     assert {c.label for c in result.regressions} == {"linear"}
-    assert "budget" in compare.render_verdict_markdown(result)
+    assert "budget" in compare_markdown.render_verdict_markdown(result)
 
 
 @pytest.mark.parametrize(("device", "gated"), [("cuda", True), ("cpu", False)])
@@ -179,7 +179,7 @@ def test_peak_memory_gated_only_on_cuda(tmp_path: Path, device: str, gated: bool
     assert compare.exit_code(result) == (1 if gated else 0)
     if gated:
         assert {c.label for c in result.regressions} == {"flash"}
-        assert "peak MiB" in compare.render_verdict_markdown(result)
+        assert "peak MiB" in compare_markdown.render_verdict_markdown(result)
 
 
 @pytest.mark.parametrize(
@@ -193,7 +193,7 @@ def test_status_changes(tmp_path: Path, base_status: str, head_status: str, fail
     result = run_compare(tmp_path, base, head)
     assert {c.verdict for c in result.cases if c.label == "softmax"} == {compare.STATUS_CHANGED}
     assert compare.exit_code(result) == int(fails)
-    md = compare.render_verdict_markdown(result)
+    md = compare_markdown.render_verdict_markdown(result)
     assert f"{head_status} reason" in md or head_status == "ok"
 
 
@@ -224,12 +224,12 @@ def test_env_difference_warns(tmp_path: Path) -> None:
     recs = make_records()
     result = run_compare(tmp_path, recs, recs, env={**CPU_ENV, "torch": "2.14.0"})
     assert any("torch" in w for w in result.env_warnings)
-    assert "Warning" in compare.render_verdict_markdown(result)
+    assert "Warning" in compare_markdown.render_verdict_markdown(result)
 
 
 def test_markdown_layout(tmp_path: Path) -> None:
     head = edit(make_records(seed=2), "linear", time_ms_samples=lambda s: [1.5 * x for x in s])
-    md = compare.render_verdict_markdown(run_compare(tmp_path, make_records(seed=1), head))
+    md = compare_markdown.render_verdict_markdown(run_compare(tmp_path, make_records(seed=1), head))
     first = md.splitlines()[0]
     assert first.startswith("**REGRESSED**")
     for verdict in compare.VERDICTS:

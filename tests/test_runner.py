@@ -314,3 +314,20 @@ def test_roofline_floor_is_recorded(planted, tmp_path, monkeypatch):
     assert rec["floor_ms"] == pytest.approx(floor) and floor > 0
     assert rec["time_over_floor"] == pytest.approx(rec["time_ms_median"] / floor)
     assert "Measured roofline" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_no_plots_flag_writes_no_pngs(planted, tmp_path):
+    path = write_scenario(tmp_path, "  - name: planted", seq_len="[16]")
+    for flag, expect_pngs in (("--no-plots", False), (None, True)):
+        out = tmp_path / f"run-{flag}"
+        args = [str(path), "--out", str(out), "--quiet", *([flag] if flag else [])]
+        env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+        # the planted variant lives in this test module: register it through a plugin module
+        (tmp_path / "planted_plugin.py").write_text(
+            "from harness import registry\nregistry.register('planted', 'tests.test_runner:PlantedVariant')\n"
+        )
+        code = "import planted_plugin, sys; from harness.cli import main; sys.exit(main(sys.argv[1:]))"
+        res = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env, capture_output=True)
+        assert res.returncode == 0, res.stderr.decode()
+        assert (out / "report.md").exists()
+        assert bool(list(out.glob("plots/*.png"))) is expect_pngs

@@ -1,0 +1,151 @@
+"""The Markdown verdict report of a comparison: verdict line and counts first, regressions table
+first, everything else folded in `<details>` (ready for a pull-request comment)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harness.compare import (
+    AMBIGUOUS,
+    IMPROVED,
+    MEM_FACTOR,
+    MIB,
+    MISSING,
+    NEW,
+    REGRESSED,
+    REL_ERR_ABS,
+    REL_ERR_FACTOR,
+    SAME,
+    STATUS_CHANGED,
+    VERDICTS,
+    CaseComparison,
+    ComparisonResult,
+    Finding,
+    VariantTime,
+)
+
+SECTION_TITLES = {
+    STATUS_CHANGED: "Status changed (not from ok)",
+    IMPROVED: "Improved",
+    AMBIGUOUS: "Ambiguous (noisy or too few samples; never fails)",
+    NEW: "New in head",
+    MISSING: "Missing from head",
+    SAME: "Same",
+}
+
+
+def _md(text: Any) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _g(x: float | None, sig: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{sig}g}"
+
+
+def _time_cell(f: Finding | None) -> str:
+    if f is None:
+        return "n/a"
+    text = "n/a" if f.ratio is None else f"{f.ratio:.3f}×"
+    if f.ci is not None:
+        text += f" [{f.ci[0]:.3f}, {f.ci[1]:.3f}]"
+    if f.verdict != SAME:
+        text += f" {f.verdict}"
+    return text + ("" if f.gated else " (not gated)")
+
+
+def _pair_cell(f: Finding | None, scale: float = 1.0) -> str:
+    if f is None:
+        return "n/a"
+    text = f"{_g(f.base / scale)} → {_g(f.head / scale)}"
+    return text + (f" ({f.ratio:.3g}×)" if f.ratio is not None and f.verdict != SAME else "")
+
+
+def _why(c: CaseComparison) -> str:
+    parts = []
+    for f in c.findings:
+        if f.metric == "status":
+            parts.append(f"status {f.base} → {f.head}")
+        elif f.verdict != SAME:
+            gate = "" if f.gated else " (not gated)"
+            parts.append(f"{f.metric} {f.verdict}{gate}" + (f": {f.reason}" if f.reason else ""))
+    if c.verdict == NEW:
+        parts.append(f"status {c.head_status}")
+    elif c.verdict == MISSING:
+        parts.append(f"was {c.base_status} in base")
+    return "; ".join(parts + c.notes)
+
+
+def _case_table(cases: list[CaseComparison], show_mem: bool) -> str:
+    header = ["configuration", "N", "problem", "verdict", "time head/base [CI]", "rel_err base → head"]
+    header += ["peak MiB base → head"] if show_mem else []
+    lines = ["| " + " | ".join(header + ["why"]) + " |", "|" + "---|" * (len(header) + 1)]
+    key = lambda c: (c.label, c.dtype, c.causal, c.mode, c.seq_len)  # noqa: E731
+    for c in sorted(cases, key=key):
+        row = [
+            c.label,
+            str(c.seq_len),
+            f"{c.dtype} · {'causal' if c.causal else 'non-causal'} · {c.mode}",
+            c.verdict,
+            _time_cell(c.finding("time_ms")),
+            _pair_cell(c.finding("rel_err")),
+        ]
+        row += [_pair_cell(c.finding("peak_mem_bytes"), MIB)] if show_mem else []
+        lines.append("| " + " | ".join(_md(x) for x in row + [_why(c) or "—"]) + " |")
+    return "\n".join(lines)
+
+
+def _variant_table(variants: list[VariantTime]) -> str:
+    lines = [
+        "| configuration | cases | geomean head/base | min | max |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for v in sorted(variants, key=lambda v: -v.geomean):
+        lines.append(f"| {_md(v.label)} | {v.n} | {v.geomean:.3f}× | {v.lo:.3f}× | {v.hi:.3f}× |")
+    return "\n".join(lines)
+
+
+def _details(summary: str, body: str) -> list[str]:
+    return ["", "<details>", f"<summary>{summary}</summary>", "", body, "", "</details>"]
+
+
+def verdict_line(result: ComparisonResult) -> str:
+    """First line of the report: the verdict and the count of every verdict."""
+    counts = result.counts
+    n_reg = len(result.regressions)
+    compared = sum(counts[v] for v in VERDICTS if v not in (NEW, MISSING))
+    head = (
+        f"**{REGRESSED}**: {n_reg} of {compared} compared cases regressed"
+        if n_reg
+        else f"**{result.verdict}**: no confirmed regression in {compared} compared cases"
+    )
+    return head + " · " + " · ".join(f"{v} {counts[v]}" for v in VERDICTS)
+
+
+def render_verdict_markdown(result: ComparisonResult) -> str:
+    """Markdown for a pull-request comment: verdict line and counts, regressions, then details."""
+    time_rule = (
+        f"time: median ratio beyond ±{result.threshold:.0%} with a {1 - result.alpha:.0%} bootstrap CI "
+        f"and Mann-Whitney p < {result.alpha:g}" + ("" if result.gate_time else " (reported, not gated)")
+    )
+    lines = [
+        verdict_line(result),
+        "",
+        f"base `{result.base.run_id}` → head `{result.head.run_id}` · {time_rule}; rel_err gated at "
+        f"base × {REL_ERR_FACTOR:g} + {REL_ERR_ABS:g}; CUDA peak memory at base × {MEM_FACTOR:g} + 1 MiB; "
+        "a status that leaves ok counts as a regression",
+    ]
+    lines += [""] + [f"> **Warning:** {_md(w)}" for w in result.env_warnings] if result.env_warnings else []
+    show_mem = any(c.finding("peak_mem_bytes") for c in result.cases)
+    regs = result.regressions
+    lines += ["", f"### Regressions ({len(regs)})", ""]
+    lines.append(_case_table(regs, show_mem) if regs else "None.")
+    if result.variants:
+        lines += _details(
+            f"Time by configuration: geometric mean of head/base median time ({len(result.variants)})",
+            _variant_table(result.variants),
+        )
+    for verdict, title in SECTION_TITLES.items():
+        cases = [c for c in result.by_verdict(verdict) if not c.is_regression]
+        if cases:
+            lines += _details(f"{title} ({len(cases)})", _case_table(cases, show_mem))
+    return "\n".join(lines)
