@@ -1,31 +1,18 @@
-"""Exact softmax attention, written for reading: the fp32 reference `flash` is checked against.
+"""The fp32 reference `flash` is checked against: exact softmax attention, the same function as
+`attentions/softmax/naive.py` (imported from there, not written twice).
 
     scores = q k^T / sqrt(d)                      (N, N) per batch and head
     scores[i, j] = -inf for j > i                 (causal only)
     out = softmax(scores, dim=-1) v
 
 FlashAttention computes exactly this function, tiled so the N x N matrix never reaches main
-memory (online softmax). Everything here is computed in fp32 (fp64 if the inputs are fp64) in
-the canonical (B, H, N, d) layout; the flash_attn and xformers impls take (B, N, H, d), so
-tests transpose their inputs and outputs around this reference.
+memory (online softmax). The reference runs in fp32 (fp64 if the inputs are fp64) in the
+canonical (B, H, N, d) layout; the flash_attn and xformers impls take (B, N, H, d), so tests
+transpose their inputs and outputs around it.
 """
 
 from __future__ import annotations
 
-import math
+from attentions.softmax.naive import softmax_attention as exact_attention
 
-import torch
-from torch import Tensor
-
-
-def exact_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool) -> Tensor:
-    """q, k, v: (B, H, N, d) -> (B, H, N, d) in fp32 (fp64 if the inputs are fp64)."""
-    dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-    n, d = q.shape[-2], q.shape[-1]
-    scores = q @ k.transpose(-1, -2) / math.sqrt(d)  # (B, H, N, N)
-    if causal:
-        future = torch.ones(n, n, dtype=torch.bool, device=q.device).triu(diagonal=1)  # j > i
-        scores = scores.masked_fill(future, float("-inf"))
-    weights = torch.softmax(scores, dim=-1)
-    return weights @ v
+__all__ = ["exact_attention"]
