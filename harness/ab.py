@@ -82,7 +82,8 @@ def _checkout(rev: str, into: Path) -> Path:
 
 
 def merge_rounds(round_dirs: list[Path], out_dir: Path) -> None:
-    """One run dir whose records pool each case's raw samples over all rounds."""
+    """One run dir whose records pool each case's raw samples over all rounds; `time_ms_rounds`
+    keeps them split by round, so `compare` can count run-to-run drift as noise."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in ("env.json", "scenario.json", "run.json"):
         if (round_dirs[0] / name).exists():
@@ -92,9 +93,11 @@ def merge_rounds(round_dirs: list[Path], out_dir: Path) -> None:
         for rec in read_records(d / "records.jsonl"):
             cur = merged.get(rec["case_id"])
             if cur is None:
+                rec["time_ms_rounds"] = [rec.get("time_ms_samples") or []]
                 merged[rec["case_id"]] = rec
             elif cur["status"] == "ok" and rec["status"] == "ok":
                 cur["time_ms_samples"] = cur["time_ms_samples"] + rec["time_ms_samples"]
+                cur["time_ms_rounds"].append(rec["time_ms_samples"])
                 if rec.get("rel_err") is not None and cur.get("rel_err") is not None:
                     cur["rel_err"] = median([cur["rel_err"], rec["rel_err"]])
             elif rec["status"] != "ok":

@@ -201,7 +201,15 @@ def _time_finding(b: dict, h: dict, opts: dict[str, Any]) -> Finding | None:
     if not (bs or hs or bm or hm):
         return None  # time was not measured in either run
     st = time_verdict(
-        bs, hs, opts["threshold"], opts["alpha"], opts["min_samples"], opts["n_boot"], opts["seed"]
+        bs,
+        hs,
+        opts["threshold"],
+        opts["alpha"],
+        opts["min_samples"],
+        opts["n_boot"],
+        opts["seed"],
+        base_rounds=b.get("time_ms_rounds"),
+        head_rounds=h.get("time_ms_rounds"),
     )
     ratio = st.ratio
     if ratio is None and bm and hm:  # no raw samples: the medians' ratio, but never a verdict on it

@@ -124,8 +124,9 @@ def verdict_line(result: ComparisonResult) -> str:
 def render_verdict_markdown(result: ComparisonResult) -> str:
     """Markdown for a pull-request comment: verdict line and counts, regressions, then details."""
     time_rule = (
-        f"time: median ratio beyond ±{result.threshold:.0%} with a {1 - result.alpha:.0%} bootstrap CI "
-        f"and Mann-Whitney p < {result.alpha:g}" + ("" if result.gate_time else " (reported, not gated)")
+        f"time: median ratio beyond ±{result.threshold:.0%}, its {1 - result.alpha:.0%} bootstrap CI beyond "
+        f"±{result.threshold / 2:.1%} (rounds resampled when runs were interleaved) and Mann-Whitney "
+        f"p < {result.alpha:g}" + ("" if result.gate_time else " (reported, not gated)")
     )
     lines = [
         verdict_line(result),

@@ -50,6 +50,44 @@ def bootstrap_ratio_ci(
     return float(np.median(h) / np.median(b)), float(lo), float(hi)
 
 
+def _hierarchical_medians(
+    rounds: Sequence[Sequence[float]], rng: np.random.Generator, n_boot: int
+) -> np.ndarray:
+    """(n_boot,) medians of two-level bootstrap replicates: draw the rounds with replacement, then
+    each drawn round's samples with replacement (its own size), and pool them. The spread of
+    these medians includes the round-to-round drift that pooled samples hide."""
+    k = len(rounds)
+    sizes = np.array([len(r) for r in rounds])
+    padded = np.full((k, int(sizes.max())), np.nan)
+    for i, r in enumerate(rounds):
+        padded[i, : len(r)] = r
+    picked = rng.integers(0, k, size=(n_boot, k))  # (n_boot, k) round indices
+    counts = sizes[picked]  # (n_boot, k)
+    slots = np.arange(padded.shape[1])  # (max_n,)
+    draw = np.floor(rng.random((n_boot, k, padded.shape[1])) * counts[..., None]).astype(np.int64)
+    values = padded[picked[..., None], draw]  # (n_boot, k, max_n)
+    values[slots[None, None, :] >= counts[..., None]] = np.nan  # a round contributes its own size
+    return np.nanmedian(values.reshape(n_boot, -1), axis=1)
+
+
+def hierarchical_ratio_ci(
+    base_rounds: Sequence[Sequence[float]],
+    head_rounds: Sequence[Sequence[float]],
+    alpha: float = 0.01,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """(ratio, lo, hi) like `bootstrap_ratio_ci`, for samples taken in several rounds (runs) per
+    side: rounds are resampled before samples, so drift between runs widens the interval."""
+    rng = np.random.default_rng(seed)
+    b_star = _hierarchical_medians(base_rounds, rng, n_boot)
+    h_star = _hierarchical_medians(head_rounds, rng, n_boot)
+    lo, hi = np.quantile(h_star / b_star, [alpha / 2.0, 1.0 - alpha / 2.0])
+    b = np.concatenate([np.asarray(r, dtype=np.float64) for r in base_rounds])
+    h = np.concatenate([np.asarray(r, dtype=np.float64) for r in head_rounds])
+    return float(np.median(h) / np.median(b)), float(lo), float(hi)
+
+
 def mann_whitney_p(base: Sequence[float], head: Sequence[float]) -> float:
     """Two-sided Mann-Whitney U p-value that head and base come from the same distribution."""
     return float(mannwhitneyu(np.asarray(head), np.asarray(base), alternative="two-sided").pvalue)
@@ -63,15 +101,21 @@ def time_verdict(
     min_samples: int = 5,
     n_boot: int = 2000,
     seed: int = 0,
+    base_rounds: Sequence[Sequence[float]] | None = None,
+    head_rounds: Sequence[Sequence[float]] | None = None,
 ) -> TimeStats:
     """Verdict on head vs base timing samples (ms).
 
-    base: (n_b,) and head: (n_h,) raw samples of the same case. The band is
+    base: (n_b,) and head: (n_h,) raw samples of the same case. base_rounds / head_rounds: the
+    same samples split by the run (round) that took them, when each side ran more than once
+    (`ab`); with at least two rounds on both sides the CI is the two-level bootstrap of
+    `hierarchical_ratio_ci`, so run-to-run drift counts as noise, not as a change. The band is
     [1 / (1 + t), 1 + t] on the ratio median(head) / median(base), t = threshold; the wide band
     uses 2t and bounds what "SAME" can hide.
 
-    REGRESSED: ratio > 1 + t, CI lower bound > 1 and Mann-Whitney p < alpha.
-    IMPROVED:  ratio < 1 / (1 + t), CI upper bound < 1 and p < alpha (symmetric in log).
+    REGRESSED: ratio > 1 + t, CI lower bound > 1 + t/2 (confident of at least half the threshold,
+               not merely of some change) and Mann-Whitney p < alpha.
+    IMPROVED:  ratio < 1 / (1 + t), CI upper bound < 1 / (1 + t/2) and p < alpha (symmetric in log).
     SAME:      ratio inside the band and the CI inside the wide band (a hidden change is < 2t);
                with fewer than `min_samples` samples on a side (no test possible): every
                head/base sample pair inside the wide band.
@@ -94,12 +138,16 @@ def time_verdict(
             return TimeStats(SAME, ratio, None, None, None, nb, nh, f"few samples ({nb} base, {nh} head)")
         reason = f"too few samples to test ({nb} base, {nh} head; need {min_samples})"
         return TimeStats(AMBIGUOUS, ratio, None, None, None, nb, nh, reason)
-    _, lo, hi = bootstrap_ratio_ci(b, h, alpha=alpha, n_boot=n_boot, seed=seed)
+    if base_rounds and head_rounds and min(len(base_rounds), len(head_rounds)) >= 2:
+        _, lo, hi = hierarchical_ratio_ci(base_rounds, head_rounds, alpha=alpha, n_boot=n_boot, seed=seed)
+    else:
+        _, lo, hi = bootstrap_ratio_ci(b, h, alpha=alpha, n_boot=n_boot, seed=seed)
     p = mann_whitney_p(b, h)
     ci = f"CI {lo:.3f}-{hi:.3f}, p={p:.2g}"
     if not in_band:
         slower = ratio > up
-        if (lo > 1.0 if slower else hi < 1.0) and p < alpha:
+        margin_up, margin_down = 1.0 + threshold / 2.0, 1.0 / (1.0 + threshold / 2.0)
+        if (lo > margin_up if slower else hi < margin_down) and p < alpha:
             return TimeStats(REGRESSED if slower else IMPROVED, ratio, lo, hi, p, nb, nh)
         why = f"{'slower' if slower else 'faster'} beyond {threshold:.0%} but not significant ({ci})"
         return TimeStats(AMBIGUOUS, ratio, lo, hi, p, nb, nh, why)

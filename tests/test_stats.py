@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from harness import stats
 from harness.stats import (
     AMBIGUOUS,
     IMPROVED,
@@ -132,3 +133,34 @@ def test_crossover_kinds(ratios: list[float], kind: str, length: float | None) -
 
 def test_crossover_without_points() -> None:
     assert loglog_crossover([], []).kind == "none"
+
+
+def test_round_to_round_drift_is_noise_not_a_change() -> None:
+    """Interleaved A/A rounds with a 12% drift between rounds: pooled samples call it a change,
+    the two-level bootstrap over rounds does not; a real 50% slowdown is still caught."""
+    rng = np.random.default_rng(3)
+
+    def round_of(level: float) -> list[float]:
+        return list(level * (1.0 + 0.01 * rng.standard_normal(30)))
+
+    base_rounds = [round_of(1.0), round_of(1.12), round_of(1.0)]
+    head_rounds = [round_of(1.12), round_of(1.12), round_of(1.0)]
+    pooled = stats.time_verdict(sum(base_rounds, []), sum(head_rounds, []), threshold=0.05)
+    assert pooled.verdict == stats.REGRESSED  # what a stored-baseline comparison would say
+    rounds = stats.time_verdict(
+        sum(base_rounds, []),
+        sum(head_rounds, []),
+        threshold=0.05,
+        base_rounds=base_rounds,
+        head_rounds=head_rounds,
+    )
+    assert rounds.verdict != stats.REGRESSED and rounds.ci_lo < 1.025
+    slow_rounds = [[x * 1.5 for x in r] for r in base_rounds]
+    slow = stats.time_verdict(
+        sum(base_rounds, []),
+        sum(slow_rounds, []),
+        threshold=0.05,
+        base_rounds=base_rounds,
+        head_rounds=slow_rounds,
+    )
+    assert slow.verdict == stats.REGRESSED
