@@ -1,7 +1,6 @@
 """Linear attention from precomputed features, non-causal and chunked causal.
 
-Shared by every kernelized variant (linear, performer native, luna chunked): the causal form
-processes the sequence in blocks of `chunk` tokens, with an intra-block masked product and a
+The causal form processes the sequence in blocks of `chunk` tokens, with an intra-block masked product and a
 carried inter-block state (S, z), so no (N, D, d) prefix-sum tensor ever exists. The state and
 normalizer are kept in fp32, or fp64 for fp64 inputs (an fp16 normalizer overflows around N = 8K).
 """
