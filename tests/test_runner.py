@@ -331,3 +331,34 @@ def test_no_plots_flag_writes_no_pngs(planted, tmp_path):
         assert res.returncode == 0, res.stderr.decode()
         assert (out / "report.md").exists()
         assert bool(list(out.glob("plots/*.png"))) is expect_pngs
+
+
+def test_ctrl_c_keeps_finished_cases_and_exits_130(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        """name: interrupt
+device: cpu
+problem: {batch: 1, heads: 2, head_dim: 16, seq_len: [32, 64, 96, 128], causal: [false, true], mode: fwd}
+variants:
+  - name: softmax
+accuracy: {rows: 16}
+measure: {warmup_ms: 0, min_samples: 3, rep_ms: 250, memory: false}
+"""
+    )
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "run_bench.py"), str(path), "--out", str(out), "--quiet", "--no-plots"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    records = out / "records.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (records.exists() and len(records.read_text().splitlines()) >= 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    kept = read_records(records)
+    assert 2 <= len(kept) < 8 and all(r["status"] == "ok" for r in kept)
+    assert "--resume" in stdout  # tells the user how to continue
+    assert (out / "report.md").exists() and (out / "records.parquet").exists()
+    done = subprocess.run([*cmd, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert len({r["case_id"] for r in read_records(records)}) == 8
