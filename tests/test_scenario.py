@@ -355,3 +355,15 @@ def test_marker_detects_an_unsafe_loader(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     yaml.unsafe_load(_tagged(marker, "os.system"))
     assert marker.exists()
+
+
+SHIPPED = sorted((Path(__file__).resolve().parent.parent / "scenarios").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_every_shipped_scenario_loads_and_expands(path: Path) -> None:
+    from harness.sweep import expand
+
+    scenario = load_scenario(str(path))
+    device = "cpu" if scenario.device == "auto" else scenario.device
+    assert expand(scenario, device), f"{path.name} expands to no case"
