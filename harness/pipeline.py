@@ -56,7 +56,9 @@ class FittedState:
 def fit_cache_key(case: Case) -> str:
     """Everything a fit depends on: the case without its mode (inputs and fit spec are run-level)."""
     problem = dataclasses.replace(case.problem, mode="-")
-    return json.dumps([case.variant, case.impl, case.params, dataclasses.asdict(problem), str(case.fit)])
+    return json.dumps(
+        [case.variant, case.impl, case.params, dataclasses.asdict(problem), str(case.fit), str(case.inputs)]
+    )
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -123,9 +125,9 @@ def new_record(case: Case, ctx: CaseContext) -> Record:
         device=p.device,
         causal=p.causal,
         mode=p.mode,
-        input_dist=sc.inputs.dist,
-        input_scale=sc.inputs.scale,
-        input_seed=sc.inputs.seed,
+        input_dist=case.inputs.dist,
+        input_scale=case.inputs.scale,
+        input_seed=case.inputs.seed,
         git_sha=ctx.git_sha,
         threads=torch.get_num_threads(),
         started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -235,7 +237,7 @@ def _fit(rec: Record, variant: AttentionVariant, case: Case, fwd, qc, kc, vc, ct
         if case.fit.steps == 0:
             rec.fit_steps, rec.fit_s = 0, 0.0
             return
-        calib = inputs.calibration_batches(case.problem, sc.inputs, case.fit)
+        calib = inputs.calibration_batches(case.problem, case.inputs, case.fit)
         result = variant.fit(calib, Teacher(rec.causal), case.fit)
         state = {name: t.detach().clone() for name, t in variant.state_dict().items()}
         ctx.fit_cache[key] = FittedState(state, result, rec.unfitted_rel_err)
@@ -247,9 +249,9 @@ def _execute(rec: Record, case: Case, ctx: CaseContext) -> None:
     cls = registry.get(case.variant)
     layout = cls.layout_for(case.impl)
     problem = case.problem
-    torch.manual_seed(sc.inputs.seed)
+    torch.manual_seed(case.inputs.seed)
     variant = cls(cls.make_params(case.params), case.impl, problem).to(problem.device)
-    q, k, v = inputs.make_qkv(problem, sc.inputs, layout=layout, requires_grad=problem.needs_backward)
+    q, k, v = inputs.make_qkv(problem, case.inputs, layout=layout, requires_grad=problem.needs_backward)
     qc, kc, vc = (inputs.to_canonical(x.detach(), layout) for x in (q, k, v))
     rec.input_bytes = sum(x.numel() * x.element_size() for x in (q, k, v))
     fwd = _canonical_forward(variant, layout, problem.causal)

@@ -101,7 +101,7 @@ class Scenario:
     description: str
     device: str  # cpu | cuda | auto
     problem: ProblemSpec
-    inputs: InputSpec
+    inputs: tuple[InputSpec, ...]  # one per input regime; a list in the YAML sweeps them
     variants: tuple[VariantEntry, ...]
     accuracy: AccuracySpec = field(default_factory=AccuracySpec)
     measure: MeasureSpec = field(default_factory=MeasureSpec)
@@ -128,7 +128,7 @@ def scenario_to_dict(s: Scenario) -> dict[str, Any]:
         if e.label is not None:
             entry["label"] = e.label
         variants.append(entry)
-    inputs = {"dist": s.inputs.dist, "scale": s.inputs.scale, "seed": s.inputs.seed, **dict(s.inputs.options)}
+    inputs = [{"dist": i.dist, "scale": i.scale, "seed": i.seed, **dict(i.options)} for i in s.inputs]
     return {
         "path": s.path,
         "name": s.name,
@@ -136,7 +136,7 @@ def scenario_to_dict(s: Scenario) -> dict[str, Any]:
         "description": s.description,
         "device": s.device,
         "problem": {k: list(vals) for k, vals in dataclasses.asdict(s.problem).items()},
-        "inputs": inputs,
+        "inputs": inputs[0] if len(inputs) == 1 else inputs,
         "variants": variants,
         "accuracy": dataclasses.asdict(s.accuracy),
         "measure": dataclasses.asdict(s.measure),
@@ -157,9 +157,9 @@ _positive = partial(v.as_float, minimum=0.0, strict=True)
 
 DIST_KNOBS: dict[str, dict[str, v.Check]] = {
     "gaussian": {},
-    "peaked": {"noise": _nonneg},
+    "peaked": {"noise": _nonneg, "sharpness": _positive},
     "clustered": {"clusters": _positive_int, "spread": _nonneg},
-    "local": {"window": _positive_int},
+    "local": {"window": _positive_int, "noise": _nonneg, "sharpness": _positive},
 }
 PROBLEM_AXES: dict[str, tuple[v.Check, str]] = {
     "batch": (_positive_int, "a positive int"),
@@ -207,7 +207,7 @@ def _scenario(path: str, raw: dict[str, Any]) -> Scenario:
         description=_text(top.get("description", ""), "description"),
         device=v.choice(DEVICES, "device")(top.get("device", "auto"), "device"),
         problem=_problem(top["problem"]),
-        inputs=_inputs(top.get("inputs", {})),
+        inputs=_input_regimes(top.get("inputs", {})),
         variants=_variants(top["variants"]),
         accuracy=v.block(top.get("accuracy", {}), "accuracy", AccuracySpec, ACCURACY_CHECKS),
         measure=_measure(top.get("measure", {})),
@@ -239,21 +239,43 @@ def _problem(raw: Any) -> ProblemSpec:
     return ProblemSpec(**axes)
 
 
-def _inputs(raw: Any) -> InputSpec:
+def _input_regimes(raw: Any) -> tuple[InputSpec, ...]:
+    """`inputs:` is one mapping, or a non-empty list of mappings (a sweep over input regimes).
+
+    Regimes of one scenario must differ in dist or scale: reports group cases by those two.
+    """
+    if not isinstance(raw, list):
+        return (_inputs(raw, "inputs"),)
+    if not raw:
+        raise v.Invalid("inputs", "expected a mapping or a non-empty list of mappings, found an empty list")
+    specs = tuple(_inputs(item, f"inputs[{i}]") for i, item in enumerate(raw))
+    seen: dict[tuple[str, float], int] = {}
+    for i, spec in enumerate(specs):
+        first = seen.setdefault((spec.dist, spec.scale), i)
+        if first != i:
+            raise v.Invalid(
+                f"inputs[{i}]",
+                f"same dist and scale as inputs[{first}] ({spec.dist}, {spec.scale:g}); regimes of one "
+                "scenario must differ in dist or scale (put other knob sweeps in separate scenarios)",
+            )
+    return specs
+
+
+def _inputs(raw: Any, where: str) -> InputSpec:
     knobs = sorted({k for per_dist in DIST_KNOBS.values() for k in per_dist})
-    values = v.mapping(raw, "inputs", ["dist", "scale", "seed", *knobs])
-    dist = v.choice(DISTS, "dist")(values.get("dist", "gaussian"), "inputs.dist")
+    values = v.mapping(raw, where, ["dist", "scale", "seed", *knobs])
+    dist = v.choice(DISTS, "dist")(values.get("dist", "gaussian"), f"{where}.dist")
     options = []
     for name in sorted(set(values) - {"dist", "scale", "seed"}):
         if name not in DIST_KNOBS[dist]:
             owner = next(d for d, per_dist in DIST_KNOBS.items() if name in per_dist)
             allowed = ", ".join(DIST_KNOBS[dist]) or "none"
-            raise v.Invalid(f"inputs.{name}", f"a knob of dist {owner}, not {dist} (its knobs: {allowed})")
-        options.append((name, DIST_KNOBS[dist][name](values[name], f"inputs.{name}")))
+            raise v.Invalid(f"{where}.{name}", f"a knob of dist {owner}, not {dist} (its knobs: {allowed})")
+        options.append((name, DIST_KNOBS[dist][name](values[name], f"{where}.{name}")))
     return InputSpec(
         dist=dist,
-        scale=_positive(values.get("scale", 1.0), "inputs.scale"),
-        seed=_seed(values.get("seed", 0), "inputs.seed"),
+        scale=_positive(values.get("scale", 1.0), f"{where}.scale"),
+        seed=_seed(values.get("seed", 0), f"{where}.seed"),
         options=tuple(options),
     )
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from harness import registry
 from harness.api import FitSpec, Problem
-from harness.scenario import Scenario, VariantEntry
+from harness.scenario import InputSpec, Scenario, VariantEntry
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class Case:
     problem: Problem
     fit: FitSpec | None
     config_key: str  # identifies the variant config + problem minus seq_len (OOM skipping)
+    inputs: InputSpec  # the input regime (distribution, scale, seed, knobs)
 
     def describe(self) -> str:
         p = self.problem
@@ -84,8 +85,8 @@ def expand(scenario: Scenario, device: str, only: list[str] | None = None) -> li
             for point in _param_points(entry):
                 params = resolve_params(entry, point)
                 label = _label(entry, impl, cls.impls[0], point)
-                for batch, heads, head_dim, dtype, causal, mode in itertools.product(
-                    ps.batch, ps.heads, ps.head_dim, ps.dtype, ps.causal, ps.mode
+                for spec, batch, heads, head_dim, dtype, causal, mode in itertools.product(
+                    scenario.inputs, ps.batch, ps.heads, ps.head_dim, ps.dtype, ps.causal, ps.mode
                 ):
                     fit = None
                     if entry.fit is not None and cls.capabilities.learnable:
@@ -102,7 +103,7 @@ def expand(scenario: Scenario, device: str, only: list[str] | None = None) -> li
                         "causal": causal,
                         "mode": mode,
                         "fit": dataclasses.asdict(fit) if fit else None,
-                        "inputs": dataclasses.asdict(scenario.inputs),
+                        "inputs": dataclasses.asdict(spec),
                         "accuracy": dataclasses.asdict(scenario.accuracy),
                     }
                     config_key = _digest(config)
@@ -112,7 +113,9 @@ def expand(scenario: Scenario, device: str, only: list[str] | None = None) -> li
                             continue
                         seen.add(case_id)
                         problem = Problem(batch, heads, seq_len, head_dim, dtype, device, causal, mode)
-                        cases.append(Case(case_id, entry.name, impl, params, label, problem, fit, config_key))
+                        cases.append(
+                            Case(case_id, entry.name, impl, params, label, problem, fit, config_key, spec)
+                        )
     return cases
 
 

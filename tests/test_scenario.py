@@ -103,7 +103,7 @@ def test_good_minimal_gets_defaults() -> None:
         description="",
         device="auto",
         problem=ProblemSpec(batch=(1,), heads=(2,), head_dim=(16,), seq_len=(63,)),
-        inputs=InputSpec(),
+        inputs=(InputSpec(),),
         variants=(VariantEntry(name="fake_exact"),),
         accuracy=AccuracySpec(),
         measure=MeasureSpec(),
@@ -124,8 +124,8 @@ def test_good_full_loads_every_section() -> None:
         causal=(False, True),
         mode=("fwd_bwd",),
     )
-    assert s.inputs == InputSpec("clustered", 2.0, 7, (("clusters", 8), ("spread", 0.25)))
-    assert isinstance(s.inputs.scale, float)
+    assert s.inputs[0] == InputSpec("clustered", 2.0, 7, (("clusters", 8), ("spread", 0.25)))
+    assert isinstance(s.inputs[0].scale, float)
     assert s.variants == (
         VariantEntry(
             name="fake_exact",
@@ -183,7 +183,7 @@ def test_scenario_to_dict_is_json_and_round_trips(tmp_path: Path) -> None:
 )
 def test_input_dist_knobs(tmp_path: Path, inputs: str, options: tuple) -> None:
     s = load_scenario(str(write(tmp_path, BASE + f"inputs: {inputs}\nvariants: [{{name: fake_exact}}]\n")))
-    assert s.inputs.options == options
+    assert s.inputs[0].options == options
 
 
 # ----- bad scenarios (fixtures) ---------------------------------------------------------------
@@ -367,3 +367,55 @@ def test_every_shipped_scenario_loads_and_expands(path: Path) -> None:
     scenario = load_scenario(str(path))
     device = "cpu" if scenario.device == "auto" else scenario.device
     assert expand(scenario, device), f"{path.name} expands to no case"
+
+
+def test_inputs_list_sweeps_regimes(tmp_path: Path) -> None:
+    from harness.sweep import expand
+
+    path = tmp_path / "regimes.yaml"
+    path.write_text(
+        "name: regimes\ndevice: cpu\nproblem: {batch: 1, heads: 2, head_dim: 16, seq_len: [63, 128]}\n"
+        "inputs: [{dist: gaussian}, {dist: peaked, sharpness: 1.5}, {dist: gaussian, scale: 0.5}]\n"
+        "variants:\n  - name: fake_exact\n"
+    )
+    s = load_scenario(str(path))
+    assert [(i.dist, i.scale) for i in s.inputs] == [("gaussian", 1.0), ("peaked", 1.0), ("gaussian", 0.5)]
+    assert s.inputs[1].options == (("sharpness", 1.5),)
+    cases = expand(s, "cpu")
+    assert len(cases) == 6 and len({c.case_id for c in cases}) == 6
+    assert [c.inputs.dist for c in cases] == ["gaussian"] * 2 + ["peaked"] * 2 + ["gaussian"] * 2
+    # a one-regime scenario keeps the case ids it had before lists were allowed
+    single = tmp_path / "single.yaml"
+    single.write_text(path.read_text().replace(
+        "inputs: [{dist: gaussian}, {dist: peaked, sharpness: 1.5}, {dist: gaussian, scale: 0.5}]",
+        "inputs: {dist: gaussian}",
+    ))  # fmt: skip
+    assert [c.case_id for c in expand(load_scenario(str(single)), "cpu")] == [c.case_id for c in cases[:2]]
+
+
+@pytest.mark.parametrize(
+    ("inputs", "where", "expected"),
+    [
+        ("[]", "inputs", "non-empty list"),
+        ("[{dist: peaked}, {dist: peaked, noise: 0.2}]", "inputs[1]", "same dist and scale as inputs[0]"),
+        ("[{dist: gaussian}, {dist: local, clusters: 3}]", "inputs[1].clusters", "a knob of dist clustered"),
+        ("[{dist: gaussian}, {dist: nope}]", "inputs[1].dist", "expected one of"),
+    ],
+)
+def test_bad_inputs_list(tmp_path: Path, inputs: str, where: str, expected: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "name: bad\ndevice: cpu\nproblem: {batch: 1, heads: 2, head_dim: 16, seq_len: 63}\n"
+        f"inputs: {inputs}\nvariants:\n  - name: fake_exact\n"
+    )
+    with pytest.raises(ScenarioError) as err:
+        load_scenario(str(path))
+    assert_one_line(str(err.value), path, where)
+    assert expected in str(err.value)
+
+
+def test_every_distribution_knob_is_settable_from_yaml() -> None:
+    from harness.inputs import DIST_OPTIONS
+    from harness.scenario import DIST_KNOBS
+
+    assert {d: set(k) for d, k in DIST_KNOBS.items()} == {d: set(k) for d, k in DIST_OPTIONS.items()}
