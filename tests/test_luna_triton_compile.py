@@ -82,18 +82,18 @@ class _Recorder:
         return lambda *args, **kwargs: self.launches.append(Launch(self.fn, grid, args, kwargs))
 
 
-def cuda_backend_reason() -> str | None:
-    """Why the CUDA backend cannot compile here, or None."""
+def cuda_backend_reason(arch: int) -> str | None:
+    """Why the CUDA backend cannot compile for sm_`arch` here, or None."""
     from triton.backends import backends
 
     if "nvidia" not in backends:
         return "installed triton has no CUDA (nvidia) backend"
-    from triton import knobs
+    from triton.backends.nvidia.compiler import get_ptxas
 
     try:
-        knobs.nvidia.ptxas.path  # noqa: B018  (resolving the path raises if ptxas is missing)
+        get_ptxas(arch).path  # noqa: B018  (resolving the tool raises if ptxas is missing)
     except RuntimeError as e:
-        return f"triton's CUDA backend has no usable ptxas: {e}"
+        return f"triton's CUDA backend has no usable ptxas for sm_{arch}: {e}"
     return None
 
 
@@ -143,7 +143,9 @@ def compile_launch(launch: Launch, arch: int):
     binder = create_function_from_signature(fn.signature, fn.params, backend)
     bound, specialization, opts = binder(*map(mock, launch.args), **kwargs)
     options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, opts)
-    return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
+    return triton.compile(
+        ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__
+    )
 
 
 # ----- when this session interprets the kernels: run this file without TRITON_INTERPRET ---------
@@ -152,18 +154,31 @@ def compiled_run() -> dict[str, str]:
     """Run this file in a subprocess without TRITON_INTERPRET: {test name: "" if passed, else why}."""
     with tempfile.TemporaryDirectory() as tmp:
         xml_path = Path(tmp) / "report.xml"
-        cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", f"--junitxml={xml_path}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            __file__,
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--junitxml={xml_path}",
+        ]
         env = {key: val for key, val in os.environ.items() if key != "TRITON_INTERPRET"}
         root = Path(__file__).resolve().parents[1]
         proc = subprocess.run(
             cmd, cwd=root, env=env, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S
         )
         if not xml_path.exists():
-            raise RuntimeError(f"compile subprocess wrote no report:\n{proc.stdout[-4000:]}{proc.stderr[-4000:]}")
+            raise RuntimeError(
+                f"compile subprocess wrote no report:\n{proc.stdout[-4000:]}{proc.stderr[-4000:]}"
+            )
         outcomes = {}
         for case in ET.parse(xml_path).iter("testcase"):
             bad = [el for el in case if el.tag in ("failure", "error", "skipped")]
-            outcomes[case.get("name")] = "" if not bad else f"{bad[0].tag}: {bad[0].get('message')}\n{bad[0].text}"
+            outcomes[case.get("name")] = (
+                "" if not bad else f"{bad[0].tag}: {bad[0].get('message')}\n{bad[0].text}"
+            )
         return outcomes
 
 
@@ -182,14 +197,16 @@ def test_kernel_compiles_for_sm90(config: tuple[str, int], kernel: str) -> None:
     """PTX and cubin for sm_90, within the per-block shared-memory limit, with the launch's num_warps."""
     if INTERPRETED:
         return _check_in_subprocess()
-    if (reason := cuda_backend_reason()) is not None:
+    if (reason := cuda_backend_reason(TEST_ARCH)) is not None:
         pytest.skip(reason)
     launch = record_launches(*config)[kernel]
     compiled = compile_launch(launch, TEST_ARCH)
     assert f".entry {kernel}" in compiled.asm["ptx"]
     assert len(compiled.asm["cubin"]) > 0
     assert compiled.metadata.num_warps == launch.kwargs.get("num_warps", 4)
-    assert compiled.metadata.shared <= MAX_SHARED[TEST_ARCH], f"{compiled.metadata.shared} bytes of shared memory"
+    assert compiled.metadata.shared <= MAX_SHARED[TEST_ARCH], (
+        f"{compiled.metadata.shared} bytes of shared memory"
+    )
 
 
 @pytest.mark.parametrize("G", [1, SIZES["L"]], ids=["G=1", "G=L"])
