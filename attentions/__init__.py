@@ -1,11 +1,11 @@
 """Built-in attention variants. Each registers lazily, so listing them imports no optional package."""
 
-from harness.registry import register
+from harness.plugins.variants import VARIANTS
 
-register("softmax", "attentions.softmax.variant:SoftmaxAttention")
-register("flash", "attentions.flash.variant:FlashAttention")
-register("linear", "attentions.linear.variant:LinearAttention")
-register("performer", "attentions.performer.variant:PerformerAttention")
-register("nystrom", "attentions.nystrom.variant:NystromAttention")
-register("luna", "attentions.luna.variant:LunaAttention")
-register("luna_nested", "attentions.luna_nested.variant:LunaNestedAttention")
+VARIANTS.register("softmax", "attentions.softmax.variant:SoftmaxAttention")
+VARIANTS.register("flash", "attentions.flash.variant:FlashAttention")
+VARIANTS.register("linear", "attentions.linear.variant:LinearAttention")
+VARIANTS.register("performer", "attentions.performer.variant:PerformerAttention")
+VARIANTS.register("nystrom", "attentions.nystrom.variant:NystromAttention")
+VARIANTS.register("luna", "attentions.luna.variant:LunaAttention")
+VARIANTS.register("luna_nested", "attentions.luna_nested.variant:LunaNestedAttention")

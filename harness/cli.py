@@ -35,15 +35,15 @@ def _run_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(argv: list[str]) -> int:
-    from harness import registry
-    from harness.progress import make_reporter
-    from harness.runner import default_out_dir, resolve_device, run_scenario
-    from harness.scenario import load_scenario
+    from harness.config.scenario import load_scenario
+    from harness.execute.progress import make_reporter
+    from harness.execute.runner import default_out_dir, resolve_device, run_scenario
+    from harness.plugins.variants import VARIANTS
 
     args = _run_parser().parse_args(argv)
     scenario = load_scenario(args.scenario)
     for name in args.only or []:
-        registry.get(name)  # unknown names fail with a did-you-mean
+        VARIANTS.get(name)  # unknown names fail with a did-you-mean
     device = resolve_device(scenario, args.device)
     if args.resume and args.out is None:
         raise UsageError("--resume needs --out RUN_DIR (the directory of the run to continue)")
@@ -73,9 +73,9 @@ def cmd_run(argv: list[str]) -> int:
 
 
 def cmd_validate(argv: list[str]) -> int:
-    from harness.runner import resolve_device
-    from harness.scenario import load_scenario
-    from harness.sweep import expand, static_skip_reasons
+    from harness.config.scenario import load_scenario
+    from harness.config.sweep import expand, static_skip_reasons
+    from harness.execute.runner import resolve_device
 
     p = argparse.ArgumentParser(prog="run_bench.py validate", description="Check a scenario; run nothing.")
     p.add_argument("scenario")
@@ -99,13 +99,13 @@ def cmd_validate(argv: list[str]) -> int:
 def cmd_list(argv: list[str]) -> int:
     import dataclasses
 
-    from harness import registry
+    from harness.plugins.variants import VARIANTS
 
     argparse.ArgumentParser(prog="run_bench.py list", description="List registered variants.").parse_args(
         argv
     )
-    for name in registry.names():
-        cls = registry.get(name)
+    for name in VARIANTS.names():
+        cls = VARIANTS.get(name)
         caps = cls.capabilities
         params = ", ".join(
             f"{f.name}={f.default!r}"
@@ -123,7 +123,7 @@ def cmd_list(argv: list[str]) -> int:
 
 
 def cmd_report(argv: list[str]) -> int:
-    from harness.runner import finish_run_dir
+    from harness.execute.runner import finish_run_dir
 
     p = argparse.ArgumentParser(
         prog="run_bench.py report", description="(Re)write report.md of a run directory."
@@ -139,13 +139,13 @@ def cmd_report(argv: list[str]) -> int:
 
 
 def cmd_compare(argv: list[str]) -> int:
-    from harness.ab import compare_main
+    from harness.regress.ab import compare_main
 
     return compare_main(argv)
 
 
 def cmd_ab(argv: list[str]) -> int:
-    from harness.ab import ab_main
+    from harness.regress.ab import ab_main
 
     return ab_main(argv)
 
@@ -161,10 +161,10 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    from harness.ab import AbError
-    from harness.registry import UnknownVariantError
-    from harness.runner import RunDirError
-    from harness.scenario import ScenarioError
+    from harness.config.scenario import ScenarioError
+    from harness.execute.runner import RunDirError
+    from harness.plugins.registry import PluginLoadError, UnknownPluginError
+    from harness.regress.ab import AbError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     command = "run"
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         command, argv = argv[0], argv[1:]
     try:
         return COMMANDS[command](argv)
-    except (ScenarioError, RunDirError, UsageError, UnknownVariantError, AbError) as exc:
+    except (ScenarioError, RunDirError, UsageError, UnknownPluginError, PluginLoadError, AbError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,4 +1,4 @@
-"""Tests of harness.accuracy: exact row reference, uniform floor, metrics, leak checks."""
+"""Tests of harness.measure.accuracy: exact row reference, uniform floor, metrics, leak checks."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from harness import accuracy
-from harness.accuracy import (
+from harness.measure import accuracy
+from harness.measure.accuracy import (
     AccuracyResult,
     accuracy_metrics,
     batch_change,

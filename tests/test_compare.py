@@ -1,4 +1,4 @@
-"""`compare` on synthetic run directories built with harness.records, and its Markdown."""
+"""`compare` on synthetic run directories built with harness.results.records, and its Markdown."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import compare, compare_markdown
-from harness.records import Record, append_record
+from harness.regress import compare, compare_markdown
+from harness.results.records import Record, append_record
 
 REPO = Path(__file__).resolve().parent.parent
 LENGTHS = (256, 1024)
@@ -294,6 +294,6 @@ def test_cli_options(tmp_path: Path, capsys, extra: tuple[str, ...], code: int) 
 
 
 def test_env_keys_follow_the_fingerprint() -> None:
-    from harness.env import FINGERPRINT_KEYS
+    from harness.measure.env import FINGERPRINT_KEYS
 
     assert set(compare.ENV_KEYS) == set(FINGERPRINT_KEYS)

@@ -1,11 +1,11 @@
 """Contract tests run over the registry: every registered variant x each of its impls.
 
-New variants are covered as soon as they register: cases are built from `registry.names()` and each
+New variants are covered as soon as they register: cases are built from `VARIANTS.names()` and each
 class's `impls`. A variant whose module does not import fails `test_variant_imports` (and has no
 other cases until it does). Impls that cannot run on CPU fp32 here must say why, readably.
 
-Inputs are built as the runner builds them (`harness.pipeline`): `torch.manual_seed(seed)` then
-`cls(params, impl, problem)`, q, k, v from `harness.inputs.make_qkv` in the canonical layout,
+Inputs are built as the runner builds them (`harness.execute.pipeline`): `torch.manual_seed(seed)` then
+`cls(params, impl, problem)`, q, k, v from `harness.inputs.synthetic.make_qkv` in the canonical layout,
 converted to `cls.layout_for(impl)` for the call and back with `to_canonical`.
 
 The naive reference of each variant (its `naive.py`, fed the instance's parameters) is looked up
@@ -29,9 +29,10 @@ from attentions.luna.naive import luna_attention
 from attentions.luna_nested.naive import luna_nested_attention
 from attentions.performer.naive import favor_attention
 from attentions.softmax.naive import softmax_attention
-from harness import inputs, registry
-from harness.api import AttentionVariant, Problem
-from harness.scenario import InputSpec
+from harness.config.scenario import InputSpec
+from harness.inputs import synthetic as inputs
+from harness.plugins.contract import AttentionVariant, Problem
+from harness.plugins.variants import VARIANTS
 
 B, H = 2, 2
 SEED = 0
@@ -161,9 +162,9 @@ NAIVE: dict[str, NaiveFn] = {
 # ----- cases -------------------------------------------------------------------------------------
 def _importable() -> list[str]:
     names = []
-    for name in registry.names():
+    for name in VARIANTS.names():
         try:
-            registry.get(name)
+            VARIANTS.get(name)
         except ImportError:  # reported by test_variant_imports
             continue
         names.append(name)
@@ -177,7 +178,7 @@ def _impl_cases(runs_on_cpu: bool, xfails: dict[str, str] | None = None) -> list
     """
     cases = []
     for name in IMPORTABLE:
-        cls = registry.get(name)
+        cls = VARIANTS.get(name)
         for impl in cls.impls:
             if bool(cls.not_supported_reasons(BASE, cls.make_params({}), impl)) == runs_on_cpu:
                 continue
@@ -202,7 +203,7 @@ def problem(n: int = 63, d: int = 32, causal: bool = False, batch: int = B, **kw
 
 def build(name: str, impl: str, prob: Problem, seed: int = SEED) -> AttentionVariant:
     """The variant as the runner builds it, after skipping (with its reasons) what it cannot run."""
-    cls = registry.get(name)
+    cls = VARIANTS.get(name)
     params = cls.make_params({})
     reasons = cls.not_supported_reasons(prob, params, impl)
     if reasons:
@@ -247,9 +248,9 @@ def outputs_and_grads(fn: Callable[..., Tensor], leaves: list[Tensor], *args: Te
 
 
 # ----- registry and description ------------------------------------------------------------------
-@pytest.mark.parametrize("name", registry.names())
+@pytest.mark.parametrize("name", VARIANTS.names())
 def test_variant_imports(name: str) -> None:
-    cls = registry.get(name)  # an ImportError here is the failure
+    cls = VARIANTS.get(name)  # an ImportError here is the failure
     assert issubclass(cls, AttentionVariant) and cls.name == name
     assert cls.impls and len(set(cls.impls)) == len(cls.impls)
     assert cls.version >= 1 and cls.paper and cls.reference_impl
@@ -257,7 +258,7 @@ def test_variant_imports(name: str) -> None:
 
 @pytest.mark.parametrize("name", IMPORTABLE)
 def test_params_contract(name: str) -> None:
-    cls = registry.get(name)
+    cls = VARIANTS.get(name)
     assert dataclasses.is_dataclass(cls.Params) and cls.Params.__dataclass_params__.frozen
     params = cls.make_params({})
     fields = dataclasses.fields(params)
@@ -271,7 +272,7 @@ def test_params_contract(name: str) -> None:
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("name", IMPORTABLE)
 def test_cost_model_positive(name: str, causal: bool) -> None:
-    cls = registry.get(name)
+    cls = VARIANTS.get(name)
     params = cls.make_params({})
     if causal and not cls.capabilities.causal:
         pytest.skip(f"{name} has no causal form")
@@ -286,7 +287,7 @@ def test_cost_model_positive(name: str, causal: bool) -> None:
 
 @pytest.mark.parametrize("name,impl", CPU_REFUSED)
 def test_refused_impl_gives_readable_reason(name: str, impl: str) -> None:
-    cls = registry.get(name)
+    cls = VARIANTS.get(name)
     reasons = cls.not_supported_reasons(BASE, cls.make_params({}), impl)
     assert reasons and all(isinstance(r, str) and r.strip() and "\n" not in r for r in reasons), reasons
     assert any(name in r for r in reasons), reasons
@@ -316,7 +317,7 @@ def test_matches_naive(name: str, impl: str, n: int, d: int, causal: bool) -> No
     assert rel_err(out, ref) < fwd_tol
     for i, (g, rg) in enumerate(zip(grads, ref_grads, strict=True)):
         assert rel_err(g, rg) < grad_tol, f"grad of leaf {i} ({'qkv'[i] if i < 3 else 'param'})"
-    if registry.get(name).capabilities.exact:
+    if VARIANTS.get(name).capabilities.exact:
         assert rel_err(out, softmax_attention(q, k, v, causal)) < EXACT_RTOL
 
 

@@ -1,4 +1,4 @@
-"""Tests of harness.inputs: seeded distributions, layouts, calibration split, entropy helpers."""
+"""Tests of harness.inputs.synthetic: seeded distributions, layouts, calibration split, entropy helpers."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import math
 import pytest
 import torch
 
-from harness.accuracy import sample_rows
-from harness.api import FitSpec, Problem
-from harness.inputs import (
+from harness.config.scenario import InputSpec
+from harness.inputs.synthetic import (
     DIST_OPTIONS,
     band_mass,
     calibration_batches,
@@ -18,7 +17,8 @@ from harness.inputs import (
     softmax_row_entropy,
     to_canonical,
 )
-from harness.scenario import InputSpec
+from harness.measure.accuracy import sample_rows
+from harness.plugins.contract import FitSpec, Problem
 
 DISTS = sorted(DIST_OPTIONS)
 SMALL = Problem(batch=2, heads=3, seq_len=63, head_dim=16)

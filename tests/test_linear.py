@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from attentions.linear.chunked import linear_attention_causal_chunked, linear_attention_noncausal
 from attentions.linear.naive import elu_feature_map, linear_attention
 from attentions.linear.variant import LinearAttention, LinearParams, chunk_sizes
-from harness.api import Problem
+from harness.plugins.contract import Problem
 
 B, H = 1, 2
 HEAD_DIMS = (32, 48, 64, 128)

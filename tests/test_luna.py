@@ -17,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from attentions.luna.fit import distill_loss, luna_row_weights
 from attentions.luna.naive import channel_rms, luna_attention, luna_features
 from attentions.luna.variant import CH_RMS_CAUSAL_REASON, LunaAttention, LunaParams, flop_terms
-from harness.api import FitSpec, Problem, Teacher
+from harness.plugins.contract import FitSpec, Problem, Teacher
 
 B, H = 1, 2
 SEQ_LENS = (63, 1000)

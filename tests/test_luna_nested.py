@@ -18,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from attentions.luna_nested import naive
 from attentions.luna_nested.fit import kl_rows, noncausal_rows
 from attentions.luna_nested.variant import UNTIED_CAUSAL_REASON, LunaNestedAttention, LunaNestedParams
-from harness.api import FitSpec, Problem, Teacher
+from harness.plugins.contract import FitSpec, Problem, Teacher
 
 B, H = 1, 2
 SEQ_LENS = (63, 1000)

@@ -33,7 +33,7 @@ from attentions.luna.variant import (
     LunaAttention,
     LunaParams,
 )
-from harness.api import Problem
+from harness.plugins.contract import Problem
 
 triton_language = pytest.importorskip("triton.language")
 

@@ -1,4 +1,4 @@
-"""Tests for harness.memory: CPU profiler-timeline peaks against known allocations, CUDA path."""
+"""Tests for harness.measure.memory: CPU profiler-timeline peaks against known allocations, CUDA path."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from harness.memory import MemoryMeasureError, MemoryResult, measure_memory
-from harness.timing import make_step
+from harness.measure.memory import MemoryMeasureError, MemoryResult, measure_memory
+from harness.measure.timing import make_step
 
 MB = 1_000_000
 

@@ -12,9 +12,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from attentions.nystrom.naive import nystrom_attention_naive, segment_sizes
 from attentions.nystrom.naive import segment_means as naive_segment_means
 from attentions.nystrom.variant import NystromAttention, NystromParams, flop_terms, segment_means
-from harness import accuracy
-from harness.api import Problem
-from harness.costs import qkvo_bytes
+from harness.measure import accuracy
+from harness.measure.costs import qkvo_bytes
+from harness.plugins.contract import Problem
 
 B, H = 2, 3
 CONVERGED_ITERS = 20  # the pseudo-inverse of the N x N softmax matrix has converged (error < 1e-6)

@@ -18,8 +18,8 @@ from attentions.performer.naive import (
     softmax_attention,
 )
 from attentions.performer.variant import PerformerAttention, PerformerParams
-from harness.accuracy import causality_change
-from harness.api import Problem
+from harness.measure.accuracy import causality_change
+from harness.plugins.contract import Problem
 
 B, H = 2, 2
 SEQ_LENS = (63, 1000)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.records import Record, to_dataframe
-from harness.report import efficiency_table, render_report, write_report
+from harness.results.records import Record, to_dataframe
+from harness.results.report import efficiency_table, render_report, write_report
 from tests.test_compare import CPU_ENV, LENGTHS, edit, make_records, write_run
 
 GPU_ENV = {

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from harness.roofline import Roofline, measure_copy_gbps, measure_matmul_tflops
+from harness.measure.roofline import Roofline, measure_copy_gbps, measure_matmul_tflops
 
 
 def test_floor_is_the_larger_of_the_two_bounds() -> None:

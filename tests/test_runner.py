@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import registry
-from harness.api import AttentionVariant, Capabilities, Problem
-from harness.progress import QuietReporter
-from harness.records import read_records
-from harness.runner import RunDirError, run_scenario
-from harness.scenario import load_scenario
+from harness.config.scenario import load_scenario
+from harness.execute.progress import QuietReporter
+from harness.execute.runner import RunDirError, run_scenario
+from harness.plugins.contract import AttentionVariant, Capabilities, Problem
+from harness.plugins.variants import VARIANTS
+from harness.results.records import read_records
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,9 +70,9 @@ class PlantedVariant(AttentionVariant):
 
 @pytest.fixture
 def planted():
-    registry.register("planted", PlantedVariant)
+    VARIANTS.register("planted", PlantedVariant)
     yield
-    registry.unregister("planted")
+    VARIANTS.unregister("planted")
 
 
 def write_scenario(tmp_path: Path, variants: str, seq_len="[16, 32, 64]", causal="[false]", extra="") -> Path:
@@ -287,19 +287,19 @@ class BatchCoupled(PlantedVariant):
 
 
 def test_batch_dependence_is_a_leak(tmp_path):
-    registry.register("coupled", BatchCoupled)
+    VARIANTS.register("coupled", BatchCoupled)
     try:
         run(write_scenario(tmp_path, "  - name: coupled", seq_len="[16]"), tmp_path / "run")
     finally:
-        registry.unregister("coupled")
+        VARIANTS.unregister("coupled")
     (rec,) = read_records(tmp_path / "run" / "records.jsonl")
     assert rec["status"] == "leak" and rec["reason"].startswith("batch leak")
     assert rec["batch_change"] > 1e-2
 
 
 def test_roofline_floor_is_recorded(planted, tmp_path, monkeypatch):
-    from harness import runner
-    from harness.roofline import Roofline
+    from harness.execute import runner
+    from harness.measure.roofline import Roofline
 
     fake = Roofline(device="cpu", copy_gbps=10.0, matmul_tflops={"fp32": 0.5})
     calls = []
@@ -324,7 +324,8 @@ def test_no_plots_flag_writes_no_pngs(planted, tmp_path):
         env = {**os.environ, "PYTHONPATH": str(tmp_path)}
         # the planted variant lives in this test module: register it through a plugin module
         (tmp_path / "planted_plugin.py").write_text(
-            "from harness import registry\nregistry.register('planted', 'tests.test_runner:PlantedVariant')\n"
+            "from harness.plugins.variants import VARIANTS\n"
+            "VARIANTS.register('planted', 'tests.test_runner:PlantedVariant')\n"
         )
         code = "import planted_plugin, sys; from harness.cli import main; sys.exit(main(sys.argv[1:]))"
         res = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env, capture_output=True)

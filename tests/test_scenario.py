@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import registry, sweep
-from harness.api import AttentionVariant, Capabilities
-from harness.scenario import (
+from harness.config import sweep
+from harness.config.scenario import (
     AccuracySpec,
     ChecksSpec,
     FitBlock,
@@ -30,6 +29,8 @@ from harness.scenario import (
     load_scenario,
     scenario_to_dict,
 )
+from harness.plugins.contract import AttentionVariant, Capabilities
+from harness.plugins.variants import VARIANTS
 
 FIXTURES = Path(__file__).parent / "fixtures" / "scenarios"
 BASE = "name: t\nproblem: {batch: 1, heads: 2, head_dim: 16, seq_len: 63}\n"
@@ -69,11 +70,11 @@ class FakeLearn(AttentionVariant):
 
 @pytest.fixture(autouse=True)
 def fake_variants():
-    registry.register("fake_exact", FakeExact)
-    registry.register("fake_learn", FakeLearn)
+    VARIANTS.register("fake_exact", FakeExact)
+    VARIANTS.register("fake_learn", FakeLearn)
     yield
-    registry.unregister("fake_exact")
-    registry.unregister("fake_learn")
+    VARIANTS.unregister("fake_exact")
+    VARIANTS.unregister("fake_learn")
 
 
 def write(tmp_path: Path, text: str, name: str = "s.yaml") -> Path:
@@ -293,23 +294,23 @@ def test_variant_without_params_rejects_any(tmp_path: Path) -> None:
     class Plain(AttentionVariant):
         name = "fake_plain"
 
-    registry.register("fake_plain", Plain)
+    VARIANTS.register("fake_plain", Plain)
     try:
         path = write(tmp_path, BASE + "variants: [{name: fake_plain, params: {block: 1}}]")
         msg = load_error(path)
     finally:
-        registry.unregister("fake_plain")
+        VARIANTS.unregister("fake_plain")
     assert_one_line(msg, path, "variants[0].params.block")
     assert "no keys are allowed here" in msg
 
 
 def test_registered_variant_that_cannot_import(tmp_path: Path) -> None:
-    registry.register("fake_broken", "no_such_module_for_attnbench:Broken")
+    VARIANTS.register("fake_broken", "no_such_module_for_attnbench:Broken")
     try:
         path = write(tmp_path, BASE + "variants: [{name: fake_broken}]")
         msg = load_error(path)
     finally:
-        registry.unregister("fake_broken")
+        VARIANTS.unregister("fake_broken")
     assert_one_line(msg, path, "variants[0].name")
     assert "registered but cannot be imported" in msg and "no_such_module_for_attnbench" in msg
 
@@ -326,12 +327,12 @@ def test_multiline_exception_text_stays_one_line(tmp_path: Path) -> None:
         def make_params(cls, values: dict) -> FakeExactParams:
             raise ValueError("first line\nsecond line")
 
-    registry.register("fake_picky", Picky)
+    VARIANTS.register("fake_picky", Picky)
     try:
         path = write(tmp_path, BASE + "variants: [{name: fake_picky}]")
         msg = load_error(path)
     finally:
-        registry.unregister("fake_picky")
+        VARIANTS.unregister("fake_picky")
     assert_one_line(msg, path, "variants[0].params")
     assert "first line second line" in msg
 
@@ -362,7 +363,7 @@ SHIPPED = sorted((Path(__file__).resolve().parent.parent / "scenarios").glob("*.
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
 def test_every_shipped_scenario_loads_and_expands(path: Path) -> None:
-    from harness.sweep import expand
+    from harness.config.sweep import expand
 
     scenario = load_scenario(str(path))
     device = "cpu" if scenario.device == "auto" else scenario.device
@@ -370,7 +371,7 @@ def test_every_shipped_scenario_loads_and_expands(path: Path) -> None:
 
 
 def test_inputs_list_sweeps_regimes(tmp_path: Path) -> None:
-    from harness.sweep import expand
+    from harness.config.sweep import expand
 
     path = tmp_path / "regimes.yaml"
     path.write_text(
@@ -415,7 +416,7 @@ def test_bad_inputs_list(tmp_path: Path, inputs: str, where: str, expected: str)
 
 
 def test_every_distribution_knob_is_settable_from_yaml() -> None:
-    from harness.inputs import DIST_OPTIONS
-    from harness.scenario import DIST_KNOBS
+    from harness.config.scenario import DIST_KNOBS
+    from harness.inputs.synthetic import DIST_OPTIONS
 
     assert {d: set(k) for d, k in DIST_KNOBS.items()} == {d: set(k) for d, k in DIST_OPTIONS.items()}

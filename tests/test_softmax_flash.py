@@ -15,7 +15,7 @@ from attentions.flash.naive import exact_attention
 from attentions.flash.variant import FlashAttention
 from attentions.softmax.naive import softmax_attention
 from attentions.softmax.variant import SoftmaxAttention
-from harness.api import DTYPES, Problem
+from harness.plugins.contract import DTYPES, Problem
 
 B, H = 2, 3
 SEQ_LENS = (63, 1000)
@@ -111,7 +111,9 @@ def test_sdpa_uses_the_flash_kernel(causal: bool) -> None:
 
 @pytest.mark.parametrize("impl,package", [("flash_attn", "flash_attn"), ("xformers", "xformers")])
 def test_missing_package_is_a_reason(impl: str, package: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("harness.api.missing_packages", lambda mods: [m for m in mods if m == package])
+    monkeypatch.setattr(
+        "harness.plugins.contract.missing_packages", lambda mods: [m for m in mods if m == package]
+    )
     reasons = FlashAttention.not_supported_reasons(problem(dtype="bf16", device="cuda"), None, impl)
     assert reasons == [f"flash/{impl} needs optional package(s) not installed: {package}"]
 

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from harness import stats
-from harness.stats import (
+from harness.measure import stats
+from harness.measure.stats import (
     AMBIGUOUS,
     IMPROVED,
     REGRESSED,

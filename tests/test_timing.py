@@ -1,4 +1,4 @@
-"""Tests for harness.timing: statistics, the sampling protocol, timeouts and the step modes."""
+"""Tests for harness.measure.timing: statistics, the sampling protocol, timeouts and the step modes."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness.scenario import MeasureSpec
-from harness.timing import (
+from harness.config.scenario import MeasureSpec
+from harness.measure.timing import (
     CaseTimeout,
     TimingStats,
     make_step,

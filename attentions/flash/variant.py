@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from harness.api import DTYPES, AttentionVariant, Capabilities, NoParams, Problem
-from harness.costs import causal_fraction, io_bytes_for_mode, scale_for_mode
+from harness.measure.costs import causal_fraction, io_bytes_for_mode, scale_for_mode
+from harness.plugins.contract import DTYPES, AttentionVariant, Capabilities, NoParams, Problem
 
 LAYOUT_BY_IMPL = {"sdpa": "bhnd", "flash_attn": "bnhd", "xformers": "bnhd"}
 HALF_DTYPES = ("fp16", "bf16")

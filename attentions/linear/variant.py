@@ -19,8 +19,8 @@ from torch import Tensor
 
 from attentions.linear.chunked import linear_attention_causal_chunked, linear_attention_noncausal
 from attentions.linear.naive import elu_feature_map
-from harness.api import AttentionVariant, Capabilities, Problem
-from harness.costs import io_bytes_for_mode, scale_for_mode
+from harness.measure.costs import io_bytes_for_mode, scale_for_mode
+from harness.plugins.contract import AttentionVariant, Capabilities, Problem
 
 FEATURE_MAP_FLOPS = 3.0  # elu(x) + 1 per element: exp, select, add
 FP32_BYTES = 4

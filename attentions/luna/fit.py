@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from attentions.luna.naive import channel_rms
-from harness.api import FitResult, FitSpec, Teacher
+from harness.plugins.contract import FitResult, FitSpec, Teacher
 
 TINY = 1e-9  # floor inside log(A): ReLU features make some LUNA weights exactly 0
 

@@ -23,8 +23,8 @@ from torch import Tensor, nn
 from attentions.luna.chunked import LunaWeights, features_blockwise, luna_attention_chunked
 from attentions.luna.fit import fit_luna
 from attentions.luna.naive import init_luna_params, luna_attention
-from harness.api import AttentionVariant, Capabilities, FitResult, FitSpec, Problem, Teacher
-from harness.costs import io_bytes_for_mode, scale_for_mode
+from harness.measure.costs import io_bytes_for_mode, scale_for_mode
+from harness.plugins.contract import AttentionVariant, Capabilities, FitResult, FitSpec, Problem, Teacher
 
 ENVELOPES = ("none", "learned")
 CH_RMS_CAUSAL_REASON = "luna ch_rms pools over all tokens, so it has no causal form"

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from harness.api import FitResult, FitSpec, Teacher
+from harness.plugins.contract import FitResult, FitSpec, Teacher
 
 if TYPE_CHECKING:
     from attentions.luna_nested.variant import LunaNestedAttention

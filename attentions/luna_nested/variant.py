@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attentions.luna_nested.fit import fit_luna_nested
-from harness.api import AttentionVariant, Capabilities, FitResult, FitSpec, Problem, Teacher
-from harness.costs import io_bytes_for_mode, matmul_flops, scale_for_mode
+from harness.measure.costs import io_bytes_for_mode, matmul_flops, scale_for_mode
+from harness.plugins.contract import AttentionVariant, Capabilities, FitResult, FitSpec, Problem, Teacher
 
 SOFTPLUS_BETA = math.log(2.0)
 UNPACK_INIT_NOISE = 1e-2  # std of the noise added to the identity init of W_k, W_v (untied)
@@ -163,7 +163,7 @@ class LunaNestedAttention(AttentionVariant):
         Causal, per (b, h), padded length Np = ceil(N / c) c: A = k P_q^T, the two state
         increments and the two state reads are 5 * 2 Np d l; the intra-block q k^T, local A,
         alpha A^T and local v products are 2 * 2 Np c d + 2 * 2 Np c l.
-        Backward = 2x forward (`harness.costs.scale_for_mode`).
+        Backward = 2x forward (`harness.measure.costs.scale_for_mode`).
         """
         N, d, plen = problem.seq_len, problem.head_dim, params.pack_len
         if problem.causal:

@@ -31,8 +31,8 @@ import torch
 from torch import Tensor
 
 from attentions.nystrom.naive import iterative_pinv
-from harness.api import AttentionVariant, Capabilities, Problem
-from harness.costs import element_bytes, io_bytes_for_mode, matmul_flops, scale_for_mode
+from harness.measure.costs import element_bytes, io_bytes_for_mode, matmul_flops, scale_for_mode
+from harness.plugins.contract import AttentionVariant, Capabilities, Problem
 
 CAUSAL_REASON = (
     "nystrom has no causal form: each landmark is a mean over a segment of tokens, so every query "

@@ -38,8 +38,8 @@ from attentions.performer.favor import (
     feature_logits,
     orthogonal_gaussian_features,
 )
-from harness.api import AttentionVariant, Capabilities, Problem
-from harness.costs import io_bytes_for_mode, scale_for_mode
+from harness.measure.costs import io_bytes_for_mode, scale_for_mode
+from harness.plugins.contract import AttentionVariant, Capabilities, Problem
 
 FP32_BYTES = 4
 

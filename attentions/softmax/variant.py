@@ -15,8 +15,8 @@ import math
 import torch
 from torch import Tensor
 
-from harness.api import AttentionVariant, Capabilities, NoParams, Problem
-from harness.costs import causal_fraction, element_bytes, io_bytes_for_mode, scale_for_mode
+from harness.measure.costs import causal_fraction, element_bytes, io_bytes_for_mode, scale_for_mode
+from harness.plugins.contract import AttentionVariant, Capabilities, NoParams, Problem
 
 # N x N elements moved per (batch, head), for an implementation that materializes the matrix:
 # forward writes and reads S, then writes and reads P (4); backward reads P for dV, writes dP,

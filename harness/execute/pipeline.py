@@ -19,12 +19,14 @@ from datetime import datetime, timezone
 import torch
 from torch import Tensor
 
-from harness import accuracy, inputs, memory, registry, timing
-from harness.api import AttentionVariant, FitResult, Teacher
-from harness.records import Record
-from harness.roofline import Roofline
-from harness.scenario import Scenario
-from harness.sweep import Case, static_skip_reasons
+from harness.config.scenario import Scenario
+from harness.config.sweep import Case, static_skip_reasons
+from harness.inputs import synthetic as inputs
+from harness.measure import accuracy, memory, timing
+from harness.measure.roofline import Roofline
+from harness.plugins.contract import AttentionVariant, FitResult, Teacher
+from harness.plugins.variants import VARIANTS
+from harness.results.records import Record
 
 OOM_MARKERS = ("out of memory", "can't allocate memory", "not enough memory", "DefaultCPUAllocator")
 
@@ -102,7 +104,7 @@ def hard_timeout(seconds: float) -> Iterator[None]:
 
 
 def new_record(case: Case, ctx: CaseContext) -> Record:
-    cls = registry.get(case.variant)
+    cls = VARIANTS.get(case.variant)
     p = case.problem
     sc = ctx.scenario
     return Record(
@@ -137,7 +139,7 @@ def new_record(case: Case, ctx: CaseContext) -> Record:
 
 def _cost_model(rec: Record, case: Case) -> None:
     """flops/bytes from the variant's analytic model, and the rates they imply at the median time."""
-    cls = registry.get(case.variant)
+    cls = VARIANTS.get(case.variant)
     params = cls.make_params(case.params)
     seconds = rec.time_ms_median * 1e-3 if rec.time_ms_median else None
     try:
@@ -246,7 +248,7 @@ def _fit(rec: Record, variant: AttentionVariant, case: Case, fwd, qc, kc, vc, ct
 
 def _execute(rec: Record, case: Case, ctx: CaseContext) -> None:
     sc = ctx.scenario
-    cls = registry.get(case.variant)
+    cls = VARIANTS.get(case.variant)
     layout = cls.layout_for(case.impl)
     problem = case.problem
     torch.manual_seed(case.inputs.seed)

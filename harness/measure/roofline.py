@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from harness.api import DTYPES
-from harness.scenario import MeasureSpec
-from harness.timing import time_step
+from harness.measure.specs import MeasureSpec
+from harness.measure.timing import time_step
+from harness.plugins.contract import DTYPES
 
 COPY_BYTES = 1 << 30  # 1 GiB on CUDA: far beyond any L2
 COPY_BYTES_CPU = 1 << 28  # 256 MiB on CPU: beyond the last-level cache

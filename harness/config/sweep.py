@@ -13,9 +13,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from harness import registry
-from harness.api import FitSpec, Problem
-from harness.scenario import InputSpec, Scenario, VariantEntry
+from harness.config.scenario import InputSpec, Scenario, VariantEntry
+from harness.plugins.contract import FitSpec, Problem
+from harness.plugins.variants import VARIANTS
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def _digest(obj: Any) -> str:
 
 def resolve_params(entry: VariantEntry, values: dict[str, Any]) -> dict[str, Any]:
     """Full parameter dict for one point of the entry's param sweep, defaults filled in."""
-    cls = registry.get(entry.name)
+    cls = VARIANTS.get(entry.name)
     return dataclasses.asdict(cls.make_params(values))
 
 
@@ -79,7 +79,7 @@ def expand(scenario: Scenario, device: str, only: list[str] | None = None) -> li
     for entry in scenario.variants:
         if only and entry.name not in only:
             continue
-        cls = registry.get(entry.name)
+        cls = VARIANTS.get(entry.name)
         impls = entry.impl or (cls.impls[0],)
         for impl in impls:
             for point in _param_points(entry):
@@ -121,6 +121,6 @@ def expand(scenario: Scenario, device: str, only: list[str] | None = None) -> li
 
 def static_skip_reasons(case: Case) -> list[str]:
     """Reasons known before running anything (capabilities, missing packages)."""
-    cls = registry.get(case.variant)
+    cls = VARIANTS.get(case.variant)
     params = cls.make_params(case.params)
     return cls.not_supported_reasons(case.problem, params, case.impl)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.compare import (
+from harness.regress.compare import (
     AMBIGUOUS,
     IMPROVED,
     MEM_FACTOR,

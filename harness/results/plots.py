@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator  # noqa: E402
 
-from harness.report_rows import (  # noqa: E402
+from harness.results.rows import (  # noqa: E402
     MIB,
     Row,
     feature_dim_rows,

@@ -1,6 +1,6 @@
 """The variant contract: problems, capabilities and the base class every attention implements.
 
-`attentions/` imports only this module and `harness.costs`. The runner builds a `Problem` per
+`attentions/` imports only this module and `harness.measure.costs`. The runner builds a `Problem` per
 case, asks the variant class whether it supports it (`not_supported_reasons`), instantiates it
 with its resolved `Params` and `impl`, optionally `fit`s it, then calls `forward` on inputs built
 in the variant's declared `layout`.

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.records import SCHEMA_VERSION, read_records
-from harness.stats import AMBIGUOUS, IMPROVED, REGRESSED, SAME, geomean, time_verdict
+from harness.measure.stats import AMBIGUOUS, IMPROVED, REGRESSED, SAME, geomean, time_verdict
+from harness.results.records import SCHEMA_VERSION, read_records
 
 NEW, MISSING, STATUS_CHANGED = "NEW", "MISSING", "STATUS-CHANGED"
 VERDICTS = (REGRESSED, STATUS_CHANGED, IMPROVED, AMBIGUOUS, SAME, NEW, MISSING)
-ENV_KEYS = ("cpu", "gpu", "gpu_driver", "cuda", "torch", "threads")  # = harness.env.FINGERPRINT_KEYS
+ENV_KEYS = ("cpu", "gpu", "gpu_driver", "cuda", "torch", "threads")  # = harness.measure.env.FINGERPRINT_KEYS
 REQUIRED_KEYS = ("case_id", "status", "variant", "label", "seq_len", "dtype", "causal", "mode")
 MIB = float(1 << 20)
 REL_ERR_FACTOR, REL_ERR_ABS = 1.1, 1e-6  # rel_err regresses if head > base * 1.1 + 1e-6

@@ -11,8 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness.records import read_records, to_dataframe
-from harness.report_rows import (  # the row helpers, shared with plots.py
+from harness.measure.stats import loglog_crossover
+from harness.results.records import read_records, to_dataframe
+from harness.results.rows import (  # the row helpers, shared with plots.py
     MIB,
     NOISY,
     PRECISION_FLOOR,
@@ -31,7 +32,6 @@ from harness.report_rows import (  # the row helpers, shared with plots.py
     num,
     ordered_labels,
 )
-from harness.stats import loglog_crossover
 
 
 class Footnotes:
@@ -377,7 +377,7 @@ def write_report(run_dir: Path, plots: bool = True) -> Path:
     df = to_dataframe(read_records(run_dir / "records.jsonl"))
     plot_files: dict[str, str] = {}
     if plots and len(df):
-        from harness.plots import make_plots
+        from harness.results.plots import make_plots
 
         made = make_plots(df, run_dir / "plots")
         plot_files = {k: p.relative_to(run_dir).as_posix() for k, p in made.items()}

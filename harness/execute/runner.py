@@ -21,13 +21,13 @@ from pathlib import Path
 
 import torch
 
-from harness import env as env_mod
-from harness.pipeline import CaseContext, run_case
-from harness.progress import Reporter, make_reporter
-from harness.records import append_record, read_records, repair_torn_tail, write_parquet
-from harness.roofline import Roofline, measure_roofline
-from harness.scenario import Scenario, ScenarioError, scenario_to_dict
-from harness.sweep import Case, expand
+from harness.config.scenario import Scenario, ScenarioError, scenario_to_dict
+from harness.config.sweep import Case, expand
+from harness.execute.pipeline import CaseContext, run_case
+from harness.execute.progress import Reporter, make_reporter
+from harness.measure import env as env_mod
+from harness.measure.roofline import Roofline, measure_roofline
+from harness.results.records import append_record, read_records, repair_torn_tail, write_parquet
 
 
 class RunDirError(ValueError):
@@ -172,7 +172,7 @@ def _roofline(out_dir: Path, device: str, dtypes: list[str]) -> Roofline:
 
 def finish_run_dir(out_dir: Path, plots: bool = True) -> None:
     """Write records.parquet and report.md from records.jsonl (safe to call repeatedly)."""
-    from harness.report import write_report
+    from harness.results.report import write_report
 
     records = read_records(out_dir / "records.jsonl")
     if not records:

@@ -37,10 +37,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from harness import accuracy
-from harness.accuracy import make_generator, row_logits, rows_per_block, sample_rows
-from harness.api import LAYOUTS, FitSpec, Problem
-from harness.scenario import InputSpec
+from harness.inputs.spec import InputSpec
+from harness.measure import accuracy
+from harness.measure.accuracy import make_generator, row_logits, rows_per_block, sample_rows
+from harness.plugins.contract import LAYOUTS, FitSpec, Problem
 
 QKV = tuple[Tensor, Tensor, Tensor]
 

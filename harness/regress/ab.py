@@ -17,9 +17,9 @@ import tempfile
 from pathlib import Path
 from statistics import median
 
-from harness import compare, compare_markdown
-from harness.records import read_records
-from harness.timing import summarize
+from harness.measure.timing import summarize
+from harness.regress import compare, compare_markdown
+from harness.results.records import read_records
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

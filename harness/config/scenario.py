@@ -11,9 +11,12 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from harness import registry
-from harness import scenario_validate as v
-from harness.api import DTYPES, MODES, AttentionVariant
+from harness.config import validate as v
+from harness.inputs.spec import InputSpec
+from harness.measure.specs import AccuracySpec, ChecksSpec, MeasureSpec
+from harness.plugins.contract import DTYPES, MODES, AttentionVariant
+from harness.plugins.registry import suggest
+from harness.plugins.variants import VARIANTS
 
 
 class ScenarioError(ValueError):
@@ -34,18 +37,8 @@ class ProblemSpec:
 
 
 @dataclass(frozen=True)
-class InputSpec:
-    """Input distribution: `dist` in gaussian|peaked|clustered|local, its knobs and the seed."""
-
-    dist: str = "gaussian"
-    scale: float = 1.0
-    seed: int = 0
-    options: tuple[tuple[str, Any], ...] = ()  # distribution-specific knobs (sorted items)
-
-
-@dataclass(frozen=True)
 class FitBlock:
-    """The `fit:` block of a variant entry (mirrors harness.api.FitSpec)."""
+    """The `fit:` block of a variant entry (mirrors harness.plugins.contract.FitSpec)."""
 
     steps: int = 200
     lr: float = 1e-2
@@ -65,32 +58,6 @@ class VariantEntry:
     params: tuple[tuple[str, tuple[Any, ...]], ...] = ()
     fit: FitBlock | None = None  # None for variants that are not learnable; default FitBlock() otherwise
     label: str | None = None  # display name in reports
-
-
-@dataclass(frozen=True)
-class AccuracySpec:
-    enabled: bool = True
-    rows: int = 256  # sampled query rows for the exact reference
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class MeasureSpec:
-    warmup_ms: float = 25.0
-    min_samples: int = 10
-    max_samples: int = 1000
-    rep_ms: float = 200.0
-    flush_l2: bool = True
-    timeout_s: float = 600.0  # per case; exceeded -> status `timeout`
-    memory: bool = True
-    roofline: bool = False  # measure copy bandwidth + GEMM rate once; record each case's floor_ms
-
-
-@dataclass(frozen=True)
-class ChecksSpec:
-    causality: bool = True  # perturb future k/v, past outputs must not move (causal cases)
-    batch_independence: bool = True  # a sample's output must not depend on the rest of the batch
-    tolerance: float = 1e-4  # relative change that counts as a leak
 
 
 @dataclass(frozen=True)
@@ -281,14 +248,14 @@ def _inputs(raw: Any, where: str) -> InputSpec:
 
 
 def _variant_class(raw: Any, where: str) -> type[AttentionVariant]:
-    known = registry.names()
+    known = VARIANTS.names()
     if not isinstance(raw, str):
         raise v.Invalid(where, f"expected a variant name (one of {', '.join(known)}), found {v.show(raw)}")
     if raw not in known:
-        hint = registry.suggest(raw, known)
+        hint = suggest(raw, known)
         raise v.Invalid(where, f"unknown variant {raw!r}{hint}; expected one of {', '.join(known)}")
     try:
-        return registry.get(raw)
+        return VARIANTS.get(raw)
     except (ImportError, AttributeError) as err:
         raise v.Invalid(where, f"variant {raw!r} is registered but cannot be imported: {err!r}") from None
 

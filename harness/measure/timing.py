@@ -35,7 +35,7 @@ GRAD_OUT_SEED = 0
 
 
 class MeasureSpecLike(Protocol):
-    """The fields of `harness.scenario.MeasureSpec` the timers read."""
+    """The fields of `harness.config.scenario.MeasureSpec` the timers read."""
 
     warmup_ms: float
     min_samples: int

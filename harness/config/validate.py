@@ -1,7 +1,7 @@
 """Validation machinery for scenario YAML: safe reading, key paths and typed value checks.
 
 Every check raises `Invalid(where, message)`, where `where` is a key path such as
-`variants[2].params.m`; `harness.scenario.load_scenario` prefixes the file name and turns it
+`variants[2].params.m`; `harness.config.scenario.load_scenario` prefixes the file name and turns it
 into a one-line `ScenarioError`. Nothing here knows the scenario schema except the variant
 `Params` type rules (`param_check`), which only read dataclass fields.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from harness.registry import suggest
+from harness.plugins.registry import suggest
 
 Check = Callable[[Any, str], Any]  # (raw value, key path) -> validated value, or raise Invalid
 TOP = "(top level)"

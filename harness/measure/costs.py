@@ -7,7 +7,7 @@ so fwd_bwd = 3x fwd unless a variant knows better (FlashAttention recomputes: bw
 
 from __future__ import annotations
 
-from harness.api import Problem
+from harness.plugins.contract import Problem
 
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "bf16": 2}
 

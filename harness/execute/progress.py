@@ -16,8 +16,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from harness.records import Record
-from harness.sweep import Case
+from harness.config.sweep import Case
+from harness.results.records import Record
 
 
 class Reporter(Protocol):
