@@ -31,11 +31,15 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--case", action="append", metavar="CASE_ID", help="run only this case id (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--no-plots", action="store_true", help="skip PNG plots in the report")
+    p.add_argument(
+        "--executor", default="inline", help="how case groups are run (see `list`; default inline)"
+    )
     return p
 
 
 def cmd_run(argv: list[str]) -> int:
     from harness.config.scenario import load_scenario
+    from harness.execute.executors import EXECUTORS
     from harness.execute.progress import make_reporter
     from harness.execute.runner import default_out_dir, resolve_device, run_scenario
     from harness.plugins.variants import VARIANTS
@@ -44,6 +48,7 @@ def cmd_run(argv: list[str]) -> int:
     scenario = load_scenario(args.scenario)
     for name in args.only or []:
         VARIANTS.get(name)  # unknown names fail with a did-you-mean
+    EXECUTORS.get(args.executor)  # unknown names fail with a did-you-mean before anything runs
     device = resolve_device(scenario, args.device)
     if args.resume and args.out is None:
         raise UsageError("--resume needs --out RUN_DIR (the directory of the run to continue)")
@@ -59,6 +64,7 @@ def cmd_run(argv: list[str]) -> int:
         scenario_arg=args.scenario,
         argv=[sys.argv[0], *argv],
         plots=not args.no_plots,
+        executor=args.executor,
     )
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.statuses.items())) or "nothing new"
     print(
@@ -113,11 +119,13 @@ def cmd_list(argv: list[str]) -> int:
             if f.default is not dataclasses.MISSING
         )
         kinds = [k for k, on in (("causal", caps.causal), ("non-causal", caps.non_causal)) if on]
+        masking = [impl for impl in cls.impls if cls.capabilities_for(impl).masking]  # key-padding mask
         print(f"{name} (v{cls.version}): {cls.paper}")
         print(f"    impls: {', '.join(cls.impls)}; params: {params or '-'}")
         print(
             f"    devices: {','.join(caps.devices)}; dtypes: {','.join(caps.dtypes)}; {' + '.join(kinds)}; "
-            f"backward: {'yes' if caps.backward else 'no'}; learnable: {'yes' if caps.learnable else 'no'}"
+            f"backward: {'yes' if caps.backward else 'no'}; learnable: {'yes' if caps.learnable else 'no'}; "
+            f"masking: {'yes' if len(masking) == len(cls.impls) else ', '.join(masking) or 'no'}"
         )
     return 0
 

@@ -45,12 +45,12 @@ def full_uniform(v: Tensor, causal: bool) -> Tensor:
 
 # ----- sample_rows ------------------------------------------------------------------------
 @pytest.mark.parametrize("n,rows", [(1, 1), (2, 1), (63, 10), (63, 63), (63, 200), (1000, 256), (1000, 2)])
-def test_sample_rows_sorted_unique_with_ends(n: int, rows: int) -> None:
+def test_sample_rows_sorted_unique(n: int, rows: int) -> None:
     idx = sample_rows(n, rows, seed=3, device="cpu")
     assert idx.dtype == torch.int64
     assert torch.equal(idx, idx.unique(sorted=True))
-    assert idx[0] == 0 and idx[-1] == n - 1
-    assert idx.numel() == min(n, max(rows, 2))
+    assert 0 <= int(idx[0]) and int(idx[-1]) < n
+    assert idx.numel() == min(n, rows)
     if rows >= n:
         assert torch.equal(idx, torch.arange(n))
 
@@ -222,3 +222,27 @@ def test_batch_change() -> None:
     assert batch_change(batch_mixing, q, k, v) > 1e-2
     assert batch_change(causal_attention, q, k, v) < 1e-6
     assert batch_change(batch_mixing, *qkv(1, 2, 63, 16)) is None
+
+
+# ----- key padding masks ----------------------------------------------------------------------
+@pytest.mark.parametrize("causal", [False, True])
+def test_masked_reference_ignores_padded_keys_and_rows(causal: bool) -> None:
+    """Right padding: the metrics equal those of the real tokens alone; padded rows never count."""
+    q, k, v = qkv(2, 2, 63, 16, seed=4)
+    mask = torch.ones(2, 63, dtype=torch.bool)
+    mask[0, 40:] = False  # element 0 has 40 real tokens, element 1 all 63
+    keep = mask[:, None, None, :] & (torch.ones(63, 63).tril().bool() if causal else True)
+    exact = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=keep)
+    garbage = exact.clone()
+    garbage[0, :, 40:] = float("nan")  # outputs of padded queries are unspecified
+    res = accuracy_metrics(q, k, v, garbage, causal, rows=63, seed=0, key_padding_mask=mask)
+    assert res.rel_err < 1e-12 and res.skill == pytest.approx(1.0)
+    # the floor over real rows only = the floor of element 0 truncated and element 1, pooled
+    idx = torch.arange(63)
+    ref0 = full_attention(q[:1, :, :40], k[:1, :, :40], v[:1, :, :40], causal)
+    ref1 = full_attention(q[1:], k[1:], v[1:], causal)
+    uni0, uni1 = uniform_rows(v[:1, :, :40], idx[:40], causal), uniform_rows(v[1:], idx, causal)
+    num = (uni0 - ref0).pow(2).sum() + (uni1 - ref1).pow(2).sum()
+    assert res.uniform_rel_err == pytest.approx(float((num / (ref0.pow(2).sum() + ref1.pow(2).sum())).sqrt()))
+    unmasked = accuracy_metrics(q, k, v, exact, causal, rows=63, seed=0)
+    assert unmasked.rel_err > 1e-3  # without the mask the same output is wrong: the test can fail

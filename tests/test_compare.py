@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from harness.regress import compare, compare_markdown
-from harness.results.records import Record, append_record
+from harness.results.records import Record, append_record, read_records
 
 REPO = Path(__file__).resolve().parent.parent
 LENGTHS = (256, 1024)
@@ -55,19 +54,21 @@ def make_records(
                     device=device,
                     causal=False,
                     mode="fwd",
-                    time_ms_median=float(np.median(samples)),
-                    time_ms_p20=float(np.percentile(samples, 20)),
-                    time_ms_p80=float(np.percentile(samples, 80)),
-                    time_ms_samples=samples,
-                    n_samples=n_samples,
-                    noise=noise,
-                    peak_mem_bytes=(4 << 20) * n // LENGTHS[0],
-                    extra_mem_bytes=(1 << 20) * n // LENGTHS[0],
-                    rel_err=err,
-                    uniform_rel_err=0.8,
-                    skill=1 - err / 0.8,
-                    flops=4.0 * n * n * 32,
-                    bytes_moved=16.0 * n * 32,
+                    metrics={
+                        "time_ms_median": float(np.median(samples)),
+                        "time_ms_p20": float(np.percentile(samples, 20)),
+                        "time_ms_p80": float(np.percentile(samples, 80)),
+                        "time_ms_samples": samples,
+                        "n_samples": n_samples,
+                        "noise": noise,
+                        "peak_mem_bytes": (4 << 20) * n // LENGTHS[0],
+                        "extra_mem_bytes": (1 << 20) * n // LENGTHS[0],
+                        "rel_err": err,
+                        "uniform_rel_err": 0.8,
+                        "skill": 1 - err / 0.8,
+                        "flops": 4.0 * n * n * 32,
+                        "bytes_moved": 16.0 * n * 32,
+                    },
                 )
             )
     return out
@@ -87,7 +88,7 @@ def edit(records: list[Record], label: str, **changes) -> list[Record]:
     out = []
     for r in records:
         if r.label == label:
-            r = replace(r, **{k: v(getattr(r, k)) if callable(v) else v for k, v in changes.items()})
+            r = r.replace(**{k: v(r.flat()[k]) if callable(v) else v for k, v in changes.items()})
         out.append(r)
     return out
 
@@ -122,7 +123,7 @@ def test_slower_variant_is_regressed_and_named(tmp_path: Path) -> None:
     result = run_compare(tmp_path, base, head)
     assert compare.exit_code(result) == 1
     assert {c.label for c in result.regressions} == {"linear"}
-    assert all(c.finding("time_ms").ratio == pytest.approx(1.5, rel=0.05) for c in result.regressions)
+    assert all(c.finding("time_ms_median").ratio == pytest.approx(1.5, rel=0.05) for c in result.regressions)
     times = {v.label: v.geomean for v in result.variants}
     assert times["linear"] == pytest.approx(1.5, rel=0.05)
     assert times["flash"] == pytest.approx(1.0, abs=0.03)
@@ -145,7 +146,8 @@ def test_time_not_gated_for_cpu_ci(tmp_path: Path) -> None:
     assert compare.exit_code(result) == 0
     case = next(c for c in result.cases if c.label == "linear")
     assert case.verdict == compare.SAME
-    assert case.finding("time_ms").verdict == compare.REGRESSED and not case.finding("time_ms").gated
+    time = case.finding("time_ms_median")
+    assert time.verdict == compare.REGRESSED and not time.gated
     assert "not gated" in compare_markdown.render_verdict_markdown(result)
 
 
@@ -179,7 +181,7 @@ def test_peak_memory_gated_only_on_cuda(tmp_path: Path, device: str, gated: bool
     assert compare.exit_code(result) == (1 if gated else 0)
     if gated:
         assert {c.label for c in result.regressions} == {"flash"}
-        assert "peak MiB" in compare_markdown.render_verdict_markdown(result)
+        assert "peak_mem_bytes (MiB) base → head" in compare_markdown.render_verdict_markdown(result)
 
 
 @pytest.mark.parametrize(
@@ -297,3 +299,23 @@ def test_env_keys_follow_the_fingerprint() -> None:
     from harness.measure.env import FINGERPRINT_KEYS
 
     assert set(compare.ENV_KEYS) == set(FINGERPRINT_KEYS)
+
+
+def test_ab_merges_rounds_from_the_gates(tmp_path: Path) -> None:
+    from harness.regress.ab import REPO_ROOT, merge_rounds
+
+    assert (REPO_ROOT / "run_bench.py").is_file()
+    one = write_run(tmp_path / "r0", make_records(seed=1, n_samples=6))
+    two = write_run(
+        tmp_path / "r1", edit(make_records(seed=2, n_samples=6), "linear", rel_err=lambda e: e + 0.2)
+    )
+    merge_rounds([one, two], tmp_path / "merged")
+    merged = {r["case_id"]: r for r in read_records(tmp_path / "merged" / "records.jsonl")}
+    rec = merged["linear-256"]
+    assert len(rec["time_ms_samples"]) == 12 and [len(r) for r in rec["time_ms_rounds"]] == [6, 6]
+    assert rec["rel_err"] == pytest.approx(0.7)  # median of 0.6 and 0.8
+    assert rec["n_samples"] == 12 and rec["tflops"] == pytest.approx(
+        rec["flops"] / rec["time_ms_median"] / 1e9
+    )
+    result = compare.compare_runs(tmp_path / "merged", tmp_path / "merged", n_boot=200)
+    assert compare.exit_code(result) == 0

@@ -47,7 +47,7 @@ def make_model(
     n: int, d: int, causal: bool, dtype: torch.dtype = torch.float64, **params
 ) -> LunaNestedAttention:
     torch.manual_seed(0)
-    return LunaNestedAttention(LunaNestedParams(**params), "chunked", problem(n, d, causal)).to(dtype)
+    return LunaNestedAttention(LunaNestedParams(**params), "chunked", H, d).to(dtype)
 
 
 def make_qkv(n: int, d: int, seed: int = 0, dtype: torch.dtype = torch.float64) -> list[torch.Tensor]:
@@ -64,7 +64,9 @@ def out_and_grads(fn, model: LunaNestedAttention, q, k, v) -> tuple[torch.Tensor
     return out.detach(), list(grads)
 
 
-def check_against(reference, model: LunaNestedAttention, n: int, d: int, causal: bool) -> None:
+def check_against(
+    reference, model: LunaNestedAttention, n: int, d: int, causal: bool, mask: torch.Tensor | None = None
+) -> None:
     """Output and all gradients of `model` equal those of `reference` (q, k, v) -> out, in float64.
 
     With pack_len 1 the unpack softmax is over one slot, so the output depends on neither q nor W_k.
@@ -72,7 +74,8 @@ def check_against(reference, model: LunaNestedAttention, n: int, d: int, causal:
     q, k, v = make_qkv(n, d)
     no_grad = {"q", "W_k"} if model.params.pack_len == 1 else set()
     ref, ref_grads = out_and_grads(reference, model, q, k, v)
-    out, grads = out_and_grads(lambda *x: model(*x, causal), model, q, k, v)
+    real = 1.0 if mask is None else mask[:, None, :, None]  # outputs at padded rows are unspecified
+    out, grads = out_and_grads(lambda *x: model(*x, causal, mask) * real, model, q, k, v)
     assert out.shape == q.shape and out.dtype == torch.float64
     assert rel_err(out, ref) < F64_RTOL
     names = ["q", "k", "v"] + [name for name, _ in model.named_parameters()]
@@ -185,6 +188,27 @@ def test_causal_outputs_ignore_the_future() -> None:
     assert (non_causal[:, :, : t0 + 1] - model(q, k, v, False)[:, :, : t0 + 1]).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_key_padding_mask_matches_naive(causal: bool) -> None:
+    """Padding anywhere (float64, chunk 16): the chunked forms equal naive.py with the mask at the real
+    rows, gradients included; padded tokens, however loud, change no real row."""
+    n, d = 63, 32
+    model = make_model(n, d, causal, pack_len=8, chunk=16, tied=causal)  # untied: non-causal only
+    mask = torch.rand(B, n, generator=torch.Generator().manual_seed(4)) > 0.3
+    mask[:, 0] = True
+    real = mask[:, None, :, None]
+
+    def reference(q, k, v):
+        return naive.luna_nested_attention(q, k, v, model.P_q, causal, model.W_k, model.W_v, mask) * real
+
+    check_against(reference, model, n, d, causal, mask)
+    q, k, v = (x.detach() for x in make_qkv(n, d))
+    loud = [torch.where(real, x, 10 * x) for x in (q, k, v)]
+    with torch.no_grad():
+        out, out_loud = model(q, k, v, causal, mask), model(*loud, causal, mask)
+    assert rel_err(out_loud * real, out * real) < F64_RTOL
+
+
 def test_untied_causal_refused() -> None:
     params = LunaNestedParams(tied=False)
     assert LunaNestedAttention.not_supported_reasons(problem(causal=True), params, "chunked") == [
@@ -204,7 +228,7 @@ def test_untied_causal_refused() -> None:
 def test_params_are_validated(bad: dict) -> None:
     with pytest.raises(ValueError):
         LunaNestedParams(**bad)
-    assert LunaNestedAttention.feature_dim(LunaNestedParams(pack_len=32), problem()) == 32
+    assert LunaNestedAttention.feature_dim(problem(), LunaNestedParams(pack_len=32)) == 32
 
 
 def test_low_precision_inputs() -> None:
@@ -315,12 +339,15 @@ def test_flops_match_flop_counter(n: int, causal: bool, tied: bool, pack_len: in
             model(q, k, v, True)
         else:
             naive.luna_nested_attention(q, k, v, model.P_q, False, model.W_k, model.W_v)
-    expected = LunaNestedAttention.flops(prob, params)
+    expected = LunaNestedAttention.flops(prob, params, "chunked", matmul_only=True)
     assert counter.get_total_flops() == expected
     if not causal:
         assert expected == B * H * (8 * n * pack_len * d + (0 if tied else 4 * pack_len * d * d))
     for mode, factor in (("bwd", 2.0), ("fwd_bwd", 3.0)):
-        assert LunaNestedAttention.flops(problem(n, d, causal, mode), params) == factor * expected
+        assert (
+            LunaNestedAttention.flops(problem(n, d, causal, mode), params, "chunked", matmul_only=True)
+            == factor * expected
+        )
 
 
 def test_bytes_moved_counts_io_and_parameters() -> None:
@@ -329,4 +356,4 @@ def test_bytes_moved_counts_io_and_parameters() -> None:
     for tied in (True, False):
         params = LunaNestedParams(pack_len=16, tied=tied)
         n_params = sum(p.numel() for p in make_model(1000, 64, False, **params.__dict__).parameters())
-        assert LunaNestedAttention.bytes_moved(prob, params) == io + 4 * n_params
+        assert LunaNestedAttention.bytes_moved(prob, params, "chunked") == io + 4 * n_params

@@ -24,8 +24,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from attentions.luna.chunked import LunaWeights
-from attentions.luna.naive import init_luna_params, luna_attention
+from attentions.luna.features import LunaWeights, init_luna_params
+from attentions.luna.naive import luna_attention
 from attentions.luna.variant import (
     TRITON_CPU_REASON,
     TRITON_MAX_FEATURES,
@@ -102,10 +102,10 @@ def triton_fn() -> Callable[..., Tensor]:
     """luna_attention_triton; in the parent process (kernels not run here) a placeholder."""
     if not INTERPRETED:
         return lambda *args, **kwargs: pytest.fail("kernel launched outside the interpreter")
-    from attentions.luna import triton_kernels
+    from attentions.luna import triton_launch
     from attentions.luna.triton_autograd import luna_attention_triton
 
-    assert triton_kernels.is_interpreted()
+    assert triton_launch.is_interpreted()
     return luna_attention_triton
 
 
@@ -210,6 +210,10 @@ def problem(causal: bool = False, head_dim: int = 16) -> Problem:
     return Problem(batch=1, heads=2, seq_len=37, head_dim=head_dim, causal=causal, mode="fwd_bwd")
 
 
+def luna(params: LunaParams, impl: str, prob: Problem) -> LunaAttention:
+    return LunaAttention(params, impl, prob.heads, prob.head_dim, prob.device, prob.dtype)
+
+
 def test_variant_refuses_cpu_without_interpreter(monkeypatch) -> None:
     params = LunaParams(m=2, L=4, hidden=8)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
@@ -221,11 +225,11 @@ def test_variant_refuses_cpu_without_interpreter(monkeypatch) -> None:
 
 def test_variant_limits_match_kernels() -> None:
     """variant.py repeats the kernels' size limits so that its reasons need no triton import."""
-    from attentions.luna import triton_kernels
+    from attentions.luna import triton_launch
 
     assert (TRITON_MAX_FEATURES, TRITON_MAX_HEAD_DIM) == (
-        triton_kernels.MAX_FEATURES,
-        triton_kernels.MAX_HEAD_DIM,
+        triton_launch.MAX_FEATURES,
+        triton_launch.MAX_HEAD_DIM,
     )
 
 
@@ -250,8 +254,8 @@ def test_variant_refuses_unsupported_params(
 @interpreted
 def test_variant_forward_matches_naive_impl(triton_fn, causal: bool) -> None:
     prob, params = problem(causal), LunaParams(m=2, L=4, hidden=8)
-    naive = LunaAttention(params, "naive", prob)
-    fused = LunaAttention(params, "triton", prob)
+    naive = luna(params, "naive", prob)
+    fused = luna(params, "triton", prob)
     fused.load_state_dict(naive.state_dict())
     q, k, v = torch.randn(3, 1, 2, 37, 16, generator=torch.Generator().manual_seed(3)).unbind(0)
     with torch.no_grad():

@@ -35,7 +35,7 @@ import pytest
 import torch
 
 triton = pytest.importorskip("triton")
-from attentions.luna import triton_kernels as tk  # noqa: E402  (after the importorskip)
+from attentions.luna import triton_launch as tk  # noqa: E402  (after the importorskip)
 
 KERNELS = (
     "_state_kernel",

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from attentions.nystrom.naive import nystrom_attention_naive, segment_sizes
+from attentions.nystrom.naive import nystrom_attention_naive, package_pinv, segment_sizes
 from attentions.nystrom.naive import segment_means as naive_segment_means
-from attentions.nystrom.variant import NystromAttention, NystromParams, flop_terms, segment_means
+from attentions.nystrom.variant import NystromAttention, NystromParams, forward_flop_terms, segment_means
 from harness.measure import accuracy
 from harness.measure.costs import qkvo_bytes
 from harness.plugins.contract import Problem
@@ -45,8 +45,8 @@ def forward_and_grads(fn, q, k, v) -> tuple[torch.Tensor, list[torch.Tensor]]:
 
 
 def variant(landmarks: int, impl: str = "torch", n: int = 63, d: int = 32, iters: int = 6, **kw):
-    problem = Problem(batch=B, heads=H, seq_len=n, head_dim=d, **kw)
-    module = NystromAttention(NystromParams(landmarks=landmarks, pinv_iters=iters), impl, problem)
+    """forward of the variant (non-causal) for (B, H, n, d) inputs; kw: dtype."""
+    module = NystromAttention(NystromParams(landmarks=landmarks, pinv_iters=iters), impl, H, d, **kw)
     return lambda q, k, v: module(q, k, v, False)
 
 
@@ -70,7 +70,7 @@ def test_segments_are_balanced_true_means(n: int, m: int) -> None:
 @pytest.mark.parametrize("landmarks", [63, 64, 500])
 def test_landmarks_at_least_n_are_the_tokens(landmarks: int) -> None:
     problem = Problem(batch=B, heads=H, seq_len=63, head_dim=32)
-    assert NystromAttention.feature_dim(NystromParams(landmarks=landmarks), problem) == 63
+    assert NystromAttention.feature_dim(problem, NystromParams(landmarks=landmarks)) == 63
     q, _, _ = make_qkv(63, 32)
     assert torch.equal(segment_means(q.detach(), 63, torch.float64), q.detach())
 
@@ -190,7 +190,23 @@ def test_causal_is_skipped_with_reason(impl: str) -> None:
     )
     with pytest.raises(ValueError, match="no causal form"):
         q = torch.randn(1, 1, 64, 32)
-        NystromAttention(NystromParams(), impl, causal)(q, q, q, True)
+        NystromAttention(NystromParams(), impl, 1, 32)(q, q, q, True)
+
+
+def test_info_reports_the_segments_of_the_last_call() -> None:
+    module = NystromAttention(NystromParams(landmarks=16), "torch", H, 32)
+    assert module.info() == {}
+    q, k, v = (x.detach() for x in make_qkv(63, 32, torch.float32))
+    module(q, k, v, False)
+    assert module.info() == {"landmarks_used": 16, "segment_sizes": "15x4 + 1x3"}
+
+
+def test_package_pinv_transcription_matches_the_package() -> None:
+    """naive.package_pinv (the reference of impl package) is the package's function, written out."""
+    from nystrom_attention.nystrom_attention import moore_penrose_iter_pinv
+
+    a = torch.softmax(torch.randn(3, 2, 16, 16, generator=torch.Generator().manual_seed(0)), dim=-1)
+    assert torch.allclose(package_pinv(a, 6), moore_penrose_iter_pinv(a, 6), rtol=1e-5, atol=1e-6)
 
 
 # ----- cost model --------------------------------------------------------------------------------
@@ -201,7 +217,7 @@ def test_flops_match_flop_counter(n: int, m: int, d: int) -> None:
     softmaxes, pseudo-inverse updates), which is under 10% of the matmuls at these shapes."""
     params = NystromParams(landmarks=m)
     problem = Problem(batch=B, heads=H, seq_len=n, head_dim=d)
-    terms = flop_terms(problem, params)
+    terms = forward_flop_terms(problem, params)
     matmuls = sum(v for key, v in terms.items() if key.endswith("_matmul"))
     q, k, v = make_qkv(n, d)
     with FlopCounterMode(display=False) as fwd_counter:
@@ -211,17 +227,19 @@ def test_flops_match_flop_counter(n: int, m: int, d: int) -> None:
         nystrom_attention_naive(q, k, v, m, params.pinv_iters).sum().backward()
     assert both_counter.get_total_flops() == pytest.approx(3 * matmuls, rel=1e-12)
     assert out.shape == q.shape
-    total = NystromAttention.flops(problem, params)
+    total = NystromAttention.flops(problem, params, "torch")
     assert matmuls < total < 1.10 * matmuls
     fwd_bwd = dataclasses.replace(problem, mode="fwd_bwd")
-    assert NystromAttention.flops(fwd_bwd, params) == pytest.approx(3 * total)
+    assert NystromAttention.flops(fwd_bwd, params, "torch") == pytest.approx(3 * total)
+    assert NystromAttention.flops(fwd_bwd, params, "torch", matmul_only=True) == pytest.approx(3 * matmuls)
 
 
 def test_bytes_moved_grows_with_mode_and_landmarks() -> None:
     problem = Problem(batch=B, heads=H, seq_len=1000, head_dim=64)
-    fwd = NystromAttention.bytes_moved(problem, NystromParams(landmarks=64))
+    fwd = NystromAttention.bytes_moved(problem, NystromParams(landmarks=64), "torch")
     assert fwd > qkvo_bytes(problem)
-    assert NystromAttention.bytes_moved(problem, NystromParams(landmarks=128)) > fwd
-    assert NystromAttention.bytes_moved(dataclasses.replace(problem, mode="fwd_bwd"), NystromParams()) > fwd
-    bf16 = NystromAttention.bytes_moved(dataclasses.replace(problem, dtype="bf16"), NystromParams())
+    assert NystromAttention.bytes_moved(problem, NystromParams(landmarks=128), "torch") > fwd
+    both = dataclasses.replace(problem, mode="fwd_bwd")
+    assert NystromAttention.bytes_moved(both, NystromParams(), "torch") > fwd
+    bf16 = NystromAttention.bytes_moved(dataclasses.replace(problem, dtype="bf16"), NystromParams(), "torch")
     assert bf16 < fwd

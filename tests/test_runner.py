@@ -64,8 +64,8 @@ class PlantedVariant(AttentionVariant):
         return out
 
     @classmethod
-    def flops(cls, problem: Problem, params) -> float:
-        return 4.0 * problem.batch * problem.heads * problem.seq_len**2 * problem.head_dim
+    def flop_terms(cls, problem: Problem, params, impl: str) -> dict[str, float]:
+        return {"scores_matmul": 4.0 * problem.batch * problem.heads * problem.seq_len**2 * problem.head_dim}
 
 
 @pytest.fixture

@@ -400,7 +400,26 @@ def test_inputs_list_sweeps_regimes(tmp_path: Path) -> None:
         ("[]", "inputs", "non-empty list"),
         ("[{dist: peaked}, {dist: peaked, noise: 0.2}]", "inputs[1]", "same dist and scale as inputs[0]"),
         ("[{dist: gaussian}, {dist: local, clusters: 3}]", "inputs[1].clusters", "a knob of dist clustered"),
-        ("[{dist: gaussian}, {dist: nope}]", "inputs[1].dist", "expected one of"),
+        (
+            "[{dist: gaussian}, {dist: nope}]",
+            "inputs[1].dist",
+            "unknown input source 'nope'; known: clustered, gaussian, local, peaked",
+        ),
+        ("{dist: peakd}", "inputs.dist", "unknown input source 'peakd' (did you mean 'peaked'?); known: "),
+        ("{dist: 3}", "inputs.dist", "expected an input source name (one of clustered, gaussian,"),
+        (
+            "{dist: gaussian, clusters: 3}",
+            "inputs.clusters",
+            "a knob of dist clustered, not gaussian (its knobs: none)",
+        ),
+        ("{dist: clustered, noise: 3}", "inputs.noise", "a knob of dist local and peaked, not clustered"),
+        (
+            "{dist: local, windw: 3}",
+            "inputs.windw",
+            "unknown key (did you mean 'window'?); expected one of dist,",
+        ),
+        ("{dist: peaked, sharpness: 0}", "inputs.sharpness", "expected a number > 0, found 0 (int)"),
+        ("{dist: clustered, clusters: 2.5}", "inputs.clusters", "expected a positive int, found 2.5"),
     ],
 )
 def test_bad_inputs_list(tmp_path: Path, inputs: str, where: str, expected: str) -> None:
@@ -415,8 +434,13 @@ def test_bad_inputs_list(tmp_path: Path, inputs: str, where: str, expected: str)
     assert expected in str(err.value)
 
 
-def test_every_distribution_knob_is_settable_from_yaml() -> None:
-    from harness.config.scenario import DIST_KNOBS
-    from harness.inputs.synthetic import DIST_OPTIONS
+@pytest.mark.parametrize("dist", ["gaussian", "peaked", "clustered", "local"])
+def test_every_source_knob_is_settable_from_yaml(tmp_path: Path, dist: str) -> None:
+    from harness.inputs import SOURCES
 
-    assert {d: set(k) for d, k in DIST_KNOBS.items()} == {d: set(k) for d, k in DIST_OPTIONS.items()}
+    knobs = SOURCES.get(dist).knobs
+    assert dist == "gaussian" or knobs
+    setting = "".join(f", {name}: {knob.default}" for name, knob in knobs.items())
+    path = write(tmp_path, BASE + f"inputs: {{dist: {dist}{setting}}}\nvariants: [{{name: fake_exact}}]\n")
+    s = load_scenario(str(path))
+    assert s.inputs[0].options == tuple(sorted((name, knob.default) for name, knob in knobs.items()))

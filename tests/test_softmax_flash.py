@@ -15,7 +15,8 @@ from attentions.flash.naive import exact_attention
 from attentions.flash.variant import FlashAttention
 from attentions.softmax.naive import softmax_attention
 from attentions.softmax.variant import SoftmaxAttention
-from harness.plugins.contract import DTYPES, Problem
+from harness.measure.costs import exact_attention_flops
+from harness.plugins.contract import DTYPES, AttentionVariant, Problem
 
 B, H = 2, 3
 SEQ_LENS = (63, 1000)
@@ -58,11 +59,16 @@ def problem(n: int = 63, d: int = 64, dtype: str = "fp32", causal: bool = False,
     return Problem(batch=B, heads=H, seq_len=n, head_dim=d, dtype=dtype, causal=causal, mode=mode, **kw)
 
 
+def build(cls: type[AttentionVariant], impl: str, p: Problem) -> AttentionVariant:
+    """The variant for problem p, as the runner builds it (default params)."""
+    return cls(cls.make_params({}), impl, p.heads, p.head_dim, p.device, p.dtype)
+
+
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("d", HEAD_DIMS)
 @pytest.mark.parametrize("n", SEQ_LENS)
 def test_softmax_matches_naive(n: int, d: int, causal: bool) -> None:
-    variant = SoftmaxAttention(SoftmaxAttention.make_params({}), "torch", problem(n, d, causal=causal))
+    variant = build(SoftmaxAttention, "torch", problem(n, d, causal=causal))
     check_against_naive(variant, softmax_attention, n, d, causal)
 
 
@@ -72,7 +78,7 @@ def test_softmax_matches_naive(n: int, d: int, causal: bool) -> None:
 def test_flash_sdpa_matches_naive(n: int, d: int, causal: bool) -> None:
     p = problem(n, d, causal=causal, mode="fwd_bwd")
     assert FlashAttention.not_supported_reasons(p, FlashAttention.make_params({}), "sdpa") == []
-    variant = FlashAttention(FlashAttention.make_params({}), "sdpa", p)
+    variant = build(FlashAttention, "sdpa", p)
     check_against_naive(variant, exact_attention, n, d, causal)
 
 
@@ -93,7 +99,7 @@ def test_low_precision_close_to_fp32(name: str, dtype: str, causal: bool) -> Non
     p = problem(63, 64, dtype=dtype, causal=causal, mode="fwd_bwd")
     assert cls.not_supported_reasons(p, cls.make_params({}), impl) == []
     q, k, v = make_qkv(63, 64, DTYPES[dtype])
-    out, grads = forward_and_grads(cls(cls.make_params({}), impl, p), q, k, v, causal)
+    out, grads = forward_and_grads(build(cls, impl, p), q, k, v, causal)
     ref, ref_grads = forward_and_grads(exact_attention, q, k, v, causal)  # fp32 on the rounded inputs
     assert out.dtype == DTYPES[dtype]
     assert rel_err(out, ref) < LOW_PRECISION_RTOL[dtype]
@@ -101,11 +107,14 @@ def test_low_precision_close_to_fp32(name: str, dtype: str, causal: bool) -> Non
         assert g.dtype == DTYPES[dtype] and rel_err(g, rg) < 3 * LOW_PRECISION_RTOL[dtype]
 
 
+@pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("causal", [False, True])
-def test_sdpa_uses_the_flash_kernel(causal: bool) -> None:
-    """The restricted backend ran (no silent fallback to the math kernel): check the autograd node."""
+def test_sdpa_uses_the_flash_kernel(causal: bool, masked: bool) -> None:
+    """The restricted backend ran (no silent fallback to the math kernel): check the autograd node,
+    with and without a key-padding mask (passed to the flash kernel as attn_mask)."""
     q, k, v = make_qkv(63, 32)
-    out = FlashAttention(FlashAttention.make_params({}), "sdpa", problem(causal=causal))(q, k, v, causal)
+    mask = (torch.arange(63) < torch.tensor([63, 40, 17])[:B, None]) if masked else None
+    out = build(FlashAttention, "sdpa", problem(causal=causal, masked=masked))(q, k, v, causal, mask)
     assert "FlashAttention" in type(out.grad_fn).__name__
 
 
@@ -140,7 +149,7 @@ def test_static_cuda_rules() -> None:
 
 
 def test_probe_failure_is_a_readable_reason(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(impl, q, k, v, causal):
+    def refuse(impl, q, k, v, causal, mask=None):
         warnings.warn("Flash attention kernel not used because: head_dim is odd", UserWarning, stacklevel=1)
         raise RuntimeError("No available kernel. Aborting execution.")
 
@@ -163,27 +172,46 @@ def test_layout_per_impl() -> None:
 def test_cost_models() -> None:
     p = problem(1000, 64)
     n, d = 1000, 64
-    assert SoftmaxAttention.flops(p, None) == FlashAttention.flops(p, None) == B * H * 4 * n * n * d
+    assert SoftmaxAttention.flops(p, None, "torch", matmul_only=True) == FlashAttention.flops(p, None, "sdpa")
+    assert FlashAttention.flops(p, None, "sdpa") == B * H * 4 * n * n * d
     causal = problem(1000, 64, causal=True)
-    assert FlashAttention.flops(causal, None) == pytest.approx(B * H * 2 * n * n * d, rel=2e-3)
-    assert FlashAttention.flops(problem(mode="fwd_bwd"), None) == 3.5 * FlashAttention.flops(problem(), None)
-    assert SoftmaxAttention.flops(problem(mode="fwd_bwd"), None) == 3.0 * SoftmaxAttention.flops(
-        problem(), None
+    # flash skips the blocks above the diagonal; softmax computes the masked half, then hides it
+    assert FlashAttention.flops(causal, None, "sdpa") == pytest.approx(B * H * 2 * n * n * d, rel=2e-3)
+    assert SoftmaxAttention.flops(causal, None, "torch") == SoftmaxAttention.flops(p, None, "torch")
+    # a key-padding mask carries the causal triangle inside the mask: every block is computed
+    masked = problem(1000, 64, causal=True, masked=True)
+    assert FlashAttention.flops(masked, None, "sdpa") == FlashAttention.flops(p, None, "sdpa")
+    assert FlashAttention.flops(problem(mode="fwd_bwd"), None, "sdpa") == 3.5 * FlashAttention.flops(
+        problem(), None, "sdpa"
     )
+    softmax_fwd = SoftmaxAttention.flops(problem(), None, "torch", matmul_only=True)
+    assert SoftmaxAttention.flops(problem(mode="fwd_bwd"), None, "torch", matmul_only=True) == 3 * softmax_fwd
     qkvo = 4 * B * H * n * d * 4
-    assert FlashAttention.bytes_moved(p, None) == qkvo
-    assert SoftmaxAttention.bytes_moved(p, None) == qkvo + 4 * B * H * n * n * 4  # S and P, write + read
+    assert FlashAttention.bytes_moved(p, None, "sdpa") == qkvo
+    assert SoftmaxAttention.bytes_moved(p, None, "torch") == qkvo + 4 * B * H * n * n * 4  # S and P, w + r
     # the materialized matrix is the same size with or without the causal mask
-    assert SoftmaxAttention.bytes_moved(causal, None) == SoftmaxAttention.bytes_moved(p, None)
+    assert SoftmaxAttention.bytes_moved(causal, None, "torch") == SoftmaxAttention.bytes_moved(
+        p, None, "torch"
+    )
+
+
+@pytest.mark.parametrize("mode", ["fwd", "bwd", "fwd_bwd"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_exact_attention_flops(causal: bool, mode: str) -> None:
+    """The "throughput against exact attention" yardstick: FlashAttention's count, 4 N^2 d forward per
+    (batch, head) times (N + 1) / 2N causal, backward 2.5x."""
+    n, d = 1000, 64
+    p = problem(n, d, causal=causal, mode=mode)
+    fwd = B * H * 4 * n * n * d * ((n + 1) / (2 * n) if causal else 1.0)
+    assert exact_attention_flops(p) == pytest.approx({"fwd": 1, "bwd": 2.5, "fwd_bwd": 3.5}[mode] * fwd)
+    assert exact_attention_flops(p) == pytest.approx(FlashAttention.flops(p, None, "sdpa"))
 
 
 def test_softmax_flops_match_flop_counter() -> None:
-    """FlopCounterMode counts the two matmuls of the naive reference, 4 N^2 d per (b, h); the model
-    counts the same (softmax's elementwise work is left out of both), so they agree within 10%.
-    """
+    """FlopCounterMode counts the two matmuls of the naive reference, 4 N^2 d per (b, h): the model's
+    matmul part, exactly (softmax's elementwise work is a separate, uncounted term)."""
     n, d = 256, 64
     q, k, v = (t.detach() for t in make_qkv(n, d))
     with FlopCounterMode(display=False) as counter:
         softmax_attention(q, k, v, causal=False)
-    model = SoftmaxAttention.flops(problem(n, d), None)
-    assert counter.get_total_flops() == pytest.approx(model, rel=0.10)
+    assert counter.get_total_flops() == SoftmaxAttention.flops(problem(n, d), None, "torch", matmul_only=True)

@@ -1,4 +1,4 @@
-"""Linear attention from precomputed features, non-causal and chunked causal.
+"""The elu + 1 feature map and linear attention from precomputed features, non-causal and chunked causal.
 
 The causal form processes the sequence in blocks of `chunk` tokens, with an intra-block masked product and a
 carried inter-block state (S, z), so no (N, D, d) prefix-sum tensor ever exists. The state and
@@ -14,6 +14,15 @@ from torch import Tensor
 def _acc(x: Tensor) -> Tensor:
     """x in its accumulation dtype: fp32 for fp32/fp16/bf16, fp64 stays fp64 (for exact tests)."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def elu_feature_map(x: Tensor) -> Tensor:
+    """phi(x) = elu(x) + 1, elementwise. (..., d) -> (..., d).
+
+    Written as x + 1 for x > 0 and exp(x) otherwise: the same function, but it stays > 0 in fp32
+    down to x ~ -87, where `elu(x) + 1` rounds to exactly 0 below x ~ -17.
+    """
+    return torch.where(x > 0, x + 1.0, torch.exp(torch.clamp(x, max=0.0)))
 
 
 def linear_attention_noncausal(phi_q: Tensor, phi_k: Tensor, v: Tensor, eps: float) -> Tensor:

@@ -1,7 +1,7 @@
 """LUNA computed block by block, so the MLP activations of the whole sequence never exist at once.
 
-The math is exactly `naive.luna_attention`; only the order of work changes. The feature map phi
-(naive.luna_features) is evaluated on `chunk` tokens at a time, inside the loop that consumes it:
+The function is `naive.luna_attention`'s; only the order of work changes. The feature map phi
+(features.luna_features) is evaluated on `chunk` tokens at a time, inside the loop that consumes it:
 
     non-causal: pass 1 over key blocks    S = sum_j phi(k_j)^T v_j (B, H, D, d), z = sum_j phi(k_j) (B, H, D)
                 pass 2 over query blocks  out_i = phi(q_i) S / (phi(q_i) . z + eps)
@@ -11,6 +11,8 @@ The math is exactly `naive.luna_attention`; only the order of work changes. The 
                 A first pass over query blocks accumulates sum phi(q)^2; the key pass accumulates
                 sum phi(k)^2 beside S and z. Dividing phi(q) by r_q and phi(k) by r_k is folded into
                 the state: S <- S / (r_q r_k), z <- z / (r_q r_k), which is the same function.
+    mask:       padded keys get phi(k) = 0 (they add nothing to S, z); the channel RMS sums and
+                counts real tokens only.
 
 Neither the (B, H, N, m, hidden) MLP activations nor the full phi(q), phi(k) (B, H, N, D) are ever
 materialized: the largest temporaries are one block's activations, (B, H, chunk, m, G, hidden).
@@ -22,31 +24,22 @@ each block (B, H, D, d + 1); phi is recomputed block by block during the backwar
 from __future__ import annotations
 
 from functools import partial
-from typing import NamedTuple
 
 import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from attentions.luna.naive import luna_features
-
-
-class LunaWeights(NamedTuple):
-    """The learnable tensors of LUNA (fp32). Shapes as in `naive.init_luna_params`; G = 1 or L."""
-
-    W: Tensor  # (m, d)
-    b: Tensor  # (m,)
-    w1: Tensor  # (G, hidden)
-    b1: Tensor  # (G, hidden)
-    w2: Tensor  # (L, hidden)
-    b2: Tensor  # (L,)
-    env_a: Tensor | None = None  # (d,)  learned envelope, or None
-    env_c: Tensor | None = None  # ()
+from attentions.luna.features import LunaWeights, luna_features
 
 
 def _features(nonneg: bool, x: Tensor, *w: Tensor | None) -> Tensor:
     """phi of one block. x: (B, H, c, d) -> (B, H, c, D) in W's dtype; w: the 8 fields of LunaWeights."""
-    return luna_features(x, *w[:6], nonneg=nonneg, env_a=w[6], env_c=w[7])
+    return luna_features(x, LunaWeights(*w), nonneg)
+
+
+def _keep(mask: Tensor | None, like: Tensor) -> Tensor | float:
+    """A block's key mask (B, c) as a (B, 1, c, 1) multiplier in `like`'s dtype; 1.0 without a mask."""
+    return 1.0 if mask is None else mask[:, None, :, None].to(like.dtype)
 
 
 def _run(fn, *args):
@@ -68,14 +61,17 @@ def features_blockwise(x: Tensor, weights: LunaWeights, nonneg: bool, chunk: int
     return torch.cat(blocks, dim=-2)
 
 
-def _sumsq_block(nonneg: bool, x: Tensor, *w: Tensor | None) -> Tensor:
-    """sum over the block's tokens of phi^2 per channel. x: (B, H, c, d) -> (B, H, D)."""
-    return _features(nonneg, x, *w).pow(2).sum(dim=-2)
+def _sumsq_block(nonneg: bool, x: Tensor, mask: Tensor | None, *w: Tensor | None) -> Tensor:
+    """sum over the block's real tokens of phi^2 per channel. x: (B, H, c, d) -> (B, H, D)."""
+    fx = _features(nonneg, x, *w)
+    return (fx.pow(2) * _keep(mask, fx)).sum(dim=-2)
 
 
-def _key_block(nonneg: bool, ch_rms: bool, k: Tensor, v: Tensor, *w: Tensor | None):
-    """Key-side statistics of one block: phi(k)^T v (B, H, D, d), sum phi(k) (B, H, D), sum phi(k)^2."""
+def _key_block(nonneg: bool, ch_rms: bool, k: Tensor, v: Tensor, mask: Tensor | None, *w: Tensor | None):
+    """Key-side statistics of one block: phi(k)^T v (B, H, D, d), sum phi(k) (B, H, D), sum phi(k)^2
+    (padded keys excluded)."""
     fk = _features(nonneg, k, *w)
+    fk = fk * _keep(mask, fk)
     sumsq = fk.pow(2).sum(dim=-2) if ch_rms else fk.new_zeros(())
     return fk.transpose(-1, -2) @ v.to(fk.dtype), fk.sum(dim=-2), sumsq
 
@@ -89,11 +85,13 @@ def _query_block(
 
 
 def _causal_block(
-    nonneg: bool, eps: float, q: Tensor, k: Tensor, v: Tensor, state: Tensor, norm: Tensor, *w: Tensor | None
-) -> tuple[Tensor, Tensor, Tensor]:
+    nonneg: bool, eps: float, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, state: Tensor,
+    norm: Tensor, *w: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """One causal block: outputs (B, H, c, d) from the masked intra-block product plus the carried
     state, and this block's increments to the state (B, H, D, d) and normalizer (B, H, D)."""
     fq, fk = _features(nonneg, q, *w), _features(nonneg, k, *w)
+    fk = fk * _keep(mask, fk)
     v = v.to(fq.dtype)
     local = (fq @ fk.transpose(-1, -2)).tril()  # (B, H, c, c): weights of keys j <= i in the block
     num = local @ v + fq @ state
@@ -111,11 +109,10 @@ def luna_attention_chunked(
     eps: float = 1e-6,
     ch_rms: bool = False,
     chunk: int = 128,
+    mask: Tensor | None = None,
 ) -> Tensor:
-    """LUNA attention by blocks of `chunk` tokens. q, k, v: (B, H, N, d) -> (B, H, N, d).
-
-    Computed in the parameters' dtype (fp32 in the variant), like `naive.luna_attention`.
-    """
+    """LUNA attention by blocks of `chunk` tokens. q, k, v: (B, H, N, d); mask (B, N) bool, True =
+    real key, or None -> (B, H, N, d), computed in the parameters' dtype (fp32 in the variant)."""
     if ch_rms and causal:
         raise ValueError("ch_rms pools over all tokens; it has no causal form")
     if chunk < 1:
@@ -127,6 +124,9 @@ def luna_attention_chunked(
     norm = q.new_zeros(B, H, D, dtype=dtype)
     starts = range(0, N, chunk)
 
+    def blk_mask(s: int) -> Tensor | None:
+        return None if mask is None else mask[:, s : s + chunk]
+
     if causal:
         outs = []
         for s in starts:
@@ -136,6 +136,7 @@ def luna_attention_chunked(
                 q[:, :, blk],
                 k[:, :, blk],
                 v[:, :, blk],
+                blk_mask(s),
                 state,
                 norm,
                 *weights,
@@ -147,13 +148,15 @@ def luna_attention_chunked(
     key_fn = partial(_key_block, nonneg, ch_rms)
     sumsq_k = q.new_zeros(B, H, D, dtype=dtype)
     for s in range(0, k.shape[-2], chunk):
-        d_state, d_norm, d_sumsq = _run(key_fn, k[:, :, s : s + chunk], v[:, :, s : s + chunk], *weights)
+        blk = slice(s, s + chunk)
+        d_state, d_norm, d_sumsq = _run(key_fn, k[:, :, blk], v[:, :, blk], blk_mask(s), *weights)
         state, norm, sumsq_k = state + d_state, norm + d_norm, sumsq_k + d_sumsq
     if ch_rms:
         sq_fn = partial(_sumsq_block, nonneg)
-        sumsq_q = sum(_run(sq_fn, q[:, :, s : s + chunk], *weights) for s in starts)
-        r_q = torch.sqrt(sumsq_q / N + eps)  # (B, H, D) channel RMS of phi(q) over the sequence
-        r_k = torch.sqrt(sumsq_k / k.shape[-2] + eps)
+        sumsq_q = sum(_run(sq_fn, q[:, :, s : s + chunk], blk_mask(s), *weights) for s in starts)
+        count = float(N) if mask is None else mask.sum(dim=-1).clamp_min(1)[:, None, None].to(dtype)
+        r_q = torch.sqrt(sumsq_q / count + eps)  # (B, H, D) channel RMS of phi(q) over real tokens
+        r_k = torch.sqrt(sumsq_k / count + eps)
         scale = 1.0 / (r_q * r_k)
         state, norm = state * scale[..., None], norm * scale
     q_fn = partial(_query_block, nonneg, eps)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from attentions.luna.naive import channel_rms
+from attentions.luna.features import channel_rms
 from harness.plugins.contract import FitResult, FitSpec, Teacher
 
 TINY = 1e-9  # floor inside log(A): ReLU features make some LUNA weights exactly 0

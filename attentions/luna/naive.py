@@ -15,35 +15,36 @@ Channel functions psi, two layouts:
     Both are written as w1, b1: (G, hidden) with G = 1 or L; channel l uses row min(l, G-1).
 
 Attention (Katharopoulos-style linear attention with phi; eps keeps 0/0 away since ReLU
-features are often exactly 0):
-    non-causal: out_i = phi(q_i) S / (phi(q_i) . z + eps),  S = sum_j phi(k_j) v_j^T, z = sum_j phi(k_j)
-    causal:     the same with S, z summed over j <= i.
+features are often exactly 0), written with explicit weights A_ij = phi(q_i) . phi(k_j):
+    out_i = sum_j A_ij v_j / (sum_j A_ij + eps)   over visible keys j: all (non-causal) or j <= i
+                                                  (causal), never a padded key (mask False)
 ch_rms (optional, from the paper's code): each of the D feature channels of phi(q) and of
-phi(k) is divided by its RMS over the sequence (per batch and head, never pooled over the
-batch). It pools over all tokens, so it is defined for non-causal attention only.
+phi(k) is divided by its RMS over the sequence's real tokens (per batch and head, never pooled
+over the batch). It pools over all tokens, so it is defined for non-causal attention only.
+
+Everything is O(N^2) and evaluates each channel function separately: for reading and tests only.
+The impls share none of this code (attentions/luna/features.py, dense.py, chunked.py, triton_*).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-ENVELOPE_C0 = math.log(math.e - 1.0)  # softplus(ENVELOPE_C0) == 1
-
 
 def scalar_mlp(u: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, nonneg: bool) -> Tensor:
-    """Channel functions on scalars. u: (..., m) -> (..., m, L)."""
-    L, G = w2.shape[0], w1.shape[0]
-    hidden = F.relu(u[..., None, None] * w1 + b1)  # (..., m, G, hidden)
-    if G == 1:
-        out = hidden[..., 0, :] @ w2.T + b2  # (..., m, L)
-    else:
-        assert G == L, "per-channel layout needs one hidden layer per output channel"
-        out = (hidden * w2).sum(-1) + b2  # (..., m, L)
-    return F.relu(out) if nonneg else out
+    """Channel functions on scalars, one channel l at a time. u: (..., m) -> (..., m, L)."""
+    channels = []
+    for l in range(w2.shape[0]):  # noqa: E741  (the paper's index)
+        g = min(l, w1.shape[0] - 1)
+        hidden = F.relu(u[..., None] * w1[g] + b1[g])  # (..., m, hidden)
+        out = (hidden * w2[l]).sum(dim=-1) + b2[l]  # (..., m)
+        channels.append(F.relu(out) if nonneg else out)
+    return torch.stack(channels, dim=-1)
 
 
 def luna_features(
@@ -58,38 +59,42 @@ def luna_features(
     env_a: Tensor | None = None,
     env_c: Tensor | None = None,
 ) -> Tensor:
-    """phi(x). x: (B, H, N, d) -> (B, H, N, m*L), computed in the parameters' dtype (fp32 in the variant)."""
-    d = x.shape[-1]
-    m = W.shape[0]
+    """phi(x). x: (B, H, N, d) -> (B, H, N, m*L), computed in the parameters' dtype."""
+    d, m = x.shape[-1], W.shape[0]
     xs = x.to(W.dtype) * d**-0.25
-    u = xs @ W.T + b  # (B, H, N, m)
+    u = torch.einsum("bhnd,md->bhnm", xs, W) + b  # (B, H, N, m)
     feats = scalar_mlp(u, w1, b1, w2, b2, nonneg).flatten(-2) / math.sqrt(m)  # (B, H, N, D)
     if env_a is not None:
-        feats = feats * F.softplus(xs @ env_a + env_c)[..., None]
+        feats = feats * F.softplus(torch.einsum("bhnd,d->bhn", xs, env_a) + env_c)[..., None]
     return feats
 
 
-def channel_rms(phi: Tensor, eps: float) -> Tensor:
-    """Divide each feature channel by its RMS over the sequence. phi: (B, H, N, D)."""
-    return phi / torch.sqrt(phi.pow(2).mean(dim=-2, keepdim=True) + eps)
+def channel_rms(phi: Tensor, eps: float, key_padding_mask: Tensor | None = None) -> Tensor:
+    """Divide each feature channel by its RMS over the real tokens. phi: (B, H, N, D); mask (B, N)."""
+    real = torch.ones(phi.shape[0], phi.shape[-2], dtype=torch.bool, device=phi.device)
+    if key_padding_mask is not None:
+        real = key_padding_mask
+    real = real[:, None, :, None]  # (B, 1, N, 1)
+    count = real.sum(dim=-2, keepdim=True)
+    mean_sq = torch.where(real, phi * phi, torch.zeros_like(phi)).sum(dim=-2, keepdim=True) / count
+    return phi / torch.sqrt(mean_sq + eps)
 
 
-def linear_attention(phi_q: Tensor, phi_k: Tensor, v: Tensor, causal: bool, eps: float) -> Tensor:
-    """Linear attention from features. phi_q, phi_k: (B, H, N, D); v: (B, H, N, d) -> (B, H, N, d).
-
-    Computed in the features' dtype. The causal form is written with explicit masked weights
-    (O(N^2), for reading and testing only).
-    """
-    v = v.to(phi_q.dtype)
-    if not causal:
-        state = phi_k.transpose(-1, -2) @ v  # (B, H, D, d)
-        norm = phi_k.sum(dim=-2)  # (B, H, D)
-        return (phi_q @ state) / ((phi_q @ norm[..., None]) + eps)
-    weights = phi_q @ phi_k.transpose(-1, -2)  # (B, H, N, N)
+def linear_attention(
+    phi_q: Tensor, phi_k: Tensor, v: Tensor, causal: bool, eps: float, key_padding_mask: Tensor | None = None
+) -> Tensor:
+    """Linear attention from features by explicit weights. phi_q, phi_k: (B, H, N, D); v: (B, H, N, d)
+    -> (B, H, N, d), in the features' dtype."""
+    weights = phi_q @ phi_k.transpose(-1, -2)  # (B, H, N, N): A_ij
     n = weights.shape[-1]
-    mask = torch.ones(n, n, dtype=torch.bool, device=weights.device).tril()
-    weights = weights * mask
-    return (weights @ v) / (weights.sum(-1, keepdim=True) + eps)
+    visible = torch.ones(n, n, dtype=torch.bool, device=weights.device)
+    if causal:
+        visible = visible.tril()
+    visible = visible[None, None]
+    if key_padding_mask is not None:
+        visible = visible & key_padding_mask[:, None, None, :]
+    weights = torch.where(visible, weights, torch.zeros_like(weights))
+    return (weights @ v.to(phi_q.dtype)) / (weights.sum(-1, keepdim=True) + eps)
 
 
 def luna_attention(
@@ -108,34 +113,25 @@ def luna_attention(
     ch_rms: bool = False,
     env_a: Tensor | None = None,
     env_c: Tensor | None = None,
+    key_padding_mask: Tensor | None = None,
 ) -> Tensor:
-    """LUNA. q, k, v: (B, H, N, d) -> (B, H, N, d) in the parameters' dtype (fp32 in the variant)."""
+    """LUNA. q, k, v: (B, H, N, d); key_padding_mask (B, N) bool, True = real -> (B, H, N, d) in the
+    parameters' dtype."""
     if ch_rms and causal:
         raise ValueError("ch_rms pools over all tokens; it has no causal form")
     phi_q = luna_features(q, W, b, w1, b1, w2, b2, nonneg, env_a, env_c)
     phi_k = luna_features(k, W, b, w1, b1, w2, b2, nonneg, env_a, env_c)
     if ch_rms:
-        phi_q, phi_k = channel_rms(phi_q, eps), channel_rms(phi_k, eps)
-    return linear_attention(phi_q, phi_k, v, causal, eps)
+        phi_q, phi_k = channel_rms(phi_q, eps, key_padding_mask), channel_rms(phi_k, eps, key_padding_mask)
+    return linear_attention(phi_q, phi_k, v, causal, eps, key_padding_mask)
 
 
-def init_luna_params(
-    d: int, m: int, L: int, hidden: int, shared_channels: bool, generator: torch.Generator | None = None
-) -> dict[str, Tensor]:
-    """Initial parameters: W ~ N(0, 1/d), b = 0; MLP layers as torch.nn.Linear's default init."""
-    G = 1 if shared_channels else L
-    bound2 = 1.0 / math.sqrt(hidden)
-
-    def uniform(shape: tuple[int, ...], bound: float) -> Tensor:
-        return (torch.rand(shape, generator=generator) * 2 - 1) * bound
-
-    return {
-        "W": torch.randn(m, d, generator=generator) / math.sqrt(d),
-        "b": torch.zeros(m),
-        "w1": uniform((G, hidden), 1.0),
-        "b1": uniform((G, hidden), 1.0),
-        "w2": uniform((L, hidden), bound2),
-        "b2": uniform((L,), bound2),
-        "env_a": torch.zeros(d),
-        "env_c": torch.full((), ENVELOPE_C0),
-    }
+def reference(
+    variant: Any, q: Tensor, k: Tensor, v: Tensor, causal: bool, key_padding_mask: Tensor | None = None
+) -> Tensor:
+    """The contract's reference of `luna` (every impl), with the instance's weights and params."""
+    p, w = variant.params, variant.weights()
+    return luna_attention(
+        q, k, v, *w[:6], causal=causal, nonneg=p.nonneg, eps=p.eps, ch_rms=p.ch_rms,
+        env_a=w.env_a, env_c=w.env_c, key_padding_mask=key_padding_mask,
+    )  # fmt: skip

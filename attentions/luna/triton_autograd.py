@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from attentions.luna import triton_kernels as tk
-from attentions.luna.chunked import LunaWeights
+from attentions.luna import triton_launch as tk
+from attentions.luna.features import LunaWeights
 
 
 class LunaTritonFunction(torch.autograd.Function):

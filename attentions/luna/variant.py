@@ -1,17 +1,19 @@
 """`luna`: LUNA, learnable-kernel linear attention (Abbasi et al. 2025, arXiv 2512.08061).
 
 phi(x) = h(x) / sqrt(m) [psi_l(w_i . x' + b_i)], D = m L, then linear attention with phi (see
-naive.py for the exact definition). Impls:
-    naive   : naive.luna_attention in fp32 (materializes every MLP activation; O(N^2) when causal)
+naive.py for the exact definition, features.py for the map the impls use). Impls:
+    naive   : dense.luna_attention_dense in fp32 (whole-sequence features, every MLP activation
+              materialized; O(N^2) when causal). Not naive.py, the reference it is checked against.
     chunked : chunked.luna_attention_chunked, blocks of `chunk` tokens, checkpointed per block
     triton  : triton_autograd.luna_attention_triton, fused Triton kernels (phi in registers, custom
-              backward); CUDA, or CPU under TRITON_INTERPRET=1; no ch_rms, no learned envelope
-Parameters are fp32 on the problem's device; inputs of any dtype are read in fp32 and the output
-is cast back to the input dtype.
+              backward); CUDA, or CPU under TRITON_INTERPRET=1; no ch_rms, no learned envelope, no mask
+Parameters are fp32 on the given device; inputs of any dtype are read in fp32 and the output is
+cast back to the input dtype. naive and chunked take a key-padding mask (padded keys: phi(k) = 0).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,16 +22,27 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from attentions.luna.chunked import LunaWeights, features_blockwise, luna_attention_chunked
+from attentions.luna.chunked import features_blockwise, luna_attention_chunked
+from attentions.luna.cost_model import luna_flop_terms
+from attentions.luna.dense import luna_attention_dense
+from attentions.luna.features import LunaWeights, init_luna_params
 from attentions.luna.fit import fit_luna
-from attentions.luna.naive import init_luna_params, luna_attention
-from harness.measure.costs import io_bytes_for_mode, scale_for_mode
-from harness.plugins.contract import AttentionVariant, Capabilities, FitResult, FitSpec, Problem, Teacher
+from harness.measure.costs import io_bytes_for_mode
+from harness.plugins.contract import (
+    AttentionVariant,
+    Capabilities,
+    FitResult,
+    FitSpec,
+    Problem,
+    Teacher,
+    Tolerance,
+    check_no_mask,
+)
 
 ENVELOPES = ("none", "learned")
 CH_RMS_CAUSAL_REASON = "luna ch_rms pools over all tokens, so it has no causal form"
 TRITON_CPU_REASON = "luna/triton runs on CUDA, or on CPU only under TRITON_INTERPRET=1 (slow; for tests)"
-TRITON_MAX_FEATURES = TRITON_MAX_HEAD_DIM = 128  # triton_kernels.MAX_FEATURES / MAX_HEAD_DIM
+TRITON_MAX_FEATURES = TRITON_MAX_HEAD_DIM = 128  # triton_launch.MAX_FEATURES / MAX_HEAD_DIM
 FIT_BLOCK = 256  # tokens per checkpointed feature block during fit (bounds its memory only)
 
 
@@ -71,32 +84,6 @@ def _param_count(params: LunaParams, d: int) -> int:
     return count + (d + 1 if params.envelope == "learned" else 0)
 
 
-def flop_terms(problem: Problem, params: LunaParams) -> dict[str, float]:
-    """Forward FLOPs by part (whole problem). The "*_matmul" parts are what torch's FlopCounterMode
-    counts; it skips "mlp_elementwise" (the first MLP layer, and per-channel also the second, computed
-    as broadcasts) and "envelope_matvec" (an aten.mv). Causal attention is counted as the chunked impl
-    runs it: full c x c intra-block products, c = min(chunk, N)."""
-    p, d, m, L, hid = params, problem.head_dim, params.m, params.L, params.hidden
-    tokens = 2.0 * problem.batch * problem.heads * problem.seq_len  # q and k tokens
-    D = m * L
-    if p.shared_channels:  # per scalar: 1 -> hidden (2 hid), hidden -> L matmul (2 hid L)
-        mlp_matmul, mlp_elementwise = tokens * m * 2 * hid * L, tokens * m * 2 * hid
-    else:  # per scalar, per channel l: 1 -> hidden (2 hid) and hidden . w2_l (2 hid)
-        mlp_matmul, mlp_elementwise = 0.0, tokens * m * L * 4 * hid
-    bh, n = problem.batch * problem.heads, problem.seq_len
-    attention = bh * n * (4.0 * D * problem.head_dim + 2.0 * D)  # phi(k)^T v, phi(q) S, phi(q) . z
-    if problem.causal:
-        c = min(p.chunk, n)
-        attention += bh * n * 2.0 * c * (D + problem.head_dim)  # intra-block c x c product and its @ v
-    return {
-        "projection_matmul": tokens * 2 * m * d,
-        "envelope_matvec": tokens * 2 * d if p.envelope == "learned" else 0.0,
-        "mlp_matmul": mlp_matmul,
-        "mlp_elementwise": mlp_elementwise,
-        "attention_matmul": attention,
-    }
-
-
 def _triton_reasons(problem: Problem, params: LunaParams) -> list[str]:
     """Why impl "triton" cannot run this case (empty: it can)."""
     reasons = []
@@ -123,21 +110,41 @@ class LunaAttention(AttentionVariant):
         "arXiv 2512.08061"
     )
     reference_impl: ClassVar[str] = "attentions/luna/naive.py (Eq. 11 and Listing 1 of the paper)"
+    reference: ClassVar[str] = "attentions.luna.naive:reference"
+    # Worst relative Frobenius errors measured (conformance inputs; CPU, torch 2.13): naive and chunked,
+    # fp32 vs naive.py over N 63/1000, d 32..128, causal and not: 4.2e-7 outputs, 7.7e-6 gradients
+    # (q, k, v and the parameters); bf16 inputs (computed in fp32) vs fp32: 1.6e-3 / 2.5e-3.
+    tolerances: ClassVar[dict[str, Tolerance]] = {
+        "fp32": Tolerance(output=1e-5, grad=1e-4),
+        "bf16": Tolerance(output=2e-2, grad=6e-2),
+    }
+    flop_rtol: ClassVar[float] = 1e-9  # naive and chunked (checkpoint recomputation included) exactly
     Params: ClassVar[type] = LunaParams
     impls: ClassVar[tuple[str, ...]] = ("naive", "chunked", "triton")
     impl_requires: ClassVar[dict[str, tuple[str, ...]]] = {"triton": ("triton",)}
-    capabilities: ClassVar[Capabilities] = Capabilities(learnable=True)
+    capabilities: ClassVar[Capabilities] = Capabilities(learnable=True, masking=True)
 
-    def __init__(self, params: LunaParams, impl: str, problem: Problem) -> None:
-        super().__init__(params, impl, problem)
-        init = init_luna_params(problem.head_dim, params.m, params.L, params.hidden, params.shared_channels)
+    def __init__(
+        self,
+        params: LunaParams,
+        impl: str,
+        heads: int,
+        head_dim: int,
+        device: str = "cpu",
+        dtype: str = "fp32",
+    ) -> None:
+        super().__init__(params, impl, heads, head_dim, device, dtype)
+        init = init_luna_params(head_dim, params.m, params.L, params.hidden, params.shared_channels)
         names = ["W", "b", "w1", "b1", "w2", "b2"]
         if params.envelope == "learned":
             names += ["env_a", "env_c"]
         for key in names:
-            self.register_parameter(
-                key, nn.Parameter(init[key].to(device=problem.device, dtype=torch.float32))
-            )
+            self.register_parameter(key, nn.Parameter(init[key].to(device=device, dtype=torch.float32)))
+
+    @classmethod
+    def capabilities_for(cls, impl: str) -> Capabilities:
+        """naive and chunked take a key-padding mask; the Triton kernels have no mask argument."""
+        return dataclasses.replace(cls.capabilities, masking=impl != "triton")
 
     # ----- description --------------------------------------------------------------------
     @classmethod
@@ -150,16 +157,17 @@ class LunaAttention(AttentionVariant):
         return reasons
 
     @classmethod
-    def feature_dim(cls, params: LunaParams, problem: Problem) -> int:
+    def feature_dim(cls, problem: Problem, params: LunaParams) -> int:
         return params.m * params.L
 
     @classmethod
-    def flops(cls, problem: Problem, params: LunaParams) -> float:
-        """Forward: features of q and k (projection, scalar MLP, envelope) + linear attention; bwd = 2x."""
-        return scale_for_mode(sum(flop_terms(problem, params).values()), problem)
+    def flop_terms(cls, problem: Problem, params: LunaParams, impl: str) -> dict[str, float]:
+        """Features of q and k (projection, scalar MLP, envelope) + linear attention, per impl, as
+        `cost_model.luna_flop_terms` counts what each executes (checkpoint recomputation included)."""
+        return luna_flop_terms(problem, params, impl)
 
     @classmethod
-    def bytes_moved(cls, problem: Problem, params: LunaParams) -> float:
+    def bytes_moved(cls, problem: Problem, params: LunaParams, impl: str) -> float:
         """I/O minimum a fused kernel could reach: q, k, v, o (+ dO, dq, dk, dv) and the fp32 parameters
         (read once in the forward; read and their gradients written in the backward). The naive impl
         moves far more: it writes and reads B*H*N*m*hidden (or *L*hidden) MLP activations."""
@@ -173,19 +181,20 @@ class LunaAttention(AttentionVariant):
         env = (self.env_a, self.env_c) if self.params.envelope == "learned" else (None, None)
         return LunaWeights(self.W, self.b, self.w1, self.b1, self.w2, self.b2, *env)
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, causal: bool) -> Tensor:
-        """q, k, v: (B, H, N, d) any float dtype -> (B, H, N, d) in q's dtype (computed in fp32)."""
-        p, w = self.params, self.weights()
+    def forward(
+        self, q: Tensor, k: Tensor, v: Tensor, causal: bool, key_padding_mask: Tensor | None = None
+    ) -> Tensor:
+        """q, k, v: (B, H, N, d) any float dtype; key_padding_mask (B, N) bool, True = real (naive,
+        chunked) -> (B, H, N, d) in q's dtype (computed in fp32)."""
+        p, w, mask = self.params, self.weights(), key_padding_mask
         if p.ch_rms and causal:
             raise ValueError(CH_RMS_CAUSAL_REASON)
         if self.impl == "naive":
-            out = luna_attention(
-                q, k, v, *w[:6], causal=causal, nonneg=p.nonneg, eps=p.eps, ch_rms=p.ch_rms,
-                env_a=w.env_a, env_c=w.env_c,
-            )  # fmt: skip
+            out = luna_attention_dense(q, k, v, w, causal, p.nonneg, p.eps, p.ch_rms, mask)
         elif self.impl == "chunked":
-            out = luna_attention_chunked(q, k, v, w, causal, p.nonneg, p.eps, p.ch_rms, p.chunk)
+            out = luna_attention_chunked(q, k, v, w, causal, p.nonneg, p.eps, p.ch_rms, p.chunk, mask)
         elif self.impl == "triton":
+            check_no_mask(self, mask)
             if p.ch_rms:
                 raise ValueError("luna/triton does not implement ch_rms")
             from attentions.luna.triton_autograd import luna_attention_triton  # imports triton

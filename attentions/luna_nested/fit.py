@@ -19,16 +19,26 @@ Losses (mean over batch, heads and sampled rows):
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from harness.plugins.contract import FitResult, FitSpec, Teacher
 
-if TYPE_CHECKING:
-    from attentions.luna_nested.variant import LunaNestedAttention
+
+class NestedModel(Protocol):
+    """What the fit reads of the variant (LunaNestedAttention), without importing it."""
+
+    P_q: Tensor  # (H, l, d)
+    W_k: Tensor | None  # (H, d, d)
+    W_v: Tensor | None
+    params: Any  # LunaNestedParams: eps
+
+    def attention_fp32(self, q: Tensor, k: Tensor, v: Tensor, causal: bool) -> Tensor: ...
+
+    def parameters(self) -> Iterator[nn.Parameter]: ...
 
 
 def noncausal_rows(
@@ -56,7 +66,7 @@ def kl_rows(target: Tensor, approx: Tensor, eps: float) -> Tensor:
 
 
 def fit_luna_nested(
-    model: LunaNestedAttention,
+    model: NestedModel,
     calib_batches: Sequence[tuple[Tensor, Tensor, Tensor]],
     teacher: Teacher,
     spec: FitSpec,

@@ -26,11 +26,16 @@ Choices that differ from the `nystrom-attention` package (documented in README.m
 
 No depthwise-conv skip on v (a learned part of the original model). Everything is computed in
 fp64 for fp64 inputs and in fp32 otherwise; the output has that dtype (not the input dtype).
+
+`package_pinv` transcribes nystrom-attention 0.0.14's `moore_penrose_iter_pinv` (Z_0 scaled by the
+maxima over the whole (B, H) batch): the reference of impl `package` is the function above with it.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -67,7 +72,26 @@ def iterative_pinv(a: Tensor, iters: int) -> Tensor:
     return z
 
 
-def nystrom_attention_naive(q: Tensor, k: Tensor, v: Tensor, landmarks: int, pinv_iters: int) -> Tensor:
+def package_pinv(a: Tensor, iters: int) -> Tensor:
+    """nystrom-attention's pseudo-inverse: Z_0 = A^T / (max over ALL matrices of the row sums of |A|
+    x max over all of the column sums), then the same iteration. (..., m, m) -> (..., m, m)."""
+    abs_a = a.abs()
+    z = a.transpose(-1, -2) / (abs_a.sum(dim=-1).max() * abs_a.sum(dim=-2).max())
+    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+    for _ in range(iters):
+        az = a @ z
+        z = 0.25 * z @ (13 * eye - az @ (15 * eye - az @ (7 * eye - az)))
+    return z
+
+
+def nystrom_attention_naive(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    landmarks: int,
+    pinv_iters: int,
+    pinv: Callable[[Tensor, int], Tensor] = iterative_pinv,
+) -> Tensor:
     """Non-causal Nyström attention. q, k, v: (B, H, N, d) -> (B, H, N, d) in fp64 or fp32."""
     dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
@@ -77,6 +101,23 @@ def nystrom_attention_naive(q: Tensor, k: Tensor, v: Tensor, landmarks: int, pin
     kernel_1 = torch.softmax(q @ k_land.transpose(-1, -2) * scale, dim=-1)  # F  (B, H, N, m)
     kernel_2 = torch.softmax(q_land @ k_land.transpose(-1, -2) * scale, dim=-1)  # A  (B, H, m, m)
     kernel_3 = torch.softmax(q_land @ k.transpose(-1, -2) * scale, dim=-1)  # Bm (B, H, m, N)
-    kernel_2_inv = iterative_pinv(kernel_2, pinv_iters)  # (B, H, m, m)
+    kernel_2_inv = pinv(kernel_2, pinv_iters)  # (B, H, m, m)
     # Right to left: O(N m d + m^2 d) instead of forming F A^+ (N m^2).
     return kernel_1 @ (kernel_2_inv @ (kernel_3 @ v))
+
+
+def reference(
+    variant: Any, q: Tensor, k: Tensor, v: Tensor, causal: bool, key_padding_mask: Tensor | None = None
+) -> Tensor:
+    """The contract's reference of impl `torch` (non-causal, no mask) at the instance's params."""
+    assert not causal and key_padding_mask is None, "Nyström attention here is non-causal and unmasked"
+    return nystrom_attention_naive(q, k, v, variant.params.landmarks, variant.params.pinv_iters)
+
+
+def package_reference(
+    variant: Any, q: Tensor, k: Tensor, v: Tensor, causal: bool, key_padding_mask: Tensor | None = None
+) -> Tensor:
+    """The contract's reference of impl `package`: the same with `package_pinv`."""
+    assert not causal and key_padding_mask is None, "Nyström attention here is non-causal and unmasked"
+    p = variant.params
+    return nystrom_attention_naive(q, k, v, p.landmarks, p.pinv_iters, package_pinv)

@@ -17,7 +17,8 @@ impls (they differ only in how Z_0 of the pseudo-inverse is scaled):
 Precision: the score matmuls q k~^T, q~ k^T and the large products Bm v, F (Z Bm v) run in the input
 dtype; landmarks, the three softmaxes, the m x m kernel, the pseudo-inverse and Z (Bm v) run in fp32
 (fp64 for fp64 inputs); the output is cast back to the input dtype. The depthwise-conv skip on v of
-the original model is learned and is left out.
+the original model is learned and is left out. No key-padding mask: a landmark is a segment mean
+over token positions, so padding would need masked, re-balanced segments (not implemented).
 """
 
 from __future__ import annotations
@@ -25,14 +26,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from attentions.nystrom.naive import iterative_pinv
-from harness.measure.costs import element_bytes, io_bytes_for_mode, matmul_flops, scale_for_mode
-from harness.plugins.contract import AttentionVariant, Capabilities, Problem
+from harness.measure.costs import by_mode, element_bytes, io_bytes_for_mode, matmul_flops
+from harness.plugins.contract import AttentionVariant, Capabilities, Problem, Tolerance, check_no_mask
 
 CAUSAL_REASON = (
     "nystrom has no causal form: each landmark is a mean over a segment of tokens, so every query "
@@ -77,7 +77,20 @@ def segment_means(x: Tensor, m: int, dtype: torch.dtype) -> Tensor:
     return torch.cat(parts, dim=-2)
 
 
-def flop_terms(problem: Problem, params: NystromParams) -> dict[str, float]:
+def iterative_pinv(a: Tensor, iters: int) -> Tensor:
+    """Moore-Penrose pseudo-inverse of each (m, m) matrix of a (..., m, m) by the paper's iteration,
+    Z_0 = A^T / (||A||_1 ||A||_inf) scaled per matrix (never over the batch) -> (..., m, m)."""
+    abs_a = a.abs()
+    scale = abs_a.sum(dim=-1).amax(dim=-1) * abs_a.sum(dim=-2).amax(dim=-1)  # (...,)
+    z = a.transpose(-1, -2) / scale[..., None, None]
+    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+    for _ in range(iters):
+        az = a @ z
+        z = 0.25 * z @ (13 * eye - az @ (15 * eye - az @ (7 * eye - az)))
+    return z
+
+
+def forward_flop_terms(problem: Problem, params: NystromParams) -> dict[str, float]:
     """Forward FLOPs by part, whole problem, m = min(landmarks, N). The "*_matmul" parts are the
     matmuls torch's FlopCounterMode counts; it does not see "elementwise" (segment means, scaling
     and softmax of the three score matrices, the pseudo-inverse's init and its c I - X updates)."""
@@ -110,13 +123,36 @@ class NystromAttention(AttentionVariant):
         "attentions/nystrom/naive.py; nystrom-attention 0.0.14 (lucidrains/nystrom-attention) "
         "moore_penrose_iter_pinv; mlpen/Nystromformer"
     )
+    reference = "attentions.nystrom.naive:reference"
+    impl_references: ClassVar[dict[str, str]] = {"package": "attentions.nystrom.naive:package_reference"}
+    # Worst relative Frobenius errors measured (conformance inputs; CPU, torch 2.13): fp32 vs naive.py
+    # over N 63/1000, d 32..128: 0 (the same operations in the same order, both impls); bf16 vs fp32
+    # on the rounded inputs (N 63, d 64): 6.4e-3 outputs, 8.2e-3 gradients.
+    tolerances: ClassVar[dict[str, Tolerance]] = {
+        "fp32": Tolerance(output=1e-5, grad=1e-4),
+        "bf16": Tolerance(output=2e-2, grad=6e-2),
+    }
+    known_defects: ClassVar[dict[str, str]] = {
+        "package:batch_independence": "nystrom-attention scales the pseudo-inverse init by maxima over "
+        "the whole (B, H) batch, so a sample's output depends on the other samples",
+    }
+    flop_rtol = 1e-9  # every matmul is modeled exactly; both impls run the same products
     Params = NystromParams
     impls = ("torch", "package")
     capabilities = Capabilities(causal=False)
     impl_requires = {"package": ("nystrom_attention",)}
 
-    def __init__(self, params: NystromParams, impl: str, problem: Problem) -> None:
-        super().__init__(params, impl, problem)
+    def __init__(
+        self,
+        params: NystromParams,
+        impl: str,
+        heads: int,
+        head_dim: int,
+        device: str = "cpu",
+        dtype: str = "fp32",
+    ) -> None:
+        super().__init__(params, impl, heads, head_dim, device, dtype)
+        self._last_seq_len: int | None = None  # N of the last forward, for info()
         if impl == "torch":
             self._pinv: Callable[[Tensor, int], Tensor] = iterative_pinv
         elif impl == "package":
@@ -135,22 +171,22 @@ class NystromAttention(AttentionVariant):
         return reasons
 
     @classmethod
-    def feature_dim(cls, params: NystromParams, problem: Problem) -> int | None:
+    def feature_dim(cls, problem: Problem, params: NystromParams) -> int | None:
         return min(params.landmarks, problem.seq_len)
 
     @classmethod
-    def flops(cls, problem: Problem, params: NystromParams) -> float:
-        """Per (batch, head) forward, m = min(landmarks, N), T = pinv_iters:
+    def flop_terms(cls, problem: Problem, params: NystromParams, impl: str) -> dict[str, float]:
+        """Per (batch, head) forward, m = min(landmarks, N), T = pinv_iters (`forward_flop_terms`):
 
         matmuls 8 N m d (q k~^T, q~ k^T, Bm v, F (Z Bm v)) + 4 m^2 d (q~ k~^T, Z (Bm v)) + 8 T m^3
         (four m x m products per iteration); elementwise 2 (N + m) d (segment means) + 6 (2 N m + m^2)
-        (scale and softmax) + 4 m^2 (pseudo-inverse init) + 7 T m^2 (its updates). Backward: 2x.
+        (scale and softmax) + 4 m^2 (pseudo-inverse init) + 7 T m^2 (its updates). Backward: every
+        product has two operands that need gradients (the pseudo-inverse too), so 2x; both impls.
         """
-        fwd = sum(flop_terms(problem, params).values())
-        return scale_for_mode(fwd, problem, bwd_factor=2.0)
+        return {key: by_mode(problem, v, 2 * v) for key, v in forward_flop_terms(problem, params).items()}
 
     @classmethod
-    def bytes_moved(cls, problem: Problem, params: NystromParams) -> float:
+    def bytes_moved(cls, problem: Problem, params: NystromParams, impl: str) -> float:
         """q, k, v, o (and grads), plus per (batch, head): the N x m logits of F and the m x N logits
         of Bm and their softmaxes, each written and read once in the input dtype (8 N m elements);
         fp32 landmarks q~, k~ written and read (4 m d), A's logits and softmax (4 m^2), 18 m^2 per
@@ -166,10 +202,14 @@ class NystromAttention(AttentionVariant):
         return io_bytes_for_mode(problem) + problem.batch * problem.heads * per_head
 
     # ----- forward ----------------------------------------------------------------------------
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, causal: bool) -> Tensor:
-        """q, k, v: (B, H, N, d) -> (B, H, N, d), same dtype as q. Non-causal only."""
+    def forward(
+        self, q: Tensor, k: Tensor, v: Tensor, causal: bool, key_padding_mask: Tensor | None = None
+    ) -> Tensor:
+        """q, k, v: (B, H, N, d) -> (B, H, N, d), same dtype as q. Non-causal, no key-padding mask."""
         if causal:
             raise ValueError(CAUSAL_REASON)
+        check_no_mask(self, key_padding_mask)
+        self._last_seq_len = q.shape[-2]
         acc = torch.promote_types(q.dtype, torch.float32)  # fp32, or fp64 for fp64 inputs
         m = min(self.params.landmarks, q.shape[-2])
         scale = 1.0 / math.sqrt(q.shape[-1])
@@ -185,8 +225,10 @@ class NystromAttention(AttentionVariant):
         return kernel_1.to(q.dtype) @ mixed.to(q.dtype)
 
     def info(self) -> dict[str, Any]:
-        """Landmarks actually used and the segment sizes for this case's N."""
-        n, m = self.problem.seq_len, min(self.params.landmarks, self.problem.seq_len)
+        """Landmarks actually used and the segment sizes at the N of the last call ({} before one)."""
+        if self._last_seq_len is None:
+            return {}
+        n, m = self._last_seq_len, min(self.params.landmarks, self._last_seq_len)
         base, extra = divmod(n, m)
         sizes = f"{extra}x{base + 1} + {m - extra}x{base}" if extra else f"{m}x{base}"
         return {"landmarks_used": m, "segment_sizes": sizes}

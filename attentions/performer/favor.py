@@ -20,8 +20,10 @@ the normalized attention out_i = sum_j K_ij v_j / (sum_j K_ij + eps), K_ij = phi
                          the future (performer-pytorch uses the max over the whole sequence,
                          which reaches past outputs through its eps terms: upstream issue #82).
 
-Stabilizers are detached (they change no value, only the floating-point range). Everything is
-computed in fp32, or in the input dtype when that is wider (fp64 in tests).
+Stabilizers are detached (they change no value, only the floating-point range). A key-padding
+mask (B, N) bool, True = real, removes padded keys from S, z and from every stabilizer (their
+logits become -inf), so they change nothing at all, eps or not. Everything is computed in fp32,
+or in the input dtype when that is wider (fp64 in tests).
 
 Note on the package: performer-pytorch (like the google-research JAX code it transcribes) adds a
 constant eps (1e-4; google-research: 1e-6) to every stabilized feature, AFTER the key max was
@@ -77,35 +79,49 @@ def query_features(u_q: Tensor) -> Tensor:
     return torch.exp(u_q - stab) / math.sqrt(u_q.shape[-1])
 
 
-def favor_noncausal(u_q: Tensor, u_k: Tensor, v: Tensor, eps: float) -> Tensor:
-    """Non-causal FAVOR+. u_q, u_k: feature logits (B, H, N, M); v: (B, H, N, d) -> (B, H, N, d).
+def finite_or_zero(x: Tensor) -> Tensor:
+    """x with -inf (a stabilizer over no real key) replaced by 0."""
+    return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+
+
+def favor_noncausal(u_q: Tensor, u_k: Tensor, v: Tensor, eps: float, mask: Tensor | None = None) -> Tensor:
+    """Non-causal FAVOR+. u_q, u_k: feature logits (B, H, N, M); v: (B, H, N, d); mask: (B, N) bool,
+    True = real key, or None -> (B, H, N, d).
 
     out = phi(q) S / (phi(q) z + eps) with S = phi(k)^T v (M, d) and z = phi(k)^T 1 (M,), in the
     logits' dtype.
     """
     v = v.to(u_q.dtype)
     phi_q = query_features(u_q)
-    stab_k = u_k.amax(dim=(-2, -1), keepdim=True).detach()  # one constant per (batch, head)
+    if mask is not None:
+        u_k = u_k.masked_fill(~mask[:, None, :, None], -math.inf)  # exp(-inf) = 0: no padded key
+    stab_k = finite_or_zero(u_k.amax(dim=(-2, -1), keepdim=True).detach())  # one per (batch, head)
     phi_k = torch.exp(u_k - stab_k) / math.sqrt(u_k.shape[-1])
     state = phi_k.transpose(-1, -2) @ v  # (B, H, M, d)
     norm = phi_k.sum(dim=-2)  # (B, H, M)
     return (phi_q @ state) / (phi_q @ norm[..., None] + eps)
 
 
-def favor_causal_chunked(u_q: Tensor, u_k: Tensor, v: Tensor, eps: float, chunk: int) -> Tensor:
+def favor_causal_chunked(
+    u_q: Tensor, u_k: Tensor, v: Tensor, eps: float, chunk: int, mask: Tensor | None = None
+) -> Tensor:
     """Causal FAVOR+ by chunks with a running key stabilizer. Shapes as `favor_noncausal`.
 
     With s_j = max_r u_r(k_j) and psi_j = M^(-1/2) exp(u(k_j) - s_j) (so phi(k_j) = psi_j e^(s_j)),
     query i uses m_i = max_{j <= i} s_j and weights K_ij e^(-m_i) = phi~(q_i).psi_j e^(s_j - m_i),
     all <= phi~(q_i).psi_j. The carried state holds S = sum_j psi_j e^(s_j - ref) v_j^T and
     z = sum_j psi_j e^(s_j - ref) for the keys before the chunk, with ref = their max; it is
-    rescaled by e^(ref - m_i) for query i and by e^(ref - ref') when ref grows.
+    rescaled by e^(ref - m_i) for query i and by e^(ref - ref') when ref grows. Padded keys have
+    psi = 0 and s = -inf; a stabilizer over no real key yet (-inf) is used as 0 where it is subtracted.
     """
     B, H, N, M = u_q.shape
     v = v.to(u_q.dtype)
     phi_q = query_features(u_q)
     s = u_k.amax(dim=-1).detach()  # (B, H, N) per-key max
     psi_k = torch.exp(u_k - s[..., None]) / math.sqrt(M)
+    if mask is not None:
+        psi_k = psi_k * mask[:, None, :, None].to(psi_k.dtype)
+        s = s.masked_fill(~mask[:, None, :], -math.inf)
     state = v.new_zeros(B, H, M, v.shape[-1])
     norm = v.new_zeros(B, H, M)
     ref = v.new_full((B, H), -math.inf)  # max of s over the keys already in the state
@@ -120,16 +136,17 @@ def favor_causal_chunked(u_q: Tensor, u_k: Tensor, v: Tensor, eps: float, chunk:
         )
         c = stop - start
         run = torch.maximum(torch.cummax(sc, dim=-1).values, ref[..., None])  # (B, H, c): m_i
+        run0 = finite_or_zero(run)
         visible = torch.ones(c, c, dtype=torch.bool, device=v.device).tril()
-        gap = (sc[..., None, :] - run[..., :, None]).masked_fill(~visible, -math.inf)  # s_j - m_i
+        gap = (sc[..., None, :] - run0[..., :, None]).masked_fill(~visible, -math.inf)  # s_j - m_i
         local = (fq @ fk.transpose(-1, -2)) * torch.exp(gap)  # (B, H, c, c) masked weights
-        carry = torch.exp(ref[..., None] - run)  # (B, H, c): state rescale, 0 before any key
+        carry = torch.exp(ref[..., None] - run0)  # (B, H, c): state rescale, 0 before any key
         num = local @ vc + (fq @ state) * carry[..., None]
         den = local.sum(-1) + (fq @ norm[..., None]).squeeze(-1) * carry
         outs.append(num / (den[..., None] + eps))
-        new_ref = run[..., -1]  # (B, H)
-        decay = torch.exp(ref - new_ref)
-        fk_scaled = fk * torch.exp(sc - new_ref[..., None])[..., None]  # (B, H, c, M)
+        new_ref, new_ref0 = run[..., -1], run0[..., -1]  # (B, H)
+        decay = torch.exp(ref - new_ref0)
+        fk_scaled = fk * torch.exp(sc - new_ref0[..., None])[..., None]  # (B, H, c, M)
         state = state * decay[..., None, None] + fk_scaled.transpose(-1, -2) @ vc
         norm = norm * decay[..., None] + fk_scaled.sum(dim=-2)
         ref = new_ref

@@ -12,9 +12,12 @@ from functools import partial
 from typing import Any
 
 from harness.config import validate as v
+from harness.config.regimes import input_regimes
 from harness.inputs.spec import InputSpec
+from harness.measure.metrics import ReportSpec
 from harness.measure.specs import AccuracySpec, ChecksSpec, MeasureSpec
 from harness.plugins.contract import DTYPES, MODES, AttentionVariant
+from harness.plugins.kinds import KINDS
 from harness.plugins.registry import suggest
 from harness.plugins.variants import VARIANTS
 
@@ -73,6 +76,8 @@ class Scenario:
     accuracy: AccuracySpec = field(default_factory=AccuracySpec)
     measure: MeasureSpec = field(default_factory=MeasureSpec)
     checks: ChecksSpec = field(default_factory=ChecksSpec)
+    kind: str = "kernel"  # a registered benchmark kind (harness.plugins.kinds)
+    report: ReportSpec = field(default_factory=ReportSpec)  # the `report:` block
 
 
 def load_scenario(path: str) -> Scenario:
@@ -101,6 +106,7 @@ def scenario_to_dict(s: Scenario) -> dict[str, Any]:
         "name": s.name,
         "version": s.version,
         "description": s.description,
+        "kind": s.kind,
         "device": s.device,
         "problem": {k: list(vals) for k, vals in dataclasses.asdict(s.problem).items()},
         "inputs": inputs[0] if len(inputs) == 1 else inputs,
@@ -108,13 +114,15 @@ def scenario_to_dict(s: Scenario) -> dict[str, Any]:
         "accuracy": dataclasses.asdict(s.accuracy),
         "measure": dataclasses.asdict(s.measure),
         "checks": dataclasses.asdict(s.checks),
+        "report": dataclasses.asdict(s.report),
     }
 
 
 # ----- schema -------------------------------------------------------------------------------
-TOP_KEYS = tuple("name version description device problem inputs variants accuracy measure checks".split())
+TOP_KEYS = tuple(
+    "name version description kind device problem inputs variants accuracy measure checks report".split()
+)
 DEVICES = ("cpu", "cuda", "auto")
-DISTS = ("gaussian", "peaked", "clustered", "local")
 VARIANT_KEYS = ("name", "impl", "params", "fit", "label")
 
 _positive_int = partial(v.as_int, minimum=1)
@@ -122,12 +130,6 @@ _seed = partial(v.as_int, minimum=0)
 _nonneg = partial(v.as_float, minimum=0.0)
 _positive = partial(v.as_float, minimum=0.0, strict=True)
 
-DIST_KNOBS: dict[str, dict[str, v.Check]] = {
-    "gaussian": {},
-    "peaked": {"noise": _nonneg, "sharpness": _positive},
-    "clustered": {"clusters": _positive_int, "spread": _nonneg},
-    "local": {"window": _positive_int, "noise": _nonneg, "sharpness": _positive},
-}
 PROBLEM_AXES: dict[str, tuple[v.Check, str]] = {
     "batch": (_positive_int, "a positive int"),
     "heads": (_positive_int, "a positive int"),
@@ -172,14 +174,32 @@ def _scenario(path: str, raw: dict[str, Any]) -> Scenario:
         name=v.as_str(top["name"], "name"),
         version=v.as_int(top.get("version", 1), "version", minimum=1),
         description=_text(top.get("description", ""), "description"),
+        kind=v.choice(tuple(KINDS.names()), "kind")(top.get("kind", "kernel"), "kind"),
         device=v.choice(DEVICES, "device")(top.get("device", "auto"), "device"),
-        problem=_problem(top["problem"]),
-        inputs=_input_regimes(top.get("inputs", {})),
+        problem=(problem := _problem(top["problem"])),
+        inputs=input_regimes(top.get("inputs", {}), dataclasses.asdict(problem)),  # checks fixed axes
         variants=_variants(top["variants"]),
         accuracy=v.block(top.get("accuracy", {}), "accuracy", AccuracySpec, ACCURACY_CHECKS),
         measure=_measure(top.get("measure", {})),
         checks=v.block(top.get("checks", {}), "checks", ChecksSpec, CHECKS_CHECKS),
+        report=_report(top.get("report", {}), top["variants"]),
     )
+
+
+REPORT_CHECKS = {"baseline": v.optional(v.as_str), "max_noise": _positive, "min_samples": _positive_int}
+
+
+def _report(raw: Any, entries: list[dict[str, Any]]) -> ReportSpec:
+    """`report:`; `baseline` is a variant name or label of the (validated) `variants:` entries, or a
+    label built from one (`flash[sdpa]`, `nystrom(landmarks=64)`)."""
+    spec = v.block(raw, "report", ReportSpec, REPORT_CHECKS)
+    names = sorted({e.get(k) for e in entries for k in ("name", "label")} - {None})
+    if (b := spec.baseline) and not any(b == n or b.startswith((f"{n}[", f"{n}(")) for n in names):
+        raise v.Invalid(
+            "report.baseline",
+            f"unknown variant or label {b!r}{suggest(b, names)}; expected one of {', '.join(names)}",
+        )
+    return spec
 
 
 def _measure(raw: Any) -> MeasureSpec:
@@ -204,47 +224,6 @@ def _problem(raw: Any) -> ProblemSpec:
         check, desc = PROBLEM_AXES[name]
         axes[name] = v.axis(value, f"problem.{name}", check, desc)
     return ProblemSpec(**axes)
-
-
-def _input_regimes(raw: Any) -> tuple[InputSpec, ...]:
-    """`inputs:` is one mapping, or a non-empty list of mappings (a sweep over input regimes).
-
-    Regimes of one scenario must differ in dist or scale: reports group cases by those two.
-    """
-    if not isinstance(raw, list):
-        return (_inputs(raw, "inputs"),)
-    if not raw:
-        raise v.Invalid("inputs", "expected a mapping or a non-empty list of mappings, found an empty list")
-    specs = tuple(_inputs(item, f"inputs[{i}]") for i, item in enumerate(raw))
-    seen: dict[tuple[str, float], int] = {}
-    for i, spec in enumerate(specs):
-        first = seen.setdefault((spec.dist, spec.scale), i)
-        if first != i:
-            raise v.Invalid(
-                f"inputs[{i}]",
-                f"same dist and scale as inputs[{first}] ({spec.dist}, {spec.scale:g}); regimes of one "
-                "scenario must differ in dist or scale (put other knob sweeps in separate scenarios)",
-            )
-    return specs
-
-
-def _inputs(raw: Any, where: str) -> InputSpec:
-    knobs = sorted({k for per_dist in DIST_KNOBS.values() for k in per_dist})
-    values = v.mapping(raw, where, ["dist", "scale", "seed", *knobs])
-    dist = v.choice(DISTS, "dist")(values.get("dist", "gaussian"), f"{where}.dist")
-    options = []
-    for name in sorted(set(values) - {"dist", "scale", "seed"}):
-        if name not in DIST_KNOBS[dist]:
-            owner = next(d for d, per_dist in DIST_KNOBS.items() if name in per_dist)
-            allowed = ", ".join(DIST_KNOBS[dist]) or "none"
-            raise v.Invalid(f"{where}.{name}", f"a knob of dist {owner}, not {dist} (its knobs: {allowed})")
-        options.append((name, DIST_KNOBS[dist][name](values[name], f"{where}.{name}")))
-    return InputSpec(
-        dist=dist,
-        scale=_positive(values.get("scale", 1.0), f"{where}.scale"),
-        seed=_seed(values.get("seed", 0), f"{where}.seed"),
-        options=tuple(options),
-    )
 
 
 def _variant_class(raw: Any, where: str) -> type[AttentionVariant]:

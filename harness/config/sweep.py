@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.config.scenario import InputSpec, Scenario, VariantEntry
+from harness.inputs import get_source
 from harness.plugins.contract import FitSpec, Problem
 from harness.plugins.variants import VARIANTS
 
@@ -74,6 +75,7 @@ def expand(scenario: Scenario, device: str, only: list[str] | None = None) -> li
     ascending.
     """
     ps = scenario.problem
+    pads = {spec: get_source(spec.dist).pads for spec in scenario.inputs}  # masked inputs?
     cases: list[Case] = []
     seen: set[str] = set()
     for entry in scenario.variants:
@@ -112,7 +114,9 @@ def expand(scenario: Scenario, device: str, only: list[str] | None = None) -> li
                         if case_id in seen:
                             continue
                         seen.add(case_id)
-                        problem = Problem(batch, heads, seq_len, head_dim, dtype, device, causal, mode)
+                        problem = Problem(
+                            batch, heads, seq_len, head_dim, dtype, device, causal, mode, masked=pads[spec]
+                        )
                         cases.append(
                             Case(case_id, entry.name, impl, params, label, problem, fit, config_key, spec)
                         )

@@ -3,48 +3,60 @@
 Every check raises `Invalid(where, message)`, where `where` is a key path such as
 `variants[2].params.m`; `harness.config.scenario.load_scenario` prefixes the file name and turns it
 into a one-line `ScenarioError`. Nothing here knows the scenario schema except the variant
-`Params` type rules (`param_check`), which only read dataclass fields.
+`Params` type rules (`param_check`), which only read dataclass fields. The scalar checks
+(`as_int`, `as_float`, ..., and `Invalid`) live in `harness.plugins.checks`, below every stage
+that validates input (input sources check their own knobs), and are re-exported here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import yaml
 
+from harness.plugins.checks import (  # re-exported: the scalar checks live below the config stage
+    Check,
+    Invalid,
+    as_bool,
+    as_float,
+    as_int,
+    as_str,
+    choice,
+    float_hint,
+    is_int,
+    is_number,
+    optional,
+    show,
+)
 from harness.plugins.registry import suggest
 
-Check = Callable[[Any, str], Any]  # (raw value, key path) -> validated value, or raise Invalid
+__all__ = [
+    "TOP",
+    "Check",
+    "Invalid",
+    "as_bool",
+    "as_float",
+    "as_int",
+    "as_str",
+    "axis",
+    "block",
+    "choice",
+    "key",
+    "mapping",
+    "one_line",
+    "optional",
+    "param_check",
+    "read_yaml",
+    "show",
+]
+
 TOP = "(top level)"
 
 
-class Invalid(Exception):
-    """One validation failure: `where` is the key path (or a file location), `message` the rest."""
-
-    def __init__(self, where: str, message: str) -> None:
-        super().__init__(where, message)
-        self.where = where
-        self.message = message
-
-
 # ----- rendering ----------------------------------------------------------------------------
-def show(value: Any, limit: int = 60) -> str:
-    """`value` as one short line with its YAML type, e.g. `true (bool)`, `'fp61' (str)`, `null`."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return f"{str(value).lower()} (bool)"
-    kind = {dict: "a mapping", list: "a list"}.get(type(value))
-    text = repr(value)
-    if len(text) > limit:
-        text = text[: limit - 3] + "..."
-    return f"{kind} {text}" if kind else f"{text} ({type(value).__name__})"
-
-
 def key(where: str, name: Any) -> str:
     """Key path of `name` inside `where` (TOP or '' means the document root)."""
     name = name if isinstance(name, str) and re.fullmatch(r"[\w\-]+", name) else repr(name)
@@ -145,74 +157,6 @@ def axis(raw: Any, where: str, check: Check, desc: str) -> tuple[Any, ...]:
     return tuple(values)
 
 
-# ----- scalars ------------------------------------------------------------------------------
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    """An int or a finite float; bool is not a number here."""
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _float_hint(v: Any) -> str:
-    """YAML 1.1 reads `1e-2` (no dot) as text; say so when a float was clearly meant."""
-    try:
-        float(v)
-    except (TypeError, ValueError):
-        return ""
-    return "; YAML reads a number like 1e-2 as text, write 1.0e-2" if isinstance(v, str) else ""
-
-
-def as_int(raw: Any, where: str, minimum: int | None = None) -> int:
-    desc = {None: "an int", 0: "an int >= 0", 1: "a positive int"}.get(minimum, f"an int >= {minimum}")
-    if not _is_int(raw) or (minimum is not None and raw < minimum):
-        raise Invalid(where, f"expected {desc}, found {show(raw)}")
-    return raw
-
-
-def as_float(raw: Any, where: str, minimum: float | None = None, strict: bool = False) -> float:
-    """A finite number (int accepted, bool not) `>= minimum`, or `> minimum` when `strict`."""
-    desc = "a number" if minimum is None else f"a number {'>' if strict else '>='} {minimum:g}"
-    ok = _is_number(raw)
-    if ok and minimum is not None:
-        ok = raw > minimum if strict else raw >= minimum
-    if not ok:
-        raise Invalid(where, f"expected {desc}, found {show(raw)}{_float_hint(raw)}")
-    return float(raw)
-
-
-def as_bool(raw: Any, where: str) -> bool:
-    if not isinstance(raw, bool):
-        raise Invalid(where, f"expected true or false, found {show(raw)}")
-    return raw
-
-
-def as_str(raw: Any, where: str) -> str:
-    if not isinstance(raw, str) or not raw.strip():
-        raise Invalid(where, f"expected a non-empty string, found {show(raw)}")
-    return raw
-
-
-def choice(choices: Sequence[str], what: str) -> Check:
-    """A check accepting exactly one of `choices` (strings), with a did-you-mean on typos."""
-
-    def check(raw: Any, where: str) -> str:
-        if isinstance(raw, str) and raw in choices:
-            return raw
-        found = f"unknown {what} {raw!r}{suggest(raw, list(choices))}" if isinstance(raw, str) else ""
-        if found:
-            raise Invalid(where, f"{found}; expected one of {', '.join(choices)}")
-        raise Invalid(where, f"expected one of {', '.join(choices)}, found {show(raw)}")
-
-    return check
-
-
-def optional(check: Check) -> Check:
-    """`check`, or None for an explicit `null`."""
-    return lambda raw, where: None if raw is None else check(raw, where)
-
-
 def block(raw: Any, where: str, cls: type, checks: dict[str, Check]) -> Any:
     """A flat settings mapping -> `cls(**values)`; absent keys keep the dataclass defaults."""
     values = mapping(raw, where, list(checks))
@@ -243,14 +187,14 @@ def param_check(f: dataclasses.Field) -> tuple[Check, str]:
 
     def check(raw: Any, where: str) -> Any:
         ok = {
-            "int": _is_int(raw),
-            "float": _is_number(raw),
+            "int": is_int(raw),
+            "float": is_number(raw),
             "bool": isinstance(raw, bool),
             "str": isinstance(raw, str),
-            "optional": raw is None or _is_number(raw) or isinstance(raw, str),
+            "optional": raw is None or is_number(raw) or isinstance(raw, str),
         }.get(kind or "", raw is None or isinstance(raw, bool | int | float | str))
         if not ok:
-            hint = _float_hint(raw) if kind == "float" else ""
+            hint = float_hint(raw) if kind == "float" else ""
             raise Invalid(where, f"expected {desc}, found {show(raw)}{hint}")
         return float(raw) if kind == "float" else raw
 

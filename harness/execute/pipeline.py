@@ -1,34 +1,34 @@
-"""One case, start to finish: supports? -> inputs -> fit -> accuracy -> checks -> time -> memory.
+"""The kernel kind: one case, start to finish.
 
-Everything here fills a `Record`; nothing raises out of `run_case` except KeyboardInterrupt.
-Failures become statuses: `skipped` (not supported), `oom`, `error`, `nan`, `timeout`, `leak`.
+    supports? -> inputs -> fit -> accuracy -> checks -> time -> memory -> cost model
+
+Everything here fills a `Record` (metrics by name, see harness.measure.metrics); nothing raises
+out of `run_case` except KeyboardInterrupt. Failures become statuses: `skipped` (not supported),
+`oom`, `error`, `nan`, `timeout`, `leak`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import json
 import math
-import signal
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 import torch
 from torch import Tensor
 
+from harness import inputs
 from harness.config.scenario import Scenario
 from harness.config.sweep import Case, static_skip_reasons
-from harness.inputs import synthetic as inputs
+from harness.execute.failures import hard_timeout, is_oom, one_line
+from harness.execute.fitting import FittedState, fit_variant
 from harness.measure import accuracy, memory, timing
+from harness.measure.costs import exact_attention_flops
 from harness.measure.roofline import Roofline
-from harness.plugins.contract import AttentionVariant, FitResult, Teacher
+from harness.plugins.contract import AttentionVariant
+from harness.plugins.kinds import BenchmarkKind
 from harness.plugins.variants import VARIANTS
 from harness.results.records import Record
-
-OOM_MARKERS = ("out of memory", "can't allocate memory", "not enough memory", "DefaultCPUAllocator")
 
 
 class CaseContext:
@@ -42,65 +42,8 @@ class CaseContext:
         self.device = device
         self.roofline: Roofline | None = None  # set by the runner when measure.roofline is on
         # fitted parameters per (variant config, problem minus mode): fwd and fwd_bwd cases of
-        # the same configuration see the same inputs, so they share one fit (see `_fit`).
+        # the same configuration see the same inputs, so they share one fit (execute/fitting.py).
         self.fit_cache: dict[str, FittedState] = {}
-
-
-@dataclass
-class FittedState:
-    """A finished fit: the parameters it produced and what it recorded."""
-
-    state: dict[str, Tensor]
-    result: FitResult
-    unfitted_rel_err: float | None
-
-
-def fit_cache_key(case: Case) -> str:
-    """Everything a fit depends on: the case without its mode (inputs and fit spec are run-level)."""
-    problem = dataclasses.replace(case.problem, mode="-")
-    return json.dumps(
-        [case.variant, case.impl, case.params, dataclasses.asdict(problem), str(case.fit), str(case.inputs)]
-    )
-
-
-def is_oom(exc: BaseException) -> bool:
-    """Whether `exc` is an out-of-memory failure of the CUDA or CPU allocator."""
-    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in OOM_MARKERS)
-
-
-def one_line(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:limit]}"
-
-
-@contextlib.contextmanager
-def hard_timeout(seconds: float) -> Iterator[None]:
-    """Raise `timing.CaseTimeout` in the main thread after `seconds` (SIGALRM; no-op elsewhere).
-
-    Python checks signals between bytecodes, so a single long native call is interrupted only
-    when it returns to Python; the timer loop in timing.py also checks its own budget.
-    """
-    if not hasattr(signal, "setitimer") or seconds <= 0:
-        yield
-        return
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def _raise(signum: int, frame: object) -> None:
-        raise timing.CaseTimeout(f"case exceeded its {seconds:g} s limit")
-
-    previous = signal.signal(signal.SIGALRM, _raise)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def new_record(case: Case, ctx: CaseContext) -> Record:
@@ -122,7 +65,7 @@ def new_record(case: Case, ctx: CaseContext) -> Record:
         heads=p.heads,
         seq_len=p.seq_len,
         head_dim=p.head_dim,
-        feature_dim=cls.feature_dim(cls.make_params(case.params), p),
+        feature_dim=cls.feature_dim(p, cls.make_params(case.params)),
         dtype=p.dtype,
         device=p.device,
         causal=p.causal,
@@ -138,112 +81,85 @@ def new_record(case: Case, ctx: CaseContext) -> Record:
 
 
 def _cost_model(rec: Record, case: Case) -> None:
-    """flops/bytes from the variant's analytic model, and the rates they imply at the median time."""
+    """FLOPs and bytes from the variant's analytic model for its impl, and exact attention's FLOPs
+    for the same problem (rates against both are derived metrics: tflops, tflops_exact, gbps)."""
     cls = VARIANTS.get(case.variant)
     params = cls.make_params(case.params)
-    seconds = rec.time_ms_median * 1e-3 if rec.time_ms_median else None
+    rec.set("exact_flops", float(exact_attention_flops(case.problem)))
     try:
-        rec.flops = float(cls.flops(case.problem, params))
-        rec.tflops = rec.flops / seconds / 1e12 if seconds else None
+        rec.set("flops", float(cls.flops(case.problem, params, case.impl)))
     except NotImplementedError:
         pass
     try:
-        rec.bytes_moved = float(cls.bytes_moved(case.problem, params))
-        rec.gbps = rec.bytes_moved / seconds / 1e9 if seconds else None
+        rec.set("bytes_moved", float(cls.bytes_moved(case.problem, params, case.impl)))
     except NotImplementedError:
         pass
 
 
 def _roofline_floor(rec: Record, roofline: Roofline | None) -> None:
-    """floor_ms and time_over_floor from the run's measured device rates (when measured)."""
-    if roofline is None:
-        return
-    rec.floor_ms = roofline.floor_ms(rec.flops, rec.bytes_moved, rec.dtype)
-    if rec.floor_ms and rec.time_ms_median:
-        rec.time_over_floor = rec.time_ms_median / rec.floor_ms
+    """floor_ms from the run's measured device rates (when measured); time_over_floor is derived."""
+    if roofline is not None:
+        rec.set("floor_ms", roofline.floor_ms(rec.get("flops"), rec.get("bytes_moved"), rec.dtype))
 
 
-def _canonical_forward(variant: AttentionVariant, layout: str, causal: bool) -> Callable[..., Tensor]:
-    """forward on canonical (B, H, N, d) tensors, whatever the variant's layout."""
+def _canonical_forward(
+    variant: AttentionVariant, layout: str, causal: bool, mask: Tensor | None = None
+) -> Callable[..., Tensor]:
+    """forward on canonical (B, H, N, d) tensors, whatever the variant's layout (mask: (B, N) bool)."""
+    kw = {} if mask is None else {"key_padding_mask": mask}
 
     def fwd(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         if layout == "bnhd":
             q, k, v = (x.transpose(1, 2).contiguous() for x in (q, k, v))
-        return inputs.to_canonical(variant(q, k, v, causal), layout)
+        return inputs.to_canonical(variant(q, k, v, causal, **kw), layout)
 
     return fwd
 
 
 def _measure_accuracy(
-    rec: Record, fwd: Callable[..., Tensor], qc: Tensor, kc: Tensor, vc: Tensor, ctx
+    rec: Record, fwd: Callable[..., Tensor], qkv: tuple[Tensor, Tensor, Tensor], mask: Tensor | None, ctx
 ) -> bool:
-    """Fill accuracy fields; returns False (status nan) when the output is not finite."""
+    """Fill the accuracy metrics; returns False (status nan) when the output is not finite."""
     spec = ctx.scenario.accuracy
-    causal = rec.causal
+    q, k, v = qkv
     with torch.no_grad():
-        out = fwd(qc, kc, vc)
-    if not accuracy.is_finite(out):
-        bad = int((~torch.isfinite(out)).sum())
-        rec.status, rec.reason = "nan", f"output has {bad} non-finite values of {out.numel()}"
+        out = fwd(q, k, v)
+    real = out if mask is None else out.transpose(1, 2)[mask.to(out.device)]  # padded rows: unspecified
+    if not accuracy.is_finite(real):
+        bad = int((~torch.isfinite(real)).sum())
+        rec.status, rec.reason = "nan", f"output has {bad} non-finite values of {real.numel()}"
         return False
     if spec.enabled:
-        acc = accuracy.accuracy_metrics(qc, kc, vc, out, causal, spec.rows, spec.seed)
-        rec.rel_err, rec.max_abs_err, rec.cos_sim = acc.rel_err, acc.max_abs_err, acc.cos_sim
-        rec.uniform_rel_err, rec.skill = acc.uniform_rel_err, acc.skill
-        rec.softmax_entropy = inputs.softmax_row_entropy(qc, kc, causal, rows=spec.rows, seed=spec.seed)
+        acc = accuracy.accuracy_metrics(q, k, v, out, rec.causal, spec.rows, spec.seed, key_padding_mask=mask)
+        for name in ("rel_err", "max_abs_err", "cos_sim", "uniform_rel_err", "skill"):
+            rec.set(name, getattr(acc, name))
+        entropy = inputs.softmax_row_entropy(q, k, rec.causal, spec.rows, spec.seed, key_padding_mask=mask)
+        rec.set("softmax_entropy", entropy)
     return True
 
 
-def _run_checks(rec: Record, fwd: Callable[..., Tensor], qc: Tensor, kc: Tensor, vc: Tensor, ctx) -> None:
+def _run_checks(rec: Record, fwd: Callable[..., Tensor], qkv: tuple[Tensor, Tensor, Tensor], ctx) -> None:
+    """Causality (causal cases) and batch independence (batch > 1): a change above tolerance is a leak."""
     checks = ctx.scenario.checks
     with torch.no_grad():
         if rec.causal and checks.causality:
-            rec.causality_change = accuracy.causality_change(fwd, qc, kc, vc)
-            if rec.causality_change > checks.tolerance:
+            change = accuracy.causality_change(fwd, *qkv)
+            rec.set("causality_change", change)
+            if change > checks.tolerance:
                 rec.status = "leak"
                 rec.reason = (
                     f"causality leak: changing future keys/values moved past outputs by "
-                    f"{rec.causality_change:.3g} (relative; tolerance {checks.tolerance:g})"
+                    f"{change:.3g} (relative; tolerance {checks.tolerance:g})"
                 )
         if checks.batch_independence and rec.batch > 1:
-            rec.batch_change = accuracy.batch_change(fwd, qc, kc, vc)
-            if rec.batch_change is not None and rec.batch_change > checks.tolerance and rec.status == "ok":
+            change = accuracy.batch_change(fwd, *qkv)
+            rec.set("batch_change", change)
+            if change is not None and change > checks.tolerance and rec.status == "ok":
                 rec.status = "leak"
                 rec.reason = (
-                    f"batch leak: sample 0's output moved by {rec.batch_change:.3g} when the other samples "
+                    f"batch leak: sample 0's output moved by {change:.3g} when the other samples "
                     f"changed (relative; tolerance {checks.tolerance:g})"
                 )
-
-
-def _fit(rec: Record, variant: AttentionVariant, case: Case, fwd, qc, kc, vc, ctx) -> None:
-    """Record the unfitted error, then distil the variant to exact softmax (untimed).
-
-    A fit already done in this run for the same configuration and problem (another mode) is
-    reused: its parameters are loaded and its steps, seconds and loss recorded again, with
-    `info.fit_reused = true`.
-    """
-    sc = ctx.scenario
-    key = fit_cache_key(case)
-    cached = ctx.fit_cache.get(key)
-    if cached is not None:
-        variant.load_state_dict(cached.state)
-        rec.unfitted_rel_err = cached.unfitted_rel_err
-        result = cached.result
-        rec.info["fit_reused"] = True
-    else:
-        if sc.accuracy.enabled:
-            with torch.no_grad():
-                out = fwd(qc, kc, vc)
-            unfit = accuracy.accuracy_metrics(qc, kc, vc, out, rec.causal, sc.accuracy.rows, sc.accuracy.seed)
-            rec.unfitted_rel_err = unfit.rel_err
-        if case.fit.steps == 0:
-            rec.fit_steps, rec.fit_s = 0, 0.0
-            return
-        calib = inputs.calibration_batches(case.problem, case.inputs, case.fit)
-        result = variant.fit(calib, Teacher(rec.causal), case.fit)
-        state = {name: t.detach().clone() for name, t in variant.state_dict().items()}
-        ctx.fit_cache[key] = FittedState(state, result, rec.unfitted_rel_err)
-    rec.fit_steps, rec.fit_s, rec.fit_loss = result.steps, result.seconds, result.final_loss
 
 
 def _execute(rec: Record, case: Case, ctx: CaseContext) -> None:
@@ -252,36 +168,49 @@ def _execute(rec: Record, case: Case, ctx: CaseContext) -> None:
     layout = cls.layout_for(case.impl)
     problem = case.problem
     torch.manual_seed(case.inputs.seed)
-    variant = cls(cls.make_params(case.params), case.impl, problem).to(problem.device)
-    q, k, v = inputs.make_qkv(problem, case.inputs, layout=layout, requires_grad=problem.needs_backward)
-    qc, kc, vc = (inputs.to_canonical(x.detach(), layout) for x in (q, k, v))
-    rec.input_bytes = sum(x.numel() * x.element_size() for x in (q, k, v))
-    fwd = _canonical_forward(variant, layout, problem.causal)
+    shape = (problem.heads, problem.head_dim, problem.device, problem.dtype)  # never the Problem itself
+    variant = cls(cls.make_params(case.params), case.impl, *shape).to(problem.device)
+    batch = inputs.make_inputs(problem, case.inputs, layout=layout, requires_grad=problem.needs_backward)
+    (q, k, v), mask = batch.qkv, batch.key_padding_mask  # mask: (B, N) bool, True = real token, or None
+    if mask is not None and not problem.masked:
+        raise ValueError(
+            f"input source {case.inputs.dist!r} returned a key padding mask but declares pads=False"
+        )
+    kw = {} if mask is None else {"key_padding_mask": mask}
+    qkv = tuple(inputs.to_canonical(x.detach(), layout) for x in (q, k, v))
+    rec.set("input_bytes", sum(x.numel() * x.element_size() for x in (q, k, v)))
+    fwd = _canonical_forward(variant, layout, problem.causal, mask)
 
     if case.fit is not None:
-        _fit(rec, variant, case, fwd, qc, kc, vc, ctx)
-    if not _measure_accuracy(rec, fwd, qc, kc, vc, ctx):
+        fit_variant(rec, variant, case, fwd, qkv, mask, sc.accuracy, ctx.fit_cache)
+    if not _measure_accuracy(rec, fwd, qkv, mask, ctx):
         return
-    _run_checks(rec, fwd, qc, kc, vc, ctx)
+    _run_checks(rec, fwd, qkv, ctx)
     rec.info.update(variant.info())
 
     params = [p for p in variant.parameters() if p.requires_grad]
-    step = timing.make_step(problem.mode, lambda: variant(q, k, v, problem.causal), [q, k, v], params=params)
-    stats = timing.time_step(step, sc.measure, problem.device)
-    rec.time_ms_median, rec.time_ms_p20, rec.time_ms_p80 = stats.median_ms, stats.p20_ms, stats.p80_ms
-    rec.time_ms_samples, rec.n_samples, rec.noise = stats.samples_ms, stats.n, stats.noise
-    del step
-    if sc.measure.memory:
-        mem_step = timing.make_step(
-            problem.mode, lambda: variant(q, k, v, problem.causal), [q, k, v], params=params
+
+    def make_step() -> Callable[[], None]:
+        return timing.make_step(
+            problem.mode, lambda: variant(q, k, v, problem.causal, **kw), [q, k, v], params=params
         )
+
+    stats = timing.time_step(make_step(), sc.measure, problem.device)
+    for name, value in (
+        ("time_ms_median", stats.median_ms),
+        ("time_ms_p20", stats.p20_ms),
+        ("time_ms_p80", stats.p80_ms),
+        ("time_ms_samples", stats.samples_ms),
+        ("n_samples", stats.n),
+        ("noise", stats.noise),
+    ):
+        rec.set(name, value)
+    if sc.measure.memory:
         try:
-            mem = memory.measure_memory(mem_step, problem.device)
-            rec.peak_mem_bytes, rec.extra_mem_bytes, rec.mem_method = (
-                mem.peak_bytes,
-                mem.extra_bytes,
-                mem.method,
-            )
+            mem = memory.measure_memory(make_step(), problem.device)
+            rec.set("peak_mem_bytes", mem.peak_bytes)
+            rec.set("extra_mem_bytes", mem.extra_bytes)
+            rec.mem_method = mem.method
         except memory.MemoryMeasureError as exc:
             rec.mem_method = f"unavailable: {exc}"
 
@@ -312,9 +241,20 @@ def run_case(case: Case, ctx: CaseContext, oom_at: dict[str, int]) -> Record:
     finally:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    if rec.status == "ok" and rec.rel_err is not None and not math.isfinite(rec.rel_err):
+    rel_err = rec.get("rel_err")
+    if rec.status == "ok" and rel_err is not None and not math.isfinite(rel_err):
         rec.status, rec.reason = "nan", "error metric is not finite"
     _cost_model(rec, case)
     _roofline_floor(rec, ctx.roofline)
     rec.wall_s = time.perf_counter() - t0
     return rec
+
+
+class KernelKind(BenchmarkKind):
+    """`kind: kernel`: one attention call per case, timed, with memory and error against exact."""
+
+    name = "kernel"
+    description = "one attention call per case: time, memory and error against exact softmax"
+
+    def run_case(self, case: Case, ctx: CaseContext, oom_at: dict[str, int]) -> Record:
+        return run_case(case, ctx, oom_at)

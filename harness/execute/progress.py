@@ -29,8 +29,9 @@ class Reporter(Protocol):
 
 def _summary(record: Record) -> str:
     if record.status == "ok":
-        err = f" rel_err={record.rel_err:.3g}" if record.rel_err is not None else ""
-        return f"ok {record.time_ms_median:.3g} ms{err}"
+        err = record.get("rel_err")
+        err_text = f" rel_err={err:.3g}" if err is not None else ""
+        return f"ok {record.get('time_ms_median'):.3g} ms{err_text}"
     return f"{record.status}: {record.reason[:120]}"
 
 

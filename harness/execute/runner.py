@@ -22,12 +22,15 @@ from pathlib import Path
 import torch
 
 from harness.config.scenario import Scenario, ScenarioError, scenario_to_dict
-from harness.config.sweep import Case, expand
-from harness.execute.pipeline import CaseContext, run_case
+from harness.config.sweep import Case
+from harness.execute.executors import EXECUTORS, RecordSink
+from harness.execute.pipeline import CaseContext
+from harness.execute.plan import plan
 from harness.execute.progress import Reporter, make_reporter
 from harness.measure import env as env_mod
 from harness.measure.roofline import Roofline, measure_roofline
-from harness.results.records import append_record, read_records, repair_torn_tail, write_parquet
+from harness.plugins.kinds import KINDS
+from harness.results.records import Record, append_record, read_records, repair_torn_tail, write_parquet
 
 
 class RunDirError(ValueError):
@@ -107,6 +110,24 @@ def _oom_lengths(done: list[dict]) -> dict[str, int]:
     return oom_at
 
 
+class _RunWriter(RecordSink):
+    """The run directory's one writer: appends each record as it ends, counts statuses, reports."""
+
+    def __init__(self, records_path: Path, reporter: Reporter) -> None:
+        self.records_path, self.reporter = records_path, reporter
+        self.statuses: dict[str, int] = {}
+        self.ran = 0
+
+    def case_started(self, case: Case) -> None:
+        self.reporter.case_started(case)
+
+    def case_finished(self, case: Case, record: Record) -> None:
+        append_record(self.records_path, record)
+        self.ran += 1
+        self.statuses[record.status] = self.statuses.get(record.status, 0) + 1
+        self.reporter.case_finished(case, record)
+
+
 def run_scenario(
     scenario: Scenario,
     out_dir: Path,
@@ -118,44 +139,40 @@ def run_scenario(
     scenario_arg: str | None = None,
     argv: list[str] | None = None,
     plots: bool = True,
+    executor: str = "inline",
 ) -> RunSummary:
-    """Run every case of `scenario` not yet recorded in `out_dir`. Ctrl-C keeps what finished."""
+    """Plan, execute and finalize every case of `scenario` not yet recorded in `out_dir`.
+
+    Ctrl-C keeps what finished (the report is still written).
+    """
     out_dir = Path(out_dir)
+    executor_cls = EXECUTORS.get(executor)
     run_id = _prepare_dir(out_dir, scenario, resume, argv if argv is not None else sys.argv)
     env = env_mod.collect_env()
     (out_dir / "env.json").write_text(json.dumps(env, indent=2, default=str) + "\n")
 
-    cases: list[Case] = expand(scenario, device, only=only)
-    if case_ids:
-        cases = [c for c in cases if c.case_id in set(case_ids)]
     records_path = out_dir / "records.jsonl"
     done = read_records(records_path)
-    done_ids = {r["case_id"] for r in done}
-    todo = [c for c in cases if c.case_id not in done_ids]
+    cases, groups = plan(scenario, device, only, case_ids, done={r["case_id"] for r in done})
+    todo = sum(len(g.cases) for g in groups)
     oom_at = _oom_lengths(done)
     ctx = CaseContext(scenario, run_id, env.get("git_sha", ""), scenario_arg or scenario.path, device)
     if scenario.measure.roofline:
         ctx.roofline = _roofline(out_dir, device, [c.problem.dtype for c in cases])
 
     reporter = reporter or make_reporter(quiet=False)
-    statuses: dict[str, int] = {}
-    ran = 0
+    writer = _RunWriter(records_path, reporter)
     interrupted = False
-    reporter.start(len(cases), len(cases) - len(todo))
+    reporter.start(len(cases), len(cases) - todo)
     try:
-        for case in todo:
-            reporter.case_started(case)
-            record = run_case(case, ctx, oom_at)
-            append_record(records_path, record)
-            ran += 1
-            statuses[record.status] = statuses.get(record.status, 0) + 1
-            reporter.case_finished(case, record)
+        kind = KINDS.get(scenario.kind)()
+        executor_cls().execute(groups, lambda case: kind.run_case(case, ctx, oom_at), writer)
     except KeyboardInterrupt:
         interrupted = True
     finally:
         reporter.stop()
         finish_run_dir(out_dir, plots=plots)
-    return RunSummary(out_dir, len(cases), ran, len(cases) - len(todo), statuses, interrupted)
+    return RunSummary(out_dir, len(cases), writer.ran, len(cases) - todo, writer.statuses, interrupted)
 
 
 def _roofline(out_dir: Path, device: str, dtypes: list[str]) -> Roofline:

@@ -5,7 +5,9 @@ output of R sampled rows costs O(R N d) at any N and never builds the N x N matr
 
     ref_i     = softmax(q_i K^T / sqrt(d)) V          (causal: keys j <= i only)
     uniform_i = mean_{j visible to i} v_j             (the floor: attention that ignores q, k)
-    rel_err   = ||out_R - ref_R||_F / ||ref_R||_F     over all sampled (b, h, row)
+    rel_err   = ||out - ref||_F / ||ref||_F           over all rows, estimated from the sample:
+                sqrt(sum_i w_i ||out_i - ref_i||^2 / sum_i w_i ||ref_i||^2) with the rows'
+                inverse-inclusion weights w_i (harness.measure.rowsample: unbiased sums)
     skill     = 1 - rel_err / uniform_rel_err         1 = exact, 0 = no better than uniform
 
 The reference is computed in fp64 on CPU and fp32 on CUDA, from the (possibly low-precision)
@@ -21,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from harness.measure.rowsample import row_weights, sample_rows
 
 BLOCK_BYTES = 256 * 2**20  # budget of one (B, H, block, N) score block
 TINY = torch.finfo(torch.float32).tiny
@@ -38,23 +42,6 @@ def rows_per_block(bh: int, n: int, elem_bytes: int, budget: int = BLOCK_BYTES) 
     return max(1, budget // max(1, bh * n * elem_bytes))
 
 
-def sample_rows(n: int, rows: int, seed: int, device: torch.device | str = "cpu") -> Tensor:
-    """Sorted unique query-row indices (R,), int64, on `device`.
-
-    All rows when rows >= n. Otherwise rows 0 and n-1 (the extremes of causal attention: one
-    key, all keys) plus rows-2 others drawn without replacement by a CPU generator seeded
-    with `seed`, so the choice is the same on every device. rows < 2 still returns both ends.
-    """
-    if n < 1 or rows < 1:
-        raise ValueError(f"sample_rows needs n >= 1 and rows >= 1, got n={n}, rows={rows}")
-    if rows >= n:
-        return torch.arange(n, device=device)
-    gen = torch.Generator().manual_seed(seed)
-    inner = torch.randperm(n - 2, generator=gen)[: max(rows - 2, 0)] + 1
-    idx = torch.cat([torch.tensor([0, n - 1]), inner]).unique(sorted=True)
-    return idx.to(device)
-
-
 def row_logits(q_rows: Tensor, k: Tensor, rows_idx: Tensor, causal: bool) -> Tensor:
     """Scaled scores of some query rows. q_rows: (B, H, R, d), k: (B, H, N, d) -> (B, H, R, N).
 
@@ -67,36 +54,55 @@ def row_logits(q_rows: Tensor, k: Tensor, rows_idx: Tensor, causal: bool) -> Ten
     return scores
 
 
-def reference_rows(q: Tensor, k: Tensor, v: Tensor, rows_idx: Tensor, causal: bool) -> Tensor:
+def _key_mask(mask: Tensor | None, device: torch.device) -> Tensor | None:
+    """(B, N) bool key padding mask (True = real token) as (B, 1, 1, N) on `device`, or None."""
+    return None if mask is None else mask.to(device=device, dtype=torch.bool)[:, None, None, :]
+
+
+def reference_rows(
+    q: Tensor, k: Tensor, v: Tensor, rows_idx: Tensor, causal: bool, key_padding_mask: Tensor | None = None
+) -> Tensor:
     """Exact softmax attention of the rows `rows_idx` (R,). q, k, v: (B, H, N, d) -> (B, H, R, d).
 
+    Padded keys (key_padding_mask (B, N) False) get no weight; rows of padded queries are still
+    computed (over the real keys they may see; nan when they see none) and left out by the metrics.
     Computed in `compute_dtype(q.device)` (fp64 CPU, fp32 CUDA), row block by row block.
     """
     ct = compute_dtype(q.device)
     rows_idx = rows_idx.to(q.device)
     k, v = k.to(ct), v.to(ct)
+    keep = _key_mask(key_padding_mask, q.device)
     B, H, N, _ = k.shape
     block = rows_per_block(B * H, N, torch.finfo(ct).bits // 8, BLOCK_BYTES)
     outs = []
     for start in range(0, rows_idx.numel(), block):
         idx = rows_idx[start : start + block]
-        weights = torch.softmax(row_logits(q[:, :, idx].to(ct), k, idx, causal), dim=-1)
-        outs.append(weights @ v)  # (B, H, r, d)
+        logits = row_logits(q[:, :, idx].to(ct), k, idx, causal)
+        if keep is not None:
+            logits = logits.masked_fill(~keep, float("-inf"))
+        outs.append(torch.softmax(logits, dim=-1) @ v)  # (B, H, r, d)
     return torch.cat(outs, dim=2)
 
 
-def uniform_rows(v: Tensor, rows_idx: Tensor, causal: bool) -> Tensor:
+def uniform_rows(v: Tensor, rows_idx: Tensor, causal: bool, key_padding_mask: Tensor | None = None) -> Tensor:
     """Uniform attention (mean of visible V) at rows `rows_idx`. v: (B, H, N, d) -> (B, H, R, d).
 
-    Non-causal: the mean of all v. Causal: the prefix mean, cumsum(v)[i] / (i + 1), O(N d).
+    Non-causal: the mean of all (real) v. Causal: the prefix mean, cumsum(v)[i] / (i + 1), O(N d);
+    with a key padding mask (B, N) only real keys count.
     """
     ct = compute_dtype(v.device)
     rows_idx = rows_idx.to(v.device)
     v = v.to(ct)
-    if not causal:
-        return v.mean(dim=2, keepdim=True).expand(-1, -1, rows_idx.numel(), -1)
-    prefix = v.cumsum(dim=2)[:, :, rows_idx]  # (B, H, R, d)
-    return prefix / (rows_idx.to(ct) + 1)[:, None]
+    if key_padding_mask is None:
+        if not causal:
+            return v.mean(dim=2, keepdim=True).expand(-1, -1, rows_idx.numel(), -1)
+        return v.cumsum(dim=2)[:, :, rows_idx] / (rows_idx.to(ct) + 1)[:, None]
+    real = key_padding_mask.to(device=v.device, dtype=ct)[:, None, :, None]  # (B, 1, N, 1)
+    total, count = (v * real), real.expand(-1, v.shape[1], -1, 1)
+    if causal:
+        total, count = total.cumsum(dim=2)[:, :, rows_idx], count.cumsum(dim=2)[:, :, rows_idx]
+        return total / count
+    return (total.sum(2, keepdim=True) / count.sum(2, keepdim=True)).expand(-1, -1, rows_idx.numel(), -1)
 
 
 def is_finite(t: Tensor) -> bool:
@@ -123,6 +129,23 @@ class AccuracyResult:
     rows: int
 
 
+def weighted_rel_frobenius(x: Tensor, ref: Tensor, weights: Tensor) -> float:
+    """sqrt(sum w ||x_row - ref_row||^2 / sum w ||ref_row||^2) over the rows of (B, H, R, d).
+
+    `weights` broadcasts against (B, H, R): (R,) per sampled row, or (B, 1, R) when padded rows
+    weigh 0. With all weights 1 this is ||x - ref||_F / ||ref||_F. 0 when both are 0, inf when
+    only ref is 0. Rows of weight 0 are ignored even where x or ref is not finite there.
+    """
+    w = weights.to(device=ref.device, dtype=torch.float64)
+    counted = (w > 0).expand(ref.shape[:-1])
+    err = torch.where(counted, (x - ref).double().pow(2).sum(-1), 0.0)
+    norm = torch.where(counted, ref.double().pow(2).sum(-1), 0.0)
+    num, den = float((err * w).sum()), float((norm * w).sum())
+    if den == 0.0:
+        return 0.0 if num == 0.0 else math.inf
+    return math.sqrt(num / den)
+
+
 def rel_frobenius(x: Tensor, ref: Tensor) -> float:
     """||x - ref||_F / ||ref||_F; 0 when both are 0, inf when only ref is 0."""
     num, den = float(torch.linalg.vector_norm(x - ref)), float(torch.linalg.vector_norm(ref))
@@ -141,23 +164,44 @@ def skill_score(rel_err: float, uniform_rel_err: float) -> float:
 
 
 def accuracy_metrics(
-    q: Tensor, k: Tensor, v: Tensor, out: Tensor, causal: bool, rows: int, seed: int
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    causal: bool,
+    rows: int,
+    seed: int,
+    key_padding_mask: Tensor | None = None,
 ) -> AccuracyResult:
-    """Compare `out` (B, H, N, d), any dtype, to exact attention of q, k, v on sampled rows."""
-    idx = sample_rows(q.shape[2], rows, seed, q.device)
-    ref = reference_rows(q, k, v, idx, causal)
-    uniform_err = rel_frobenius(uniform_rows(v, idx, causal), ref)
-    if not is_finite(out):
+    """Compare `out` (B, H, N, d), any dtype, to exact attention of q, k, v on sampled rows.
+
+    rel_err, uniform_rel_err and cos_sim weight each sampled row by its inverse inclusion
+    probability, so they estimate the all-rows values without bias; max_abs_err is the largest
+    error over the sampled rows (a sample maximum, never above the all-rows one). With a key
+    padding mask (B, N) bool (True = real token), padded keys get no weight in the reference and
+    the floor, and rows of padded queries are not compared (their output is unspecified).
+    """
+    n = q.shape[2]
+    idx = sample_rows(n, rows, seed, q.device)
+    weights = row_weights(idx, n, rows).to(q.device)  # (R,)
+    if key_padding_mask is not None:
+        weights = weights * key_padding_mask.to(q.device)[:, None, idx]  # (B, 1, R): padded rows 0
+    ref = reference_rows(q, k, v, idx, causal, key_padding_mask)
+    uniform_err = weighted_rel_frobenius(uniform_rows(v, idx, causal, key_padding_mask), ref, weights)
+    real_out = out if key_padding_mask is None else out.transpose(1, 2)[key_padding_mask.to(out.device)]
+    if not is_finite(real_out):  # anywhere in a real row, sampled or not
         nan = math.nan
         return AccuracyResult(nan, nan, nan, uniform_err, nan, idx.numel())
     o = out[:, :, idx.to(out.device)].to(device=ref.device, dtype=ref.dtype)
-    rel = rel_frobenius(o, ref)
+    counted = (weights > 0).to(ref.device).expand(ref.shape[:-1])  # (B, H, R)
+    rel = weighted_rel_frobenius(o, ref, weights)
     norms = torch.linalg.vector_norm(o, dim=-1) * torch.linalg.vector_norm(ref, dim=-1)
-    cos = (o * ref).sum(-1) / norms.clamp_min(TINY)  # (B, H, R)
+    cos = torch.where(counted, (o * ref).sum(-1) / norms.clamp_min(TINY), 0.0)  # (B, H, R)
+    w = weights.to(device=cos.device, dtype=cos.dtype).expand_as(cos)
     return AccuracyResult(
         rel_err=rel,
-        max_abs_err=float((o - ref).abs().max()),
-        cos_sim=float(cos.mean()),
+        max_abs_err=float((o - ref).abs()[counted].max()),
+        cos_sim=float((cos * w).sum() / w.sum()),
         uniform_rel_err=uniform_err,
         skill=skill_score(rel, uniform_err),
         rows=idx.numel(),

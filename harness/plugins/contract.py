@@ -2,8 +2,11 @@
 
 `attentions/` imports only this module and `harness.measure.costs`. The runner builds a `Problem` per
 case, asks the variant class whether it supports it (`not_supported_reasons`), instantiates it
-with its resolved `Params` and `impl`, optionally `fit`s it, then calls `forward` on inputs built
-in the variant's declared `layout`.
+with its resolved `Params`, `impl` and the shapes it needs (`heads`, `head_dim`, `device`, `dtype`;
+never the `Problem`, which describes a benchmark case), optionally `fit`s it, then calls `forward`
+on inputs built in the variant's declared `layout`. The class also names its fp32 reference
+(`reference`, a lazy "module:function" into its `naive.py`) and its tolerances against it
+(`tolerances`); `harness.plugins.conformance` holds the checks every variant must pass.
 
 Tensor layouts:
     "bhnd": (batch B, heads H, seq N, head_dim d)  -- the canonical layout
@@ -38,6 +41,7 @@ class Problem:
     device: str = "cpu"  # "cpu" | "cuda"
     causal: bool = False
     mode: str = "fwd"  # one of MODES
+    masked: bool = False  # a key-padding mask is passed (B, N) bool, True = a real token
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -63,6 +67,19 @@ class Capabilities:
     learnable: bool = False  # has parameters that `fit` trains
     layout: str = "bhnd"  # input/output layout, one of LAYOUTS
     exact: bool = False  # computes exact softmax attention (up to rounding)
+    masking: bool = False  # forward honours key_padding_mask (padded keys receive no attention)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Largest relative Frobenius error allowed for the outputs and for the gradients.
+
+    In `AttentionVariant.tolerances`, keyed by dtype: "fp32" against the variant's fp32 reference;
+    "bf16" / "fp16" against the same impl run in fp32 on the rounded inputs.
+    """
+
+    output: float
+    grad: float
 
 
 @dataclass(frozen=True)
@@ -89,12 +106,8 @@ class FitResult:
 
 
 class Teacher:
-    """Exact softmax attention on selected query rows, for distillation.
-
-    Given q, k, v of shape (B, H, N, d) (fp32) and row indices (R,), `weights` returns the
-    softmax attention weights (B, H, R, N) (causal rows mask keys j > i) and `outputs` the exact
-    outputs (B, H, R, d).
-    """
+    """Exact softmax attention on selected query rows, for distillation. For q, k, v (B, H, N, d)
+    fp32 and rows (R,): `weights` (B, H, R, N) (causal: keys j > i masked), `outputs` (B, H, R, d)."""
 
     def __init__(self, causal: bool) -> None:
         self.causal = causal
@@ -126,27 +139,41 @@ def missing_packages(modules: Sequence[str]) -> list[str]:
 class AttentionVariant(nn.Module):
     """Base class of every attention variant.
 
-    Subclasses set the class attributes, define a frozen `Params` dataclass and implement
-    `forward`. Learnable variants also implement `fit` and set `capabilities.learnable`.
-    An instance is built per case: `cls(params, impl, problem)`. The runner calls
-    `torch.manual_seed(seed)` right before, so learnable parameters and random features drawn
-    from torch's default generator in `__init__` are deterministic per case.
+    Subclasses set the class attributes, define a frozen `Params` dataclass and implement `forward`,
+    `flop_terms` and `bytes_moved` (learnable ones also `fit`, with `capabilities.learnable`). An
+    instance is built per case, `cls(params, impl, heads, head_dim, device, dtype)`, right after
+    `torch.manual_seed(seed)`: draws from torch's default generator in `__init__` are deterministic.
+
+    Required class attributes: `name`, `version`, `paper`, `reference_impl` (the upstream code
+    it follows), `reference` ("module:function" of the fp32 reference, signature
+    `fn(variant, q, k, v, causal, key_padding_mask=None) -> Tensor` on canonical (B, H, N, d)
+    inputs, reading the instance's parameters) and `tolerances` (at least "fp32").
     """
 
     name: ClassVar[str] = ""
     version: ClassVar[int] = 1
     paper: ClassVar[str] = ""
     reference_impl: ClassVar[str] = ""
+    reference: ClassVar[str] = ""  # "module:function", the fp32 reference (see the class docstring)
+    impl_references: ClassVar[dict[str, str]] = {}  # per-impl overrides of `reference`
+    tolerances: ClassVar[dict[str, Tolerance]] = {}  # dtype -> Tolerance; "fp32" is required
+    known_defects: ClassVar[dict[str, str]] = {}  # "impl:check" -> documented upstream defect
+    flop_rtol: ClassVar[float] = 1e-9  # |FlopCounterMode - matmul model| / counted allowed
     Params: ClassVar[type] = NoParams
     impls: ClassVar[tuple[str, ...]] = ("default",)  # first is the default
     capabilities: ClassVar[Capabilities] = Capabilities()
     impl_requires: ClassVar[dict[str, tuple[str, ...]]] = {}  # extra packages per impl
 
-    def __init__(self, params: Any, impl: str, problem: Problem) -> None:
+    def __init__(
+        self, params: Any, impl: str, heads: int, head_dim: int, device: str = "cpu", dtype: str = "fp32"
+    ) -> None:
         super().__init__()
         self.params = params
         self.impl = impl
-        self.problem = problem
+        self.heads = heads
+        self.head_dim = head_dim
+        self.device = device  # "cpu" | "cuda"
+        self.dtype = dtype  # one of DTYPES: the dtype of the inputs this instance is built for
 
     # ----- static description -------------------------------------------------------------
     @classmethod
@@ -168,7 +195,7 @@ class AttentionVariant(nn.Module):
 
         The base checks capabilities; subclasses extend with `super()` and their own rules.
         """
-        caps = cls.capabilities
+        caps = cls.capabilities_for(impl)
         reasons: list[str] = []
         if impl not in cls.impls:
             reasons.append(f"{cls.name} has no impl {impl!r} (impls: {', '.join(cls.impls)})")
@@ -182,6 +209,8 @@ class AttentionVariant(nn.Module):
             reasons.append(f"{cls.name}/{impl} is causal only")
         if problem.needs_backward and not caps.backward:
             reasons.append(f"{cls.name}/{impl} has no backward pass")
+        if problem.masked and not caps.masking:
+            reasons.append(f"{cls.name}/{impl} has no key-padding mask support")
         if problem.head_dim < caps.head_dim_min:
             reasons.append(f"{cls.name}/{impl} needs head_dim >= {caps.head_dim_min}")
         if caps.head_dim_max is not None and problem.head_dim > caps.head_dim_max:
@@ -192,28 +221,60 @@ class AttentionVariant(nn.Module):
         return reasons
 
     @classmethod
+    def capabilities_for(cls, impl: str) -> Capabilities:
+        """What `impl` can run; `capabilities` unless an impl differs (e.g. in masking)."""
+        return cls.capabilities
+
+    @classmethod
+    def reference_for(cls, impl: str) -> str:
+        """The "module:function" of `impl`'s fp32 reference: `impl_references[impl]` or `reference`."""
+        return cls.impl_references.get(impl, cls.reference)
+
+    @classmethod
     def layout_for(cls, impl: str) -> str:
         """Input/output layout of `impl` ("bhnd" or "bnhd"); the runner builds inputs in it."""
         return cls.capabilities.layout
 
     @classmethod
-    def feature_dim(cls, params: Any, problem: Problem) -> int | None:
+    def feature_dim(cls, problem: Problem, params: Any) -> int | None:
         """The feature dimension D the variant works at; None for exact attention."""
         return None
 
     @classmethod
-    def flops(cls, problem: Problem, params: Any) -> float:
-        """Analytic FLOPs of one call in `problem.mode` (whole batch, all heads)."""
+    def flop_terms(cls, problem: Problem, params: Any, impl: str) -> dict[str, float]:
+        """FLOPs of one call of `impl` in `problem.mode` (whole batch, all heads), by part: what the
+        impl executes (a masked half it computes, checkpoint recomputation). "*_matmul" parts are
+        what FlopCounterMode counts (mm, bmm, addmm, baddbmm, `flop_counter_formulas` ops)."""
         raise NotImplementedError
 
     @classmethod
-    def bytes_moved(cls, problem: Problem, params: Any) -> float:
-        """Analytic minimum bytes read+written to main memory in `problem.mode`."""
+    def flops(cls, problem: Problem, params: Any, impl: str, matmul_only: bool = False) -> float:
+        """FLOPs of one call of `impl` in `problem.mode`: the sum of `flop_terms` (only its
+        "*_matmul" parts when `matmul_only`, what FlopCounterMode can check)."""
+        terms = cls.flop_terms(problem, params, impl)
+        return float(sum(v for key, v in terms.items() if not matmul_only or key.endswith("_matmul")))
+
+    @classmethod
+    def flop_counter_formulas(cls, impl: str) -> dict[Any, Callable[..., int]]:
+        """FlopCounterMode `custom_mapping` (op -> fn(*shapes, **kwargs, out_val)) for fused ops
+        of `impl` the counter has no formula for."""
+        return {}
+
+    @classmethod
+    def bytes_moved(cls, problem: Problem, params: Any, impl: str) -> float:
+        """Analytic minimum bytes read+written to main memory by `impl` in `problem.mode`."""
         raise NotImplementedError
 
     # ----- per-case behaviour -------------------------------------------------------------
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, causal: bool) -> Tensor:  # noqa: D401
-        """Attention output in the variant's layout, same shape and dtype as `q`."""
+    def forward(
+        self, q: Tensor, k: Tensor, v: Tensor, causal: bool, key_padding_mask: Tensor | None = None
+    ) -> Tensor:  # noqa: D401
+        """Attention output in the variant's layout, same shape and dtype as `q`.
+
+        key_padding_mask: (B, N) bool, True = a real token, False = padding (Hugging Face's
+        `attention_mask`); padded keys receive no attention, outputs at padded query rows are
+        unspecified. An impl without `masking` raises ValueError when given one.
+        """
         raise NotImplementedError
 
     def fit(
@@ -230,4 +291,10 @@ class AttentionVariant(nn.Module):
         return {}
 
 
-VariantFactory = Callable[[Any, str, Problem], AttentionVariant]
+def check_no_mask(variant: AttentionVariant, key_padding_mask: Tensor | None) -> None:
+    """Raise ValueError when a mask reaches an impl without masking (never silently ignored)."""
+    if key_padding_mask is not None:
+        raise ValueError(f"{variant.name}/{variant.impl} has no key-padding mask support")
+
+
+VariantFactory = Callable[..., AttentionVariant]

@@ -17,11 +17,12 @@ import tempfile
 from pathlib import Path
 from statistics import median
 
+from harness.measure.metrics import derive, gated_metrics
 from harness.measure.timing import summarize
 from harness.regress import compare, compare_markdown
 from harness.results.records import read_records
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # harness/regress/ab.py -> the checkout
 
 
 class AbError(ValueError):
@@ -81,31 +82,44 @@ def _checkout(rev: str, into: Path) -> Path:
     return into
 
 
+def _pool(cur: dict, rec: dict) -> None:
+    """Fold one more round's ok record into `cur`: raw samples of every samples-gated metric are
+    pooled (and kept per round), every exact-gated metric is the median over rounds."""
+    for m in gated_metrics():
+        g = m.gate
+        if g.kind == "samples":
+            cur[g.samples] = (cur.get(g.samples) or []) + (rec.get(g.samples) or [])
+            cur.setdefault(g.rounds, []).append(rec.get(g.samples) or [])
+        elif isinstance(rec.get(m.name), int | float) and isinstance(cur.get(m.name), int | float):
+            cur.setdefault("_rounds_" + m.name, [cur[m.name]]).append(rec[m.name])
+            cur[m.name] = median(cur["_rounds_" + m.name])
+
+
 def merge_rounds(round_dirs: list[Path], out_dir: Path) -> None:
-    """One run dir whose records pool each case's raw samples over all rounds; `time_ms_rounds`
-    keeps them split by round, so `compare` can count run-to-run drift as noise."""
+    """One run dir whose records pool each case's raw samples over all rounds; the per-round
+    samples are kept (`time_ms_rounds`), so `compare` can count run-to-run drift as noise."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in ("env.json", "scenario.json", "run.json"):
         if (round_dirs[0] / name).exists():
             shutil.copy(round_dirs[0] / name, out_dir / name)
+    samples = [m.gate for m in gated_metrics() if m.gate.kind == "samples"]
     merged: dict[str, dict] = {}
     for d in round_dirs:
         for rec in read_records(d / "records.jsonl"):
             cur = merged.get(rec["case_id"])
             if cur is None:
-                rec["time_ms_rounds"] = [rec.get("time_ms_samples") or []]
                 merged[rec["case_id"]] = rec
+                for g in samples:
+                    rec[g.rounds] = [rec.get(g.samples) or []]
             elif cur["status"] == "ok" and rec["status"] == "ok":
-                cur["time_ms_samples"] = cur["time_ms_samples"] + rec["time_ms_samples"]
-                cur["time_ms_rounds"].append(rec["time_ms_samples"])
-                if rec.get("rel_err") is not None and cur.get("rel_err") is not None:
-                    cur["rel_err"] = median([cur["rel_err"], rec["rel_err"]])
+                _pool(cur, rec)
             elif rec["status"] != "ok":
                 merged[rec["case_id"]] = rec  # a failure in any round is what the gate must see
     path = out_dir / "records.jsonl"
     path.unlink(missing_ok=True)
     for rec in merged.values():
-        if rec["status"] == "ok" and rec["time_ms_samples"]:
+        rec = {k: v for k, v in rec.items() if not k.startswith("_rounds_")}
+        if rec["status"] == "ok" and rec.get("time_ms_samples"):
             s = summarize(rec["time_ms_samples"])
             rec.update(
                 time_ms_median=s.median_ms,
@@ -114,6 +128,7 @@ def merge_rounds(round_dirs: list[Path], out_dir: Path) -> None:
                 noise=s.noise,
                 n_samples=s.n,
             )
+        rec.update({k: v for k, v in derive(rec).items() if v is not None})
         with open(path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(rec) + "\n")
 

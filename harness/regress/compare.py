@@ -2,9 +2,10 @@
 
 Cases are matched by `case_id`, a hash of the case's full configuration (variant, impl, params,
 problem, inputs, fit and accuracy settings; never the run id), so the same case has the same id
-in every run. Deterministic metrics are gated tightly (rel_err, CUDA peak memory, cost-model
-FLOPs); time is compared on the raw samples with a bootstrap CI of the median ratio plus a
-Mann-Whitney U test, and only a confident change beyond the threshold counts. A case that was
+in every run. Each metric is judged as its `gate` in the metric registry says: deterministic ones
+tightly (rel_err, CUDA peak memory, cost-model FLOPs), time on the raw samples with a bootstrap
+CI of the median ratio plus a Mann-Whitney U test (only a confident change beyond the threshold
+counts). A case that was
 ok in base and is not in head is STATUS-CHANGED and counts as a regression. Only a confirmed
 regression fails (`exit_code` 1); AMBIGUOUS never does. Bad input raises `CompareInputError`
 (one line; the CLI maps it to exit 2).
@@ -12,41 +13,25 @@ regression fails (`exit_code` 1); AMBIGUOUS never does. Bad input raises `Compar
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.measure.metrics import Gate, Metric, gated_metrics
 from harness.measure.stats import AMBIGUOUS, IMPROVED, REGRESSED, SAME, geomean, time_verdict
-from harness.results.records import SCHEMA_VERSION, read_records
+from harness.regress.runs import CompareInputError, RunData, load_run
 
 NEW, MISSING, STATUS_CHANGED = "NEW", "MISSING", "STATUS-CHANGED"
 VERDICTS = (REGRESSED, STATUS_CHANGED, IMPROVED, AMBIGUOUS, SAME, NEW, MISSING)
 ENV_KEYS = ("cpu", "gpu", "gpu_driver", "cuda", "torch", "threads")  # = harness.measure.env.FINGERPRINT_KEYS
-REQUIRED_KEYS = ("case_id", "status", "variant", "label", "seq_len", "dtype", "causal", "mode")
-MIB = float(1 << 20)
-REL_ERR_FACTOR, REL_ERR_ABS = 1.1, 1e-6  # rel_err regresses if head > base * 1.1 + 1e-6
-MEM_FACTOR, MEM_ABS = 1.01, MIB  # CUDA peak memory regresses if head > base * 1.01 + 1 MiB
-FLOPS_FACTOR = 1.01  # the analytic cost model of the same case grew by > 1 %
-
-
-class CompareInputError(ValueError):
-    """A run directory that cannot be compared; `str(err)` is one line."""
-
-
-@dataclass
-class RunData:
-    path: Path
-    run_id: str
-    env: dict[str, Any]
-    records: dict[str, dict[str, Any]]  # case_id -> record (the last one wins: resume re-runs)
+__all__ = ["AMBIGUOUS", "IMPROVED", "REGRESSED", "SAME", "CompareInputError", "RunData", "load_run"]
 
 
 @dataclass
 class Finding:
     """One metric's comparison for one case. ratio = head / base."""
 
-    metric: str  # time_ms | rel_err | peak_mem_bytes | flops | status
+    metric: str  # a gated metric's name (harness.measure.metrics), or "status"
     verdict: str
     base: Any
     head: Any
@@ -74,18 +59,9 @@ class CaseComparison:
 
     @classmethod
     def of(cls, rec: dict[str, Any], verdict: str, base_status: str | None, head_status: str | None):
-        return cls(
-            str(rec["case_id"]),
-            str(rec["label"]),
-            str(rec["variant"]),
-            int(rec["seq_len"]),
-            str(rec["dtype"]),
-            bool(rec["causal"]),
-            str(rec["mode"]),
-            verdict,
-            base_status,
-            head_status,
-        )
+        keys = (str(rec["case_id"]), str(rec["label"]), str(rec["variant"]), int(rec["seq_len"]))
+        problem = (str(rec["dtype"]), bool(rec["causal"]), str(rec["mode"]))
+        return cls(*keys, *problem, verdict, base_status, head_status)
 
     @property
     def is_regression(self) -> bool:
@@ -141,65 +117,28 @@ class ComparisonResult:
         return [c for c in self.cases if c.verdict == verdict]
 
 
-# ----- input ----------------------------------------------------------------------------------
-def load_run(run_dir: Path) -> RunData:
-    """Records and env of one run directory; raises CompareInputError on anything unusable."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CompareInputError(f"{run_dir}: no such run directory")
-    path = run_dir / "records.jsonl"
-    if not path.is_file():
-        raise CompareInputError(f"{run_dir}: not a run directory (no records.jsonl)")
-    try:
-        rows = read_records(path)
-    except (OSError, ValueError) as exc:
-        raise CompareInputError(f"{path}: unreadable: {' '.join(str(exc).split())}") from exc
-    if not rows:
-        raise CompareInputError(f"{path}: no complete records")
-    records: dict[str, dict[str, Any]] = {}
-    for i, rec in enumerate(rows, 1):
-        if not isinstance(rec, dict) or rec.get("schema_version") != SCHEMA_VERSION:
-            got = rec.get("schema_version") if isinstance(rec, dict) else type(rec).__name__
-            raise CompareInputError(
-                f"{path}: record {i}: schema_version {got!r}, this attnbench reads {SCHEMA_VERSION}"
-            )
-        missing = [k for k in REQUIRED_KEYS if k not in rec]
-        if missing:
-            raise CompareInputError(f"{path}: record {i}: missing field(s) {', '.join(missing)}")
-        records[rec["case_id"]] = rec
-    env: dict[str, Any] = {}
-    if (run_dir / "env.json").is_file():
-        try:
-            loaded = json.loads((run_dir / "env.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise CompareInputError(f"{run_dir / 'env.json'}: unreadable: {exc}") from exc
-        env = loaded if isinstance(loaded, dict) else {}
-    run_id = str(rows[-1].get("run_id") or run_dir.name)
-    return RunData(run_dir, run_id, env, records)
-
-
 # ----- per-case verdicts ----------------------------------------------------------------------
 def _num(x: Any) -> float | None:
     return float(x) if isinstance(x, int | float) and not isinstance(x, bool) else None
 
 
-def _deterministic(metric: str, b: float, h: float, factor: float, absolute: float) -> Finding:
-    """REGRESSED above b*factor + absolute, IMPROVED below (b - absolute)/factor, else SAME."""
-    ratio = h / b if b else None
-    if h > b * factor + absolute:
-        verdict = REGRESSED
-    elif h < (b - absolute) / factor:
-        verdict = IMPROVED
-    else:
-        verdict = SAME
-    return Finding(metric, verdict, b, h, ratio)
+def _deterministic(m: Metric, b: float, h: float) -> Finding:
+    """REGRESSED when head is worse than base beyond the gate (factor x base + abs), IMPROVED when
+    better by as much, else SAME; `worse` follows the metric's direction."""
+    g = m.gate or Gate()
+    up, down = h > b * g.factor + g.abs, h < (b - g.abs) / g.factor
+    worse, better = (down, up) if m.direction == "higher" else (up, down)
+    verdict = REGRESSED if worse else IMPROVED if better else SAME
+    reason = g.reason if g.reason and verdict != SAME else m.gate_rule() if worse else ""
+    return Finding(m.name, verdict, b, h, h / b if b else None, reason=reason)
 
 
-def _time_finding(b: dict, h: dict, opts: dict[str, Any]) -> Finding | None:
-    bs, hs = b.get("time_ms_samples") or [], h.get("time_ms_samples") or []
-    bm, hm = _num(b.get("time_ms_median")), _num(h.get("time_ms_median"))
+def _samples_finding(m: Metric, b: dict, h: dict, opts: dict[str, Any]) -> Finding | None:
+    g = m.gate or Gate()
+    bs, hs = b.get(g.samples) or [], h.get(g.samples) or []
+    bm, hm = _num(b.get(m.name)), _num(h.get(m.name))
     if not (bs or hs or bm or hm):
-        return None  # time was not measured in either run
+        return None  # not measured in either run
     st = time_verdict(
         bs,
         hs,
@@ -208,26 +147,36 @@ def _time_finding(b: dict, h: dict, opts: dict[str, Any]) -> Finding | None:
         opts["min_samples"],
         opts["n_boot"],
         opts["seed"],
-        base_rounds=b.get("time_ms_rounds"),
-        head_rounds=h.get("time_ms_rounds"),
+        base_rounds=b.get(g.rounds) if g.rounds else None,
+        head_rounds=h.get(g.rounds) if g.rounds else None,
     )
     ratio = st.ratio
     if ratio is None and bm and hm:  # no raw samples: the medians' ratio, but never a verdict on it
         ratio = hm / bm
     ci = (st.ci_lo, st.ci_hi) if st.ci_lo is not None and st.ci_hi is not None else None
-    return Finding("time_ms", st.verdict, bm, hm, ratio, ci, st.p_value, opts["gate_time"], st.reason)
+    return Finding(m.name, st.verdict, bm, hm, ratio, ci, st.p_value, opts["gate_time"], st.reason)
 
 
-def _rel_err_finding(b: dict, h: dict, budgets: dict[str, float]) -> Finding | None:
-    be, he = _num(b.get("rel_err")), _num(h.get("rel_err"))
-    if be is None or he is None:
+def gate_finding(m: Metric, b: dict, h: dict, opts: dict[str, Any]) -> Finding | None:
+    """What the metric's gate says about one case ok in both runs; None when it does not apply."""
+    g = m.gate
+    if g is None:
         return None
-    f = _deterministic("rel_err", be, he, REL_ERR_FACTOR, REL_ERR_ABS)
-    if f.verdict == REGRESSED:
-        f.reason = f"above base × {REL_ERR_FACTOR:g} + {REL_ERR_ABS:g}"
-    budget = budgets.get(h["label"], budgets.get(h["variant"]))
-    if budget is not None and he > budget:
-        f.verdict, f.reason = REGRESSED, f"above the budget {budget:g}"
+    if g.kind == "samples":
+        return _samples_finding(m, b, h, opts)
+    if g.devices is not None and not (b.get("device") in g.devices and h.get("device") in g.devices):
+        return None
+    bv, hv = _num(b.get(m.name)), _num(h.get(m.name))
+    if bv is None or hv is None:
+        return None
+    f = _deterministic(m, bv, hv)
+    budget = opts["budget"].get(m.name, {})
+    limit = budget.get(h["label"], budget.get(h["variant"]))
+    if limit is not None and m.is_better(limit, hv):
+        f.verdict, f.reason = (
+            REGRESSED,
+            f"{'below' if m.direction == 'higher' else 'above'} the budget {limit:g}",
+        )
     return f
 
 
@@ -246,25 +195,23 @@ def compare_case(b: dict, h: dict, opts: dict[str, Any]) -> CaseComparison:
     if sb != "ok":
         case.notes.append(f"{sb} in both runs")
         return case
-    found = [_time_finding(b, h, opts), _rel_err_finding(b, h, opts["budget"])]
-    bp, hp = _num(b.get("peak_mem_bytes")), _num(h.get("peak_mem_bytes"))
-    if h.get("device") == "cuda" and b.get("device") == "cuda" and bp is not None and hp is not None:
-        found.append(_deterministic("peak_mem_bytes", bp, hp, MEM_FACTOR, MEM_ABS))
-    bf, hf = _num(b.get("flops")), _num(h.get("flops"))
-    if bf and hf:
-        f = _deterministic("flops", bf, hf, FLOPS_FACTOR, 0.0)
-        f.reason = "the analytic cost model changed" if f.verdict != SAME else ""
-        found.append(f)
+    found = [gate_finding(m, b, h, opts) for m in gated_metrics()]
     case.findings = [f for f in found if f is not None]
     gated = {f.verdict for f in case.findings if f.gated}
     case.verdict = next((v for v in (REGRESSED, IMPROVED, AMBIGUOUS) if v in gated), SAME)
     return case
 
 
+def time_metric() -> Metric | None:
+    """The first metric gated on raw samples (the median time)."""
+    return next((m for m in gated_metrics() if m.gate is not None and m.gate.kind == "samples"), None)
+
+
 def _variant_times(cases: list[CaseComparison]) -> list[VariantTime]:
     ratios: dict[str, list[float]] = {}
+    timed = time_metric()
     for c in cases:
-        f = c.finding("time_ms")
+        f = c.finding(timed.name) if timed else None
         if f is not None and f.ratio is not None and f.ratio > 0:
             ratios.setdefault(c.label, []).append(f.ratio)
     return [VariantTime(lab, len(r), geomean(r), min(r), max(r)) for lab, r in ratios.items()]
@@ -317,7 +264,7 @@ def compare_runs(
         "min_samples": min_samples,
         "n_boot": n_boot,
         "seed": seed,
-        "budget": dict(rel_err_budget or {}),
+        "budget": {"rel_err": dict(rel_err_budget or {})},
     }
     cases = []
     for cid, h in head.records.items():

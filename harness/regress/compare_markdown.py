@@ -5,16 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from harness.measure.metrics import Metric, gated_metrics
 from harness.regress.compare import (
     AMBIGUOUS,
     IMPROVED,
-    MEM_FACTOR,
-    MIB,
     MISSING,
     NEW,
     REGRESSED,
-    REL_ERR_ABS,
-    REL_ERR_FACTOR,
     SAME,
     STATUS_CHANGED,
     VERDICTS,
@@ -53,11 +50,27 @@ def _time_cell(f: Finding | None) -> str:
     return text + ("" if f.gated else " (not gated)")
 
 
-def _pair_cell(f: Finding | None, scale: float = 1.0) -> str:
+def _pair_cell(f: Finding | None, m: Metric) -> str:
     if f is None:
         return "n/a"
-    text = f"{_g(f.base / scale)} → {_g(f.head / scale)}"
+    text = f"{_g(f.base * m.scale)} → {_g(f.head * m.scale)}"
     return text + (f" ({f.ratio:.3g}×)" if f.ratio is not None and f.verdict != SAME else "")
+
+
+def _columns(result: ComparisonResult) -> list[Metric]:
+    """Gated metrics that get a column: time always; an exact one when some case has a finding
+    for it (gate.column "found") or a changed finding ("changed")."""
+
+    def shown(m: Metric) -> bool:
+        found = [f for c in result.cases if (f := c.finding(m.name)) is not None]
+        return bool(found) and (m.gate.column == "found" or any(f.verdict != SAME for f in found))
+
+    return [m for m in gated_metrics() if m.gate.kind == "samples" or shown(m)]
+
+
+def _header(m: Metric) -> str:
+    unit = f" ({m.shown_unit})" if m.shown_unit else ""
+    return f"{m.name} head/base [CI]" if m.gate.kind == "samples" else f"{m.name}{unit} base → head"
 
 
 def _why(c: CaseComparison) -> str:
@@ -75,21 +88,17 @@ def _why(c: CaseComparison) -> str:
     return "; ".join(parts + c.notes)
 
 
-def _case_table(cases: list[CaseComparison], show_mem: bool) -> str:
-    header = ["configuration", "N", "problem", "verdict", "time head/base [CI]", "rel_err base → head"]
-    header += ["peak MiB base → head"] if show_mem else []
-    lines = ["| " + " | ".join(header + ["why"]) + " |", "|" + "---|" * (len(header) + 1)]
+def _case_table(cases: list[CaseComparison], columns: list[Metric]) -> str:
+    header = ["configuration", "N", "problem", "verdict"] + [_header(m) for m in columns] + ["why"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     key = lambda c: (c.label, c.dtype, c.causal, c.mode, c.seq_len)  # noqa: E731
     for c in sorted(cases, key=key):
-        row = [
-            c.label,
-            str(c.seq_len),
-            f"{c.dtype} · {'causal' if c.causal else 'non-causal'} · {c.mode}",
-            c.verdict,
-            _time_cell(c.finding("time_ms")),
-            _pair_cell(c.finding("rel_err")),
+        row = [c.label, str(c.seq_len), f"{c.dtype} · {'causal' if c.causal else 'non-causal'} · {c.mode}"]
+        row += [c.verdict]
+        row += [
+            _time_cell(c.finding(m.name)) if m.gate.kind == "samples" else _pair_cell(c.finding(m.name), m)
+            for m in columns
         ]
-        row += [_pair_cell(c.finding("peak_mem_bytes"), MIB)] if show_mem else []
         lines.append("| " + " | ".join(_md(x) for x in row + [_why(c) or "—"]) + " |")
     return "\n".join(lines)
 
@@ -123,23 +132,26 @@ def verdict_line(result: ComparisonResult) -> str:
 
 def render_verdict_markdown(result: ComparisonResult) -> str:
     """Markdown for a pull-request comment: verdict line and counts, regressions, then details."""
+    timed = ", ".join(m.name for m in gated_metrics() if m.gate.kind == "samples") or "time"
     time_rule = (
-        f"time: median ratio beyond ±{result.threshold:.0%}, its {1 - result.alpha:.0%} bootstrap CI beyond "
-        f"±{result.threshold / 2:.1%} (rounds resampled when runs were interleaved) and Mann-Whitney "
+        f"{timed}: median ratio beyond ±{result.threshold:.0%}, its {1 - result.alpha:.0%} bootstrap CI "
+        f"beyond ±{result.threshold / 2:.1%} (rounds resampled when runs were interleaved) and Mann-Whitney "
         f"p < {result.alpha:g}" + ("" if result.gate_time else " (reported, not gated)")
+    )
+    gates = "; ".join(
+        f"{m.name} regresses {m.gate_rule()}" for m in gated_metrics() if m.gate.kind == "exact"
     )
     lines = [
         verdict_line(result),
         "",
-        f"base `{result.base.run_id}` → head `{result.head.run_id}` · {time_rule}; rel_err gated at "
-        f"base × {REL_ERR_FACTOR:g} + {REL_ERR_ABS:g}; CUDA peak memory at base × {MEM_FACTOR:g} + 1 MiB; "
+        f"base `{result.base.run_id}` → head `{result.head.run_id}` · {time_rule}; {gates}; "
         "a status that leaves ok counts as a regression",
     ]
     lines += [""] + [f"> **Warning:** {_md(w)}" for w in result.env_warnings] if result.env_warnings else []
-    show_mem = any(c.finding("peak_mem_bytes") for c in result.cases)
+    columns = _columns(result)
     regs = result.regressions
     lines += ["", f"### Regressions ({len(regs)})", ""]
-    lines.append(_case_table(regs, show_mem) if regs else "None.")
+    lines.append(_case_table(regs, columns) if regs else "None.")
     if result.variants:
         lines += _details(
             f"Time by configuration: geometric mean of head/base median time ({len(result.variants)})",
@@ -148,5 +160,5 @@ def render_verdict_markdown(result: ComparisonResult) -> str:
     for verdict, title in SECTION_TITLES.items():
         cases = [c for c in result.by_verdict(verdict) if not c.is_regression]
         if cases:
-            lines += _details(f"{title} ({len(cases)})", _case_table(cases, show_mem))
+            lines += _details(f"{title} ({len(cases)})", _case_table(cases, columns))
     return "\n".join(lines)

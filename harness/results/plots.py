@@ -1,7 +1,9 @@
 """PNG plots of one run: runtime and peak memory vs N, error vs D, and the error-vs-time frontier.
 
 One file per (dtype, causal, mode) group and plot kind, named `{kind}_{group_slug}.png`; plots
-that would be empty are not written. `make_plots` returns {"kind:group_slug": path}.
+that would be empty are not written. `make_plots` returns {"kind:group_slug": path}. Exact
+configurations (`capabilities.exact`) come first in legends; axis labels come from the metric
+registry.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator  # noqa: E402
 
+from harness.measure.metrics import metric  # noqa: E402
 from harness.results.rows import (  # noqa: E402
-    MIB,
     Row,
     feature_dim_rows,
     group_slug,
@@ -169,15 +171,15 @@ def _error_vs_d(rows: list[Row], title: str, path: Path) -> Path | None:
     ax.set_xticklabels([str(d) for d in dims])
     _value_axis(ax, "y", values)
     ax.set_xlabel("feature dimension D")
-    ax.set_ylabel("relative error vs exact softmax")
+    ax.set_ylabel(_error_label())
     return _finish(fig, ax, title, path)
 
 
 def _frontier_points(rows: list[Row]) -> tuple[int, list[tuple[float, float, str]]] | None:
     """(N, [(time_ms, rel_err, label)]) at the longest length every configuration has both at.
 
-    `softmax` (the accuracy reference, with flash's error) is not required to be there; without
-    such a length, the longest with at least two points.
+    Exact configurations (the accuracy references, which may run out of memory first) are not
+    required to be there; without such a length, the longest with at least two points.
     """
 
     def points(n: int) -> list[tuple[float, float, str]]:
@@ -194,7 +196,7 @@ def _frontier_points(rows: list[Row]) -> tuple[int, list[tuple[float, float, str
 
     per_n = {n: points(n) for n in lengths_of(rows)}
     wanted = {lab for pts in per_n.values() for _, _, lab in pts} - {
-        r["label"] for r in rows if r["variant"] == "softmax"
+        r["label"] for r in rows if r.get("exact")
     }
     common = [n for n, pts in per_n.items() if len(pts) >= 2 and wanted <= {lab for _, _, lab in pts}]
     enough = [n for n, pts in per_n.items() if len(pts) >= 2]
@@ -230,9 +232,13 @@ def _frontier(rows: list[Row], title: str, path: Path) -> Path | None:
         )
     _value_axis(ax, "x", [t for t, _, _ in pts])
     _value_axis(ax, "y", [e for _, e, _ in pts])
-    ax.set_xlabel("median time per call (ms)")
-    ax.set_ylabel("relative error vs exact softmax")
+    ax.set_xlabel(metric("time_ms_median").axis_label())
+    ax.set_ylabel(_error_label())
     return _finish(fig, ax, f"{title}: error vs time at N={_len_label(n)}", path)
+
+
+def _error_label() -> str:
+    return metric("rel_err").axis_label() + " vs exact softmax"
 
 
 def _time_ms(r: Row) -> float | None:
@@ -244,9 +250,10 @@ def _time_band(r: Row) -> tuple[float, float] | None:
     return None if lo is None or hi is None else (lo, hi)
 
 
-def _peak_mib(r: Row) -> float | None:
+def _peak(r: Row) -> float | None:
+    """Peak memory in the registry's display unit (MiB)."""
     peak = num(r["peak_mem_bytes"])
-    return None if peak is None else peak / MIB
+    return None if peak is None else peak * metric("peak_mem_bytes").scale
 
 
 def make_plots(df, out_dir: Path) -> dict[str, Path]:
@@ -259,13 +266,17 @@ def make_plots(df, out_dir: Path) -> dict[str, Path]:
             "runtime": _lines_vs_n(
                 rows,
                 _time_ms,
-                "median time per call (ms)",
+                metric("time_ms_median").axis_label(),
                 f"{title}: runtime (median; bars p20-p80)",
                 out_dir / f"runtime_{slug}.png",
                 band=_time_band,
             ),
             "memory": _lines_vs_n(
-                rows, _peak_mib, "peak memory (MiB)", f"{title}: peak memory", out_dir / f"memory_{slug}.png"
+                rows,
+                _peak,
+                metric("peak_mem_bytes").axis_label(),
+                f"{title}: peak memory",
+                out_dir / f"memory_{slug}.png",
             ),
             "error_vs_d": _error_vs_d(rows, f"{title}: error vs D", out_dir / f"error_vs_d_{slug}.png"),
             "frontier": _frontier(rows, title, out_dir / f"frontier_{slug}.png"),

@@ -1,24 +1,43 @@
 """Record schema, JSONL append/read and DataFrame conversion.
 
 One record per case, appended and flushed (and fsynced) to `records.jsonl` as soon as the case
-ends, so a killed run loses at most the case in flight. Units live in field names.
+ends, so a killed run loses at most the case in flight. A `Record` holds identity, problem and
+provenance as fields and every measured number by name in `metrics` (names, units and meaning in
+`harness.measure.metrics.METRICS`); on disk and in the DataFrame a record is flat: one key or
+column per field and per metric (docs/record-fields.md lists them all).
+
+Schema 2 added `exact`, `exact_flops` and `tflops_exact`; schema 1 lines read the same way.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+from harness.measure.metrics import METRICS, all_metrics, derive
+from harness.plugins.variants import VARIANTS
+
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
 STATUSES = ("ok", "skipped", "oom", "error", "nan", "timeout", "leak")
+
+
+def exact_of(variant: str) -> bool | None:
+    """`capabilities.exact` of a registered variant; None when it cannot be imported here."""
+    try:
+        return bool(VARIANTS.get(variant).capabilities.exact)
+    except (KeyError, ImportError, AttributeError):
+        return None
 
 
 @dataclass
 class Record:
-    """One case's result. Field names are a public contract (reports, compare, users' notebooks)."""
+    """One case's result. Field and metric names are a public contract (reports, compare, notebooks)."""
 
     # identity
     case_id: str
@@ -44,42 +63,13 @@ class Record:
     input_dist: str = "gaussian"
     input_scale: float = 1.0
     input_seed: int = 0
+    exact: bool | None = None  # the variant computes exact softmax attention (None: read from the class)
     # outcome
     status: str = "ok"
     reason: str = ""
-    # timing
-    time_ms_median: float | None = None
-    time_ms_p20: float | None = None
-    time_ms_p80: float | None = None
-    time_ms_samples: list[float] = field(default_factory=list)
-    n_samples: int = 0
-    noise: float | None = None
-    # memory
-    peak_mem_bytes: int | None = None
-    extra_mem_bytes: int | None = None
-    input_bytes: int | None = None
-    mem_method: str = ""
-    # accuracy
-    rel_err: float | None = None
-    max_abs_err: float | None = None
-    cos_sim: float | None = None
-    uniform_rel_err: float | None = None
-    skill: float | None = None
-    unfitted_rel_err: float | None = None
-    fit_steps: int | None = None
-    fit_s: float | None = None
-    fit_loss: float | None = None
-    softmax_entropy: float | None = None
-    causality_change: float | None = None
-    batch_change: float | None = None
-    # cost model
-    flops: float | None = None
-    bytes_moved: float | None = None
-    tflops: float | None = None
-    gbps: float | None = None
-    floor_ms: float | None = None  # roofline floor: max(bytes / copy bandwidth, flops / GEMM rate)
-    time_over_floor: float | None = None  # time_ms_median / floor_ms
+    metrics: dict[str, Any] = field(default_factory=dict)  # metric name -> value (see METRICS)
     # provenance
+    mem_method: str = ""
     info: dict[str, Any] = field(default_factory=dict)
     git_sha: str = ""
     threads: int | None = None
@@ -88,12 +78,84 @@ class Record:
     repro: str = ""
     schema_version: int = SCHEMA_VERSION
 
+    def __post_init__(self) -> None:
+        for name in self.metrics:
+            if name not in METRICS:
+                raise METRICS.unknown(name)
+        if self.exact is None:
+            self.exact = exact_of(self.variant)
 
-RECORD_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Record))
+    def set(self, name: str, value: Any) -> None:
+        """Store metric `name`; a name not in METRICS raises KeyError naming the known metrics."""
+        if name not in METRICS:
+            raise METRICS.unknown(name)
+        self.metrics[name] = value
+
+    def get(self, name: str) -> Any:
+        """Metric `name` (derived ones computed from the others); None when not measured."""
+        m = METRICS.get(name)
+        if m.compute is not None:
+            derived = derive(self.flat(derived=False))[name]
+            if derived is not None:
+                return derived
+        return self.metrics.get(name)
+
+    def replace(self, **changes: Any) -> Record:
+        """A copy with `changes` applied; keys may be fields or metric names."""
+        moved = {k: v for k, v in changes.items() if k in FIELDS}
+        if "variant" in moved and "exact" not in moved:
+            moved["exact"] = None  # read again from the new variant's class
+        new = dataclasses.replace(self, metrics=dict(self.metrics), **moved)
+        for name, value in changes.items():
+            if name not in FIELDS:
+                new.set(name, value)
+        return new
+
+    def flat(self, derived: bool = True) -> dict[str, Any]:
+        """The record as one flat dict: fields, then every registered metric (None when absent)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name == "metrics":
+                out.update({m.name: self.metrics.get(m.name) for m in all_metrics()})
+                out.update({k: v for k, v in self.metrics.items() if k not in out})
+            else:
+                out[f.name] = getattr(self, f.name)
+        if derived:
+            out.update({k: v for k, v in derive(out).items() if v is not None})
+        return out
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> Record:
+        """A record from a flat dict (a JSON line of schema 1 or 2); unknown keys are dropped."""
+        known = {k: v for k, v in row.items() if k in FIELDS}
+        metrics = {k: v for k, v in row.items() if k in METRICS and v is not None}
+        return cls(**known, metrics=metrics)
+
+
+FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Record) if f.name != "metrics")
+
+
+def columns() -> list[str]:
+    """Flat column names: the record fields with every registered metric in place of `metrics`."""
+    names = [f.name for f in fields(Record)]
+    i = names.index("metrics")
+    return names[:i] + [m.name for m in all_metrics()] + names[i + 1 :]
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities become null (JSON has neither); containers are walked."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value
 
 
 def to_json_line(record: Record) -> str:
-    return json.dumps(asdict(record), sort_keys=False, allow_nan=False, default=str)
+    """One flat JSON object: fields and one key per metric, derived metrics filled."""
+    return json.dumps(_json_safe(record.flat()), sort_keys=False, allow_nan=False, default=str)
 
 
 def append_record(path: Path, record: Record) -> None:
@@ -106,7 +168,7 @@ def append_record(path: Path, record: Record) -> None:
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """All complete records in `path`; a torn last line (killed mid-write) is ignored."""
+    """All complete records in `path` as flat dicts; a torn last line (killed mid-write) is ignored."""
     if not Path(path).exists():
         return []
     out: list[dict[str, Any]] = []
@@ -132,24 +194,39 @@ def repair_torn_tail(path: Path) -> None:
             fh.truncate(cut)
 
 
+def normalize(row: dict[str, Any]) -> dict[str, Any]:
+    """A read record upgraded to the current columns: `exact` from the variant class when absent
+    (schema 1), derived metrics recomputed, absent metrics None."""
+    out = {name: row.get(name) for name in columns()}
+    out.update({k: v for k, v in row.items() if k not in out})
+    if out.get("exact") is None and out.get("variant") is not None:
+        out["exact"] = exact_of(str(out["variant"]))
+    out.update({k: v for k, v in derive(out).items() if v is not None})
+    return out
+
+
 def to_dataframe(records: list[dict[str, Any]]):
-    """Records as a pandas DataFrame; `params` and `info` stay dicts, plus `params_str`."""
+    """Records as a pandas DataFrame: one column per field and metric, `params` kept as dicts plus
+    `params_str` and one flat `param.<name>` column per variant parameter."""
     import pandas as pd
 
-    df = (
-        pd.DataFrame.from_records(records, columns=list(RECORD_FIELDS))
-        if records
-        else pd.DataFrame(columns=list(RECORD_FIELDS))
-    )
-    df["params_str"] = (
-        [",".join(f"{k}={v}" for k, v in sorted((p or {}).items())) for p in df["params"]] if len(df) else []
-    )
+    rows = [normalize(r) for r in records]
+    df = pd.DataFrame.from_records(rows, columns=columns()) if rows else pd.DataFrame(columns=columns())
+    params = [dict(p or {}) for p in df["params"]] if len(df) else []
+    df["params_str"] = [",".join(f"{k}={v}" for k, v in sorted(p.items())) for p in params]
+    for name in sorted({k for p in params for k in p}):
+        df[f"param.{name}"] = [p.get(name) for p in params]
     return df
 
 
 def write_parquet(records: list[dict[str, Any]], path: Path) -> None:
-    """Write records to parquet; nested fields (params, info, samples) are JSON-encoded."""
+    """Write records to parquet; nested fields (params, info) are JSON-encoded, and a `param.*`
+    column whose values mix types is stored as text."""
     df = to_dataframe(records).copy()
     for col in ("params", "info"):
         df[col] = [json.dumps(x, sort_keys=True, default=str) for x in df[col]]
+    for col in [c for c in df.columns if c.startswith("param.")]:
+        kinds = {type(v) for v in df[col] if v is not None and v == v}
+        if len(kinds) > 1 and not kinds <= {int, float}:
+            df[col] = [None if v is None or v != v else str(v) for v in df[col]]
     df.to_parquet(path, index=False)

@@ -1,13 +1,14 @@
-"""Rows of a run for the report and the plots: grouping, ordering, the flash reference, the
-feature-dimension sweeps, and number formatting. Pure functions over record dicts."""
+"""Rows of a run as record dicts, for the plots and the feature-dimension sweep: grouping,
+ordering (exact configurations first, by capability, never by name), the D sweeps and number
+formatting. Pure functions."""
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
 
-MIB = float(1 << 20)
+from harness.measure.metrics import MIB, finite, fmt_sig
+
 MODE_ORDER = {"fwd": 0, "bwd": 1, "fwd_bwd": 2}
 EXTRA_GROUP_KEYS = ("device", "batch", "heads", "head_dim", "input_dist", "input_scale")
 STATUS_TEXT = {
@@ -18,41 +19,40 @@ STATUS_TEXT = {
     "nan": "NaN",
     "timeout": "timeout",
 }
-NOISY = 0.25  # IQR/median above which a median time is flagged "noisy"
-PRECISION_FLOOR = {"bf16": 6e-3, "fp16": 8e-4}  # exact attention vs fp64 (VARIANTS.md)
 Row = dict[str, Any]
+__all__ = ["MIB", "fmt_sig", "num"]
+num = finite  # a finite float, or None
 
 
 # ----- frame helpers (shared with plots.py) ---------------------------------------------------
-def num(x: Any) -> float | None:
-    """A finite float, or None for None/NaN/non-numbers."""
-    if x is None or isinstance(x, bool):
-        return None
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
+def group_keys(df, mode: bool = True) -> list[str]:
+    """Columns that make a group: dtype, causal (and mode), plus each other problem axis that varies."""
+    base = ["dtype", "causal"] + (["mode"] if mode else [])
+    return base + [k for k in EXTRA_GROUP_KEYS if k in df and df[k].nunique(dropna=False) > 1]
+
+
+def group_order(key: dict[str, Any]) -> tuple:
+    """Sort key of a group: its values, modes in pipeline order (fwd, bwd, fwd_bwd)."""
+    return tuple(MODE_ORDER.get(v, 9) if k == "mode" else v for k, v in key.items())
 
 
 def iter_groups(df) -> list[tuple[dict[str, Any], list[Row]]]:
     """[(key, rows)] per (dtype, causal, mode), plus any other problem axis that varies in the run."""
     if len(df) == 0:
         return []
-    keys = ["dtype", "causal", "mode"] + [k for k in EXTRA_GROUP_KEYS if df[k].nunique(dropna=False) > 1]
+    keys = group_keys(df)
     groups: dict[tuple, list[Row]] = {}
     for row in df.to_dict("records"):
         groups.setdefault(tuple(row[k] for k in keys), []).append(row)
-    order = sorted(
-        groups,
-        key=lambda t: tuple(MODE_ORDER.get(v, 9) if k == "mode" else v for k, v in zip(keys, t, strict=True)),
-    )
-    return [(dict(zip(keys, t, strict=True)), groups[t]) for t in order]
+    found = [dict(zip(keys, t, strict=True)) for t in groups]
+    return [(key, groups[tuple(key.values())]) for key in sorted(found, key=group_order)]
 
 
 def group_title(key: dict[str, Any]) -> str:
+    """`fp32 · causal · fwd (heads=4)`; without a mode for accuracy groups."""
     extras = [f"{k}={v}" for k, v in key.items() if k not in ("dtype", "causal", "mode")]
-    title = f"{key['dtype']} · {'causal' if key['causal'] else 'non-causal'} · {key['mode']}"
+    parts = [str(key["dtype"]), "causal" if key["causal"] else "non-causal"]
+    title = " · ".join(parts + ([str(key["mode"])] if "mode" in key else []))
     return title + (f" ({', '.join(extras)})" if extras else "")
 
 
@@ -64,11 +64,10 @@ def group_slug(key: dict[str, Any]) -> str:
 
 
 def ordered_labels(rows: list[Row]) -> list[str]:
-    """Variant configurations: softmax first, flash next, the rest in run order."""
+    """Variant configurations: exact ones (`capabilities.exact`) first, the rest in run order."""
     first: dict[str, tuple[int, int]] = {}
     for i, r in enumerate(rows):
-        rank = {"softmax": 0, "flash": 1}.get(r["variant"], 2)
-        first.setdefault(r["label"], (rank, i))
+        first.setdefault(r["label"], (0 if r.get("exact") else 1, i))
     return sorted(first, key=first.__getitem__)
 
 
@@ -79,15 +78,6 @@ def lengths_of(rows: list[Row]) -> list[int]:
 def cells_by_label(rows: list[Row]) -> dict[tuple[str, int], Row]:
     """(label, seq_len) -> record; a later record of the same case wins (resume re-runs)."""
     return {(r["label"], int(r["seq_len"])): r for r in rows}
-
-
-def flash_reference(rows: list[Row]) -> dict[int, Row]:
-    """seq_len -> the ok `flash` record to compare against (impl `sdpa` first, then run order)."""
-    ref: dict[int, Row] = {}
-    flash = [r for r in rows if r["variant"] == "flash" and r["status"] == "ok" and num(r["time_ms_median"])]
-    for r in sorted(flash, key=lambda r: r["impl"] != "sdpa"):
-        ref.setdefault(int(r["seq_len"]), r)
-    return ref
 
 
 def feature_dim_rows(rows: list[Row]) -> list[dict[str, Any]]:
@@ -157,19 +147,9 @@ def _common_length(rows: list[Row]) -> int | None:
 
 
 # ----- formatting -----------------------------------------------------------------------------
-def fmt_sig(x: float, sig: int = 3) -> str:
-    """`sig` significant digits without scientific notation for everyday magnitudes."""
-    if x == 0:
-        return "0"
-    a = abs(x)
-    if 1e-3 <= a < 1e5:
-        return f"{x:.{max(0, sig - 1 - math.floor(math.log10(a)))}f}"
-    return f"{x:.{sig - 1}e}"
-
-
 def fmt_x(ratio: float) -> str:
-    """Speedup as `4.1x`, `0.52x`, `12x`."""
-    return f"{ratio:.0f}x" if ratio >= 10 else f"{ratio:.1f}x" if ratio >= 1 else f"{ratio:.2f}x"
+    """Speedup as `4.1x`, `0.52x`, `12x`, `0.0047x` (two significant digits below 1)."""
+    return f"{ratio:.0f}x" if ratio >= 10 else f"{ratio:.1f}x" if ratio >= 1 else f"{fmt_sig(ratio, 2)}x"
 
 
 def md_cell(text: str) -> str:

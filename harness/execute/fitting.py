@@ -1,0 +1,83 @@
+"""The fit step of a kernel case: distil a learnable variant to exact softmax, once per configuration.
+
+The fwd and fwd_bwd cases of one configuration see the same inputs, so they share one fit: the
+first case fits and caches the parameters; the others load them (`info.fit_reused = true`).
+Calibration batches come from the input source's calibration split, never the evaluation inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from harness import inputs
+from harness.config.sweep import Case
+from harness.measure import accuracy
+from harness.measure.specs import AccuracySpec
+from harness.plugins.contract import AttentionVariant, FitResult, Teacher
+from harness.results.records import Record
+
+
+@dataclass
+class FittedState:
+    """A finished fit: the parameters it produced and what it recorded."""
+
+    state: dict[str, Tensor]
+    result: FitResult
+    unfitted_rel_err: float | None
+
+
+def fit_cache_key(case: Case) -> str:
+    """Everything a fit depends on: the case without its mode (inputs and fit spec are run-level)."""
+    problem = dataclasses.replace(case.problem, mode="-")
+    return json.dumps(
+        [case.variant, case.impl, case.params, dataclasses.asdict(problem), str(case.fit), str(case.inputs)]
+    )
+
+
+def fit_variant(
+    rec: Record,
+    variant: AttentionVariant,
+    case: Case,
+    fwd: Callable[[Tensor, Tensor, Tensor], Tensor],
+    qkv: tuple[Tensor, Tensor, Tensor],
+    mask: Tensor | None,
+    spec: AccuracySpec,
+    cache: dict[str, FittedState],
+) -> None:
+    """Record the unfitted error, then fit `variant` (untimed), or load the cached fit.
+
+    fwd: canonical-layout forward, q, k, v (B, H, N, d) -> (B, H, N, d); qkv: the evaluation
+    inputs (canonical, detached); mask: (B, N) bool key padding mask or None.
+    """
+    key = fit_cache_key(case)
+    cached = cache.get(key)
+    if cached is not None:
+        variant.load_state_dict(cached.state)
+        rec.set("unfitted_rel_err", cached.unfitted_rel_err)
+        result = cached.result
+        rec.info["fit_reused"] = True
+    else:
+        if spec.enabled:
+            with torch.no_grad():
+                out = fwd(*qkv)
+            unfit = accuracy.accuracy_metrics(
+                *qkv, out, rec.causal, spec.rows, spec.seed, key_padding_mask=mask
+            )
+            rec.set("unfitted_rel_err", unfit.rel_err)
+        if case.fit.steps == 0:
+            rec.set("fit_steps", 0)
+            rec.set("fit_s", 0.0)
+            return
+        calib = [b.qkv for b in inputs.calibration_batches(case.problem, case.inputs, case.fit)]
+        result = variant.fit(calib, Teacher(rec.causal), case.fit)
+        state = {name: t.detach().clone() for name, t in variant.state_dict().items()}
+        cache[key] = FittedState(state, result, rec.get("unfitted_rel_err"))
+    rec.set("fit_steps", result.steps)
+    rec.set("fit_s", result.seconds)
+    rec.set("fit_loss", result.final_loss)

@@ -1,0 +1,32 @@
+"""The contract and registry of benchmark kinds (`kind:` in a scenario).
+
+Kinds are plugins (entry-point group ``attnbench.kinds``). The built-in `kernel` kind (inputs ->
+fit -> accuracy -> checks -> time -> memory for one attention call) is the harness's own per-case
+pipeline and lives with it in `harness.execute.pipeline`; kinds that measure something else (a
+model with its attention swapped, a trained task) live in `harness/kinds/`. The registry sits
+here, at the bottom of the stages, so scenario validation can list the kinds without importing
+any of them.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+from harness.plugins.registry import Registry
+
+
+class BenchmarkKind(abc.ABC):
+    """One kind of measurement. `run_case(case, ctx, oom_at)` measures one planned case and
+    returns its record; it never raises except KeyboardInterrupt (failures are statuses)."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+
+    @abc.abstractmethod
+    def run_case(self, case: Any, ctx: Any, oom_at: dict[str, int]) -> Any: ...
+
+
+KINDS: Registry[type[BenchmarkKind]] = Registry(
+    "benchmark kind", group="attnbench.kinds", builtins="harness.kinds", base=BenchmarkKind
+)

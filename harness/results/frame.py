@@ -1,0 +1,121 @@
+"""The report's DataFrame: the records of a run plus every column the tables derive.
+
+`prepare` adds, per case: `ok`; `time` (the median time of an ok case); `noisy` (a time too
+noisy, or from too few samples, to carry a claim); `order` (exact configurations first, by
+capability, then run order); `perf` and `acc` (the titles of its performance group, per dtype,
+causal, mode and any other varying axis, and of its accuracy group, the same without mode:
+accuracy does not depend on the pass); the speed baseline at its group and length (`base_label`,
+`base_time`, `base_noisy`) and `speedup` = baseline time / time; and `marker`, the footnoted
+status of a case that did not finish ok. The baseline is the scenario's `report.baseline` when
+given and measured there, else the fastest exact configuration at that length.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from harness.measure.metrics import ReportSpec
+from harness.results.rows import STATUS_TEXT, group_keys, group_order, group_slug, group_title, md_cell
+from harness.results.spec import matches_baseline
+
+NOISY_MARK = "†"
+
+
+def _numeric(df: pd.DataFrame, col: str) -> pd.Series:
+    return pd.to_numeric(df[col], errors="coerce") if col in df else pd.Series(np.nan, index=df.index)
+
+
+def _titles(df: pd.DataFrame, keys: list[str]) -> tuple[pd.Series, dict[str, int]]:
+    """Per-row group title, and each title's rank in reading order."""
+    rows = df[keys].to_dict("records")
+    titles = pd.Series([group_title(k) for k in rows], index=df.index, dtype=object)
+    ranked = sorted({group_title(k): group_order(k) for k in rows}.items(), key=lambda kv: kv[1])
+    return titles, {title: i for i, (title, _) in enumerate(ranked)}
+
+
+def _baselines(df: pd.DataFrame, spec: ReportSpec) -> pd.DataFrame:
+    """(perf, seq_len) -> base_label, base_time, base_noisy: the named baseline where it has an
+    ok time, else the fastest exact configuration."""
+    timed = df[df["time"].notna()]
+    exact = timed[timed["exact"]]
+    chosen = exact.loc[exact.groupby(["perf", "seq_len"])["time"].idxmin()] if len(exact) else exact
+    if spec.baseline:
+        pairs = zip(timed["label"], timed["variant"], strict=True)
+        named = timed[[matches_baseline(lab, var, spec.baseline) for lab, var in pairs]]
+        if len(named):
+            named = named.loc[named.groupby(["perf", "seq_len"])["time"].idxmin()]
+            chosen = pd.concat([named, chosen]).drop_duplicates(["perf", "seq_len"], keep="first")
+    cols = {"label": "base_label", "time": "base_time", "noisy": "base_noisy"}
+    return chosen[["perf", "seq_len", *cols]].rename(columns=cols)
+
+
+def _footnotes(df: pd.DataFrame) -> tuple[pd.Series, list[str]]:
+    """Status markers like `OOM[^2]` (one footnote per distinct status and reason, numbered in
+    reading order) and the footnote lines."""
+    bad = df[~df["ok"]].sort_values(["perf_rank", "order", "seq_len"])
+    reasons = [md_cell(r or "no reason recorded") for r in bad["reason"].fillna("")]
+    reasons = [r if len(r) <= 400 else r[:400] + " …" for r in reasons]
+    pairs = list(zip(bad["status"].astype(str), reasons, strict=True))
+    ids = {pair: i + 1 for i, pair in enumerate(dict.fromkeys(pairs))}
+    marks = pd.Series(
+        [f"{STATUS_TEXT.get(s, s)}[^{ids[(s, r)]}]" for s, r in pairs], index=bad.index, dtype=object
+    )
+    return marks.reindex(df.index), [f"[^{n}]: {s}: {r}" for (s, r), n in ids.items()]
+
+
+def prepare(df: pd.DataFrame, spec: ReportSpec | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """The report's frame (columns above) and its footnote lines; `df` from `to_dataframe`."""
+    spec = spec or ReportSpec()
+    df = df.reset_index(drop=True).copy()
+    df["seq_len"] = df["seq_len"].astype(int)
+    df["ok"] = df["status"].eq("ok")
+    df["exact"] = df["exact"].eq(True)
+    t = _numeric(df, "time_ms_median")
+    df["time"] = t.where(df["ok"] & (t > 0))
+    noise, n = _numeric(df, "noise"), _numeric(df, "n_samples")
+    df["noisy"] = df["time"].notna() & ((noise > spec.max_noise) | (n < spec.min_samples))
+    first = df.reset_index().groupby("label", sort=False)["index"].min()
+    rank = (~df.groupby("label", sort=False)["exact"].any()).astype(int).mul(len(df)).add(first)
+    df["order"] = df["label"].map(rank.rank(method="first").astype(int))
+    df["perf"], perf_rank = _titles(df, group_keys(df))
+    df["perf_slug"] = [group_slug(k) for k in df[group_keys(df)].to_dict("records")]
+    df["acc"], acc_rank = _titles(df, group_keys(df, mode=False))
+    df["perf_rank"], df["acc_rank"] = df["perf"].map(perf_rank), df["acc"].map(acc_rank)
+    df = df.merge(_baselines(df, spec), on=["perf", "seq_len"], how="left")
+    df["base_noisy"] = df["base_noisy"].eq(True)
+    df["speedup"] = df["base_time"] / df["time"]
+    df["marker"], notes = _footnotes(df)
+    return df, notes
+
+
+def groups(df: pd.DataFrame, by: str) -> list[tuple[str, pd.DataFrame]]:
+    """[(title, rows)] of the `perf` or `acc` groups, in reading order."""
+    rank = f"{by}_rank"
+    return [(str(g[by].iloc[0]), g) for _, g in df.sort_values(rank).groupby(rank, sort=True)]
+
+
+def labels_in_order(df: pd.DataFrame) -> list[str]:
+    """Configurations of `df`: exact first, then run order."""
+    return list(df.sort_values("order").drop_duplicates("label")["label"])
+
+
+def pareto(rows: pd.DataFrame) -> pd.DataFrame:
+    """Ok configurations not dominated on (median time, rel_err), fastest first: each is more
+    accurate than every faster one."""
+    err = _numeric(rows, "rel_err")
+    pts = rows.assign(err=err)[rows["time"].notna() & err.notna()].sort_values(["time", "err"])
+    best_before = pts["err"].cummin().shift(fill_value=np.inf)
+    return pts[pts["err"] < best_before]
+
+
+def noisy_mark(*flags: bool) -> str:
+    """`†` when any time behind a claim was noisy."""
+    return NOISY_MARK if any(bool(f) for f in flags) else ""
+
+
+def noise_legend(spec: ReportSpec) -> str:
+    return (
+        f"{NOISY_MARK} = a time behind the claim is noisy: IQR/median above {spec.max_noise:.0%}, or fewer "
+        f"than {spec.min_samples} samples"
+    )

@@ -1,0 +1,101 @@
+"""The report's opening: for each group and sequence length, the configuration to pick for speed,
+for memory and for accuracy, and the error-vs-time Pareto front.
+
+One table, one row per (group, N) (the group column only when the run has several groups):
+the fastest configuration (with its speedup against the baseline), the one with the least peak
+memory, the most accurate approximation (highest skill; exact configurations are only named when
+nothing else ran) and the configurations no other beats on both error and time.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from harness.measure.metrics import ReportSpec, metric
+from harness.results.frame import groups, noise_legend, noisy_mark, pareto
+from harness.results.rows import fmt_x, md_cell
+from harness.results.tables import md_table
+
+
+def _fastest(at: pd.DataFrame) -> str:
+    timed = at[at["time"].notna()]
+    if not len(timed):
+        return "n/a"
+    r = timed.loc[timed["time"].idxmin()]
+    text = f"{md_cell(r['label'])} {metric('time_ms_median').format(r['time'], unit=True)}"
+    if r["label"] == r["base_label"]:
+        return f"{text} (the baseline){noisy_mark(r['noisy'])}"
+    if pd.isna(r["speedup"]):
+        return text + noisy_mark(r["noisy"])
+    vs = f" ({fmt_x(r['speedup'])} vs {md_cell(r['base_label'])})"
+    return text + vs + noisy_mark(r["noisy"], r["base_noisy"])
+
+
+def _least_memory(at: pd.DataFrame) -> str:
+    peak = pd.to_numeric(at["peak_mem_bytes"], errors="coerce").where(at["ok"])
+    if peak.isna().all():
+        return "n/a"
+    r = at.loc[peak.idxmin()]
+    return f"{md_cell(r['label'])} {metric('peak_mem_bytes').format(r['peak_mem_bytes'], unit=True)}"
+
+
+def _most_accurate(at: pd.DataFrame) -> str:
+    skill = pd.to_numeric(at["skill"], errors="coerce").where(at["ok"])
+    approx = skill.where(~at["exact"])
+    pick = approx if approx.notna().any() else skill
+    if pick.isna().all():
+        return "n/a"
+    r = at.loc[pick.idxmax()]
+    err = metric("rel_err").format(r["rel_err"])
+    return f"{md_cell(r['label'])} skill {metric('skill').format(r['skill'])} (rel_err {err})"
+
+
+def _front(at: pd.DataFrame) -> str:
+    front = pareto(at)
+    if not len(front):
+        return "n/a"
+    t, e = metric("time_ms_median"), metric("rel_err")
+    return " · ".join(
+        f"{md_cell(r.label)} {t.format(r.time, unit=True)}, {e.format(r.err)}{noisy_mark(r.noisy)}"
+        for r in front.itertuples()
+    )
+
+
+def summary(df: pd.DataFrame, spec: ReportSpec) -> list[str]:
+    """The `## Summary` section's lines."""
+    rows = []
+    for title, g in groups(df, "perf"):
+        for n, at in g.groupby("seq_len", sort=True):
+            rows.append(
+                {
+                    "group": title,
+                    "N": f"{n:,}",
+                    "fastest": _fastest(at),
+                    "least peak memory": _least_memory(at),
+                    "most accurate approximation": _most_accurate(at),
+                    "error-vs-time Pareto front (fastest first)": _front(at),
+                }
+            )
+    if not rows:
+        return []
+    table = pd.DataFrame(rows)
+    if table["group"].nunique() == 1:
+        table = table.drop(columns="group")
+    if spec.baseline:
+        fallback = "where it has no ok time, the fastest exact configuration"
+        base = f"the scenario's baseline `{md_cell(spec.baseline)}` ({fallback})"
+    else:
+        base = "the fastest exact configuration at each length"
+    if not df["base_time"].notna().any():
+        base += " (none has an ok time in this run, so there are no speedups)"
+    t, e, s = metric("time_ms_median"), metric("rel_err"), metric("skill")
+    return [
+        "## Summary",
+        "",
+        md_table(table),
+        "",
+        f"_Speedups are against {base}; times are {t.header()}, error is {e.header()} against exact "
+        f"softmax attention, skill ({s.better}) = 1 − error / error of uniform attention. The Pareto front "
+        "lists the configurations no other beats on both time and error. "
+        f"{noise_legend(spec)}._",
+    ]
