@@ -23,7 +23,7 @@ from harness.results.records import (
 from tests.test_compare import make_records
 
 REPO = Path(__file__).resolve().parent.parent
-SCHEMA_1 = REPO / "results" / "baselines" / "smoke-cpu" / "records.jsonl"
+SCHEMA_1 = REPO / "tests" / "fixtures" / "runs" / "schema1_smoke_records.jsonl"  # the first release
 
 
 def one() -> Record:
