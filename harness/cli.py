@@ -7,6 +7,7 @@ never a traceback); 130 interrupted (what finished is kept; continue with --resu
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -103,30 +104,16 @@ def cmd_validate(argv: list[str]) -> int:
 
 
 def cmd_list(argv: list[str]) -> int:
-    import dataclasses
+    from harness.execute.catalog import SECTIONS, describe
 
-    from harness.plugins.variants import VARIANTS
-
-    argparse.ArgumentParser(prog="run_bench.py list", description="List registered variants.").parse_args(
-        argv
+    p = argparse.ArgumentParser(
+        prog="run_bench.py list", description="List what is installed: variants, input sources, metrics, ..."
     )
-    for name in VARIANTS.names():
-        cls = VARIANTS.get(name)
-        caps = cls.capabilities
-        params = ", ".join(
-            f"{f.name}={f.default!r}"
-            for f in dataclasses.fields(cls.Params)
-            if f.default is not dataclasses.MISSING
-        )
-        kinds = [k for k, on in (("causal", caps.causal), ("non-causal", caps.non_causal)) if on]
-        masking = [impl for impl in cls.impls if cls.capabilities_for(impl).masking]  # key-padding mask
-        print(f"{name} (v{cls.version}): {cls.paper}")
-        print(f"    impls: {', '.join(cls.impls)}; params: {params or '-'}")
-        print(
-            f"    devices: {','.join(caps.devices)}; dtypes: {','.join(caps.dtypes)}; {' + '.join(kinds)}; "
-            f"backward: {'yes' if caps.backward else 'no'}; learnable: {'yes' if caps.learnable else 'no'}; "
-            f"masking: {'yes' if len(masking) == len(cls.impls) else ', '.join(masking) or 'no'}"
-        )
+    p.add_argument(
+        "what", nargs="?", default="all", choices=("all", *SECTIONS), help="one registry (default all)"
+    )
+    args = p.parse_args(argv)
+    print("\n".join(describe(args.what)))
     return 0
 
 
@@ -186,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `run_bench.py list | head`: the reader left; nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
