@@ -32,15 +32,57 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--case", action="append", metavar="CASE_ID", help="run only this case id (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--no-plots", action="store_true", help="skip PNG plots in the report")
-    p.add_argument(
-        "--executor", default="inline", help="how case groups are run (see `list`; default inline)"
+    x = p.add_argument_group("execution (also settable in the scenario's `execute:` block)")
+    x.add_argument(
+        "--executor", help="how case groups run: subprocess (default), inline, gpus, submitit-local, slurm"
     )
+    x.add_argument("--workers", type=int, help="child workers (subprocess) or jobs at once (submitit-local)")
+    x.add_argument("--gpus", help="GPU ids for --executor gpus, e.g. 0,1 (default: every visible GPU)")
+    x.add_argument("--retry-crashed", action="store_true", help="with --resume: run crashed cases again")
+    x.add_argument("--partition", help="slurm partition")
+    x.add_argument("--time-min", type=int, help="slurm/submitit job time limit in minutes (default 60)")
+    x.add_argument("--gpus-per-task", type=int, help="slurm GPUs per job")
+    x.add_argument("--max-jobs", type=int, help="slurm jobs running at once")
     return p
+
+
+def _execution(args: argparse.Namespace, scenario) -> tuple[str, object]:
+    """(executor name, ExecutorOptions): the command line over the scenario's `execute:` block."""
+    from harness.execute.executors import EXECUTORS, ExecutorOptions
+
+    block = scenario.execute
+    name = args.executor or block.executor or "subprocess"
+    EXECUTORS.get(name)  # unknown names fail with a did-you-mean before anything runs
+    gpus = block.gpus
+    if args.gpus is not None:
+        gpus = tuple(g.strip() for g in args.gpus.split(",") if g.strip())
+        if not gpus or not all(g.isdigit() for g in gpus):
+            raise UsageError(f"--gpus: expected GPU ids like 0,1, found {args.gpus!r}")
+    for flag in ("workers", "time_min", "max_jobs"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UsageError(f"--{flag.replace('_', '-')}: expected an int >= 1, found {value}")
+    if args.gpus_per_task is not None and args.gpus_per_task < 0:
+        raise UsageError(f"--gpus-per-task: expected an int >= 0, found {args.gpus_per_task}")
+
+    def pick(flag: str, default):
+        value = getattr(args, flag)
+        value = getattr(block, flag) if value is None else value
+        return default if value is None else value
+
+    options = ExecutorOptions(
+        workers=pick("workers", 1),
+        gpus=list(gpus) if gpus is not None else None,
+        partition=pick("partition", None),
+        time_min=pick("time_min", 60),
+        gpus_per_task=pick("gpus_per_task", 0),
+        max_jobs=pick("max_jobs", None),
+    )
+    return name, options
 
 
 def cmd_run(argv: list[str]) -> int:
     from harness.config.scenario import load_scenario
-    from harness.execute.executors import EXECUTORS
     from harness.execute.progress import make_reporter
     from harness.execute.runner import default_out_dir, resolve_device, run_scenario
     from harness.plugins.variants import VARIANTS
@@ -49,8 +91,12 @@ def cmd_run(argv: list[str]) -> int:
     scenario = load_scenario(args.scenario)
     for name in args.only or []:
         VARIANTS.get(name)  # unknown names fail with a did-you-mean
-    EXECUTORS.get(args.executor)  # unknown names fail with a did-you-mean before anything runs
+    executor, options = _execution(args, scenario)
     device = resolve_device(scenario, args.device)
+    if args.retry_crashed and not args.resume:
+        raise UsageError(
+            "--retry-crashed needs --resume --out RUN_DIR (the run whose crashed cases to rerun)"
+        )
     if args.resume and args.out is None:
         raise UsageError("--resume needs --out RUN_DIR (the directory of the run to continue)")
     out_dir = args.out or default_out_dir(scenario)
@@ -65,7 +111,9 @@ def cmd_run(argv: list[str]) -> int:
         scenario_arg=args.scenario,
         argv=[sys.argv[0], *argv],
         plots=not args.no_plots,
-        executor=args.executor,
+        executor=executor,
+        options=options,
+        retry_crashed=args.retry_crashed,
     )
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.statuses.items())) or "nothing new"
     print(
@@ -157,7 +205,8 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     from harness.config.scenario import ScenarioError
-    from harness.execute.runner import RunDirError
+    from harness.execute.executors import ExecutorError
+    from harness.execute.rundir import RunDirError
     from harness.plugins.registry import PluginLoadError, UnknownPluginError
     from harness.regress.ab import AbError
 
@@ -165,9 +214,18 @@ def main(argv: list[str] | None = None) -> int:
     command = "run"
     if argv and argv[0] in COMMANDS:
         command, argv = argv[0], argv[1:]
+    bad_input = (
+        ScenarioError,
+        RunDirError,
+        UsageError,
+        UnknownPluginError,
+        PluginLoadError,
+        AbError,
+        ExecutorError,
+    )
     try:
         return COMMANDS[command](argv)
-    except (ScenarioError, RunDirError, UsageError, UnknownPluginError, PluginLoadError, AbError) as exc:
+    except bad_input as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -175,7 +175,9 @@ def test_planted_source_runs_a_case_end_to_end(tmp_path: Path) -> None:
     batch = make_inputs(problem, s.inputs[0])
     assert torch.equal(batch.k, batch.k[:, :, :1].expand_as(batch.k))  # every key the same
     assert softmax_row_entropy(batch.q, batch.k, False) == pytest.approx(math.log(16), rel=1e-6)
-    summary = run_scenario(s, tmp_path / "run", "cpu", reporter=QuietReporter(), plots=False)
+    summary = run_scenario(
+        s, tmp_path / "run", "cpu", reporter=QuietReporter(), plots=False, executor="inline"
+    )
     records = read_records(tmp_path / "run" / "records.jsonl")
     assert summary.statuses == {"ok": 1} and len(records) == 1
     rec = records[0]
@@ -262,7 +264,7 @@ def test_padding_mask_reaches_the_variant(tmp_path: Path) -> None:
     path = scenario(tmp_path, "{dist: captured}")
     path.write_text(path.read_text().replace("{name: softmax}", "{name: mask_aware}"))
     s = load_scenario(str(path))
-    run_scenario(s, tmp_path / "run", "cpu", reporter=QuietReporter(), plots=False)
+    run_scenario(s, tmp_path / "run", "cpu", reporter=QuietReporter(), plots=False, executor="inline")
     (rec,) = read_records(tmp_path / "run" / "records.jsonl")
     assert rec["status"] == "ok", rec["reason"]
     assert rec["info"]["mask_seen"] == [2, 16]
@@ -276,7 +278,14 @@ def test_masked_inputs_skip_variants_without_masking(tmp_path: Path) -> None:
     """A source that pads marks its problems masked: a variant without masking is skipped, with why."""
     path = scenario(tmp_path, "{dist: captured}")
     path.write_text(path.read_text().replace("{name: softmax}", "{name: nystrom}"))
-    run_scenario(load_scenario(str(path)), tmp_path / "run", "cpu", reporter=QuietReporter(), plots=False)
+    run_scenario(
+        load_scenario(str(path)),
+        tmp_path / "run",
+        "cpu",
+        reporter=QuietReporter(),
+        plots=False,
+        executor="inline",
+    )
     (rec,) = read_records(tmp_path / "run" / "records.jsonl")
     assert rec["status"] == "skipped"
     assert "has no key-padding mask support" in rec["reason"]

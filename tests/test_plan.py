@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -48,8 +49,8 @@ class ReversedExecutor(Executor):
 
     name = "reversed"
 
-    def execute(self, groups, run_case, sink) -> None:
-        InlineExecutor().execute(list(reversed(groups)), run_case, sink)
+    def execute(self, run) -> None:
+        InlineExecutor().execute(dataclasses.replace(run, groups=list(reversed(run.groups))))
 
 
 @pytest.fixture
@@ -112,5 +113,6 @@ def test_unknown_executor_is_one_line_exit_2(tmp_path: Path) -> None:
         text=True,
     )
     assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert res.stderr.strip() == "error: unknown executor 'inlne' (did you mean 'inline'?); known: inline"
+    known = "gpus, inline, slurm, submitit-local, subprocess"
+    assert res.stderr.strip() == f"error: unknown executor 'inlne' (did you mean 'inline'?); known: {known}"
     assert not (tmp_path / "r").exists()

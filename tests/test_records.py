@@ -66,7 +66,7 @@ def test_json_line_is_flat_and_round_trips(tmp_path: Path) -> None:
     rec = one()
     rec.set("noise", math.nan)  # JSON has no NaN: written as null
     row = json.loads(to_json_line(rec))
-    assert "metrics" not in row and row["schema_version"] == SCHEMA_VERSION == 2
+    assert "metrics" not in row and row["schema_version"] == SCHEMA_VERSION == 3
     assert {m.name for m in all_metrics()} <= set(row) and row["noise"] is None and row["exact"] is True
     append_record(tmp_path / "r.jsonl", rec)
     back = Record.from_dict(read_records(tmp_path / "r.jsonl")[0])

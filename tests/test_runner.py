@@ -16,10 +16,12 @@ import torch
 
 from harness.config.scenario import load_scenario
 from harness.execute.progress import QuietReporter
-from harness.execute.runner import RunDirError, run_scenario
+from harness.execute.rundir import RunDirError
+from harness.execute.runner import run_scenario
 from harness.plugins.contract import AttentionVariant, Capabilities, Problem
 from harness.plugins.variants import VARIANTS
 from harness.results.records import read_records
+from harness.results.run_records import read_run_records
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,6 +94,8 @@ measure: {{warmup_ms: 0, min_samples: 2, rep_ms: 0, memory: false, timeout_s: 30
 
 
 def run(path: Path, out: Path, **kw):
+    """In process (`inline`): the planted variants live in this test process only."""
+    kw.setdefault("executor", "inline")
     return run_scenario(load_scenario(str(path)), out, "cpu", reporter=QuietReporter(), **kw)
 
 
@@ -186,12 +190,12 @@ measure: {warmup_ms: 0, min_samples: 3, rep_ms: 250, memory: false}
     records = out / "records.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline:
-        if records.exists() and len(records.read_text().splitlines()) >= 3:
+        if len(read_run_records(out)) >= 3:  # the workers' files: records.jsonl is merged at the end
             break
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # the runner; its workers die with it (no orphans)
     proc.wait()
-    first = read_records(records)
+    first = read_run_records(out)
     assert 3 <= len(first) < 16, "the kill must land mid-sweep"
     done = subprocess.run([*cmd, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -320,7 +324,7 @@ def test_no_plots_flag_writes_no_pngs(planted, tmp_path):
     path = write_scenario(tmp_path, "  - name: planted", seq_len="[16]")
     for flag, expect_pngs in (("--no-plots", False), (None, True)):
         out = tmp_path / f"run-{flag}"
-        args = [str(path), "--out", str(out), "--quiet", *([flag] if flag else [])]
+        args = [str(path), "--out", str(out), "--quiet", "--executor", "inline", *([flag] if flag else [])]
         env = {**os.environ, "PYTHONPATH": str(tmp_path)}
         # the planted variant lives in this test module: register it through a plugin module
         (tmp_path / "planted_plugin.py").write_text(
@@ -351,7 +355,7 @@ measure: {warmup_ms: 0, min_samples: 3, rep_ms: 250, memory: false}
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     records = out / "records.jsonl"
     deadline = time.time() + 120
-    while time.time() < deadline and not (records.exists() and len(records.read_text().splitlines()) >= 2):
+    while time.time() < deadline and len(read_run_records(out)) < 2:
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     stdout, _ = proc.communicate(timeout=120)

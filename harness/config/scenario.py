@@ -12,6 +12,7 @@ from functools import partial
 from typing import Any
 
 from harness.config import validate as v
+from harness.config.blocks import ExecuteSpec, execute_block, report_block
 from harness.config.regimes import input_regimes
 from harness.inputs.spec import InputSpec
 from harness.measure.metrics import ReportSpec
@@ -77,6 +78,7 @@ class Scenario:
     measure: MeasureSpec = field(default_factory=MeasureSpec)
     checks: ChecksSpec = field(default_factory=ChecksSpec)
     kind: str = "kernel"  # a registered benchmark kind (harness.plugins.kinds)
+    execute: ExecuteSpec = field(default_factory=ExecuteSpec)  # how groups run, unless the CLI says
     report: ReportSpec = field(default_factory=ReportSpec)  # the `report:` block
 
 
@@ -84,6 +86,15 @@ def load_scenario(path: str) -> Scenario:
     """Read and validate `path`; raise `ScenarioError` with one line naming file, key, expectation."""
     try:
         return _scenario(str(path), v.read_yaml(str(path)))
+    except v.Invalid as err:
+        raise ScenarioError(v.one_line(f"{path}: {err.where}: {err.message}")) from None
+
+
+def scenario_from_dict(raw: dict[str, Any], path: str) -> Scenario:
+    """Validate a scenario given as a dict (`scenario_to_dict` output, its `path` key ignored);
+    errors as `load_scenario`'s, naming `path`."""
+    try:
+        return _scenario(path, {k: val for k, val in raw.items() if k != "path"})
     except v.Invalid as err:
         raise ScenarioError(v.one_line(f"{path}: {err.where}: {err.message}")) from None
 
@@ -115,12 +126,17 @@ def scenario_to_dict(s: Scenario) -> dict[str, Any]:
         "measure": dataclasses.asdict(s.measure),
         "checks": dataclasses.asdict(s.checks),
         "report": dataclasses.asdict(s.report),
+        "execute": {
+            k: list(val) if isinstance(val, tuple) else val
+            for k, val in dataclasses.asdict(s.execute).items()
+        },
     }
 
 
 # ----- schema -------------------------------------------------------------------------------
 TOP_KEYS = tuple(
-    "name version description kind device problem inputs variants accuracy measure checks report".split()
+    "name version description kind device problem inputs variants accuracy measure checks execute "
+    "report".split()
 )
 DEVICES = ("cpu", "cuda", "auto")
 VARIANT_KEYS = ("name", "impl", "params", "fit", "label")
@@ -158,6 +174,7 @@ MEASURE_CHECKS: dict[str, v.Check] = {
     "timeout_s": _positive,
     "memory": v.as_bool,
     "roofline": v.as_bool,
+    "threads": v.optional(_positive_int),  # null: leave torch's default
 }
 CHECKS_CHECKS: dict[str, v.Check] = {
     "causality": v.as_bool,
@@ -182,24 +199,9 @@ def _scenario(path: str, raw: dict[str, Any]) -> Scenario:
         accuracy=v.block(top.get("accuracy", {}), "accuracy", AccuracySpec, ACCURACY_CHECKS),
         measure=_measure(top.get("measure", {})),
         checks=v.block(top.get("checks", {}), "checks", ChecksSpec, CHECKS_CHECKS),
-        report=_report(top.get("report", {}), top["variants"]),
+        report=report_block(top.get("report", {}), top["variants"]),
+        execute=execute_block(top.get("execute", {})),
     )
-
-
-REPORT_CHECKS = {"baseline": v.optional(v.as_str), "max_noise": _positive, "min_samples": _positive_int}
-
-
-def _report(raw: Any, entries: list[dict[str, Any]]) -> ReportSpec:
-    """`report:`; `baseline` is a variant name or label of the (validated) `variants:` entries, or a
-    label built from one (`flash[sdpa]`, `nystrom(landmarks=64)`)."""
-    spec = v.block(raw, "report", ReportSpec, REPORT_CHECKS)
-    names = sorted({e.get(k) for e in entries for k in ("name", "label")} - {None})
-    if (b := spec.baseline) and not any(b == n or b.startswith((f"{n}[", f"{n}(")) for n in names):
-        raise v.Invalid(
-            "report.baseline",
-            f"unknown variant or label {b!r}{suggest(b, names)}; expected one of {', '.join(names)}",
-        )
-    return spec
 
 
 def _measure(raw: Any) -> MeasureSpec:

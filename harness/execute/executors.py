@@ -1,57 +1,168 @@
-"""Executors run planned case groups and hand each finished record to the run's single writer.
+"""Executors run planned case groups in workers; every worker appends to its own record file.
 
-Executors are plugins (registry `EXECUTORS`, entry-point group ``attnbench.executors``). Built in:
-`inline`, which runs every group in this process, one case after another. A worker's per-case
-function never raises except KeyboardInterrupt: failures are statuses inside the record.
+Executors are plugins (registry `EXECUTORS`, entry-point group ``attnbench.executors``):
+
+    inline          every case in this process (debugging; a crash ends the run, and `--resume`
+                    then records the case that was running as `crashed`)
+    subprocess      case groups in child processes (`--workers N`, default 1): the parent kills a
+                    child past the case timeout and records a dead child's case as `crashed`
+    gpus            one child per visible GPU (`--gpus 0,1`, default all), pinned through
+                    CUDA_VISIBLE_DEVICES, one group at a time per GPU
+    submitit-local  the same children inside submitit jobs on this machine (harness.execute.cluster)
+    slurm           submitit jobs on a Slurm cluster (harness.execute.cluster)
+
+Workers that share a device never time two cases at once (a per-device lock around the timed and
+memory passes, harness.execute.devicelock); fitting, accuracy and other untimed work overlap.
 """
 
 from __future__ import annotations
 
 import abc
+import queue
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
-from harness.config.sweep import Case
 from harness.execute.plan import CaseGroup
+from harness.execute.supervise import ChildWorker, FailureRecord, OnRow
 from harness.plugins.registry import Registry
-from harness.results.records import Record
-
-RunCase = Callable[[Case], Record]
-"""Runs one case to its record (the kernel pipeline, or a benchmark kind's own steps)."""
 
 
-class RecordSink(abc.ABC):
-    """Where an executor reports progress and finished records (the run directory's writer)."""
+class ExecutorError(ValueError):
+    """Executor options that cannot work here (no GPU for `gpus`, submitit missing): one line."""
 
-    @abc.abstractmethod
-    def case_started(self, case: Case) -> None: ...
 
-    @abc.abstractmethod
-    def case_finished(self, case: Case, record: Record) -> None: ...
+@dataclass
+class ExecutorOptions:
+    """What the command line (or a scenario's `execute:` block) says about how to run."""
+
+    workers: int = 1
+    gpus: list[str] | None = None  # CUDA device ids for `gpus`; None = every visible GPU
+    partition: str | None = None  # slurm
+    time_min: int = 60  # slurm / submitit job time limit, minutes
+    gpus_per_task: int = 0  # slurm
+    max_jobs: int | None = None  # slurm: jobs running at once (default: workers)
+
+
+@dataclass
+class Execution:
+    """One run's planned groups and how to report on them."""
+
+    run_dir: Path
+    device: str
+    groups: list[CaseGroup]
+    timeout_s: float
+    options: ExecutorOptions
+    failure_record: FailureRecord  # builds the parent's record for a killed or dead case
+    on_row: OnRow  # progress: called once per finished case with its flat record
+    on_start: Callable[[str], None] = field(default=lambda case_id: None)
 
 
 class Executor(abc.ABC):
-    """Runs case groups; `run_case` measures one case, `sink` receives every record."""
+    """Runs every group of an `Execution` to records (in the run directory's worker files)."""
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
 
     @abc.abstractmethod
-    def execute(self, groups: list[CaseGroup], run_case: RunCase, sink: RecordSink) -> None: ...
+    def execute(self, run: Execution) -> None: ...
 
 
 class InlineExecutor(Executor):
-    """Every group in this process, in plan order: the simplest executor, and the one to debug with."""
-
     name = "inline"
-    description = "run every case in this process, one after another"
+    description = "every case in this process, one after another (for debugging)"
 
-    def execute(self, groups: list[CaseGroup], run_case: RunCase, sink: RecordSink) -> None:
-        for group in groups:
-            for case in group.cases:
-                sink.case_started(case)
-                sink.case_finished(case, run_case(case))
+    def execute(self, run: Execution) -> None:
+        from harness.execute.worker import Worker
+
+        worker = Worker(run.run_dir, run.device, "main")
+        ids = [c.case_id for g in run.groups for c in g.cases]
+        worker.run(ids, on_record=lambda case, rec: run.on_row(case.case_id, rec.flat()))
 
 
-EXECUTORS: Registry[type[Executor]] = Registry("executor", group="attnbench.executors", base=Executor)
+def run_in_children(run: Execution, slots: list[tuple[str, dict[str, str]]]) -> None:
+    """Groups to child workers, one child per slot (worker id, extra environment), as each frees up.
+
+    A slot takes the next group when its previous one is done, so one slot never runs two
+    groups at once; each slot's child lives across groups (one start-up per slot, not per case).
+    """
+    todo: queue.Queue[CaseGroup] = queue.Queue()
+    for group in run.groups:
+        todo.put(group)
+    lock = threading.Lock()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def on_row(case_id: str, row: dict) -> None:
+        with lock:
+            run.on_row(case_id, row)
+
+    def serve(worker: str, env: dict[str, str]) -> None:
+        child = ChildWorker(
+            run.run_dir, run.device, worker, env, run.timeout_s, run.failure_record, on_row, stop
+        )
+        try:
+            while not stop.is_set():
+                try:
+                    group = todo.get_nowait()
+                except queue.Empty:
+                    return
+                child.run_group([c.case_id for c in group.cases])
+        except BaseException as exc:  # re-raised in the caller's thread after the others stop
+            errors.append(exc)
+        finally:
+            child.close()
+
+    threads = [threading.Thread(target=serve, args=slot, daemon=True) for slot in slots]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(timeout=0.2)  # a short wait, so Ctrl-C reaches this thread
+    except KeyboardInterrupt:
+        stop.set()  # every slot kills its child; nothing is recorded for the interrupted cases
+        for t in threads:
+            t.join()
+        raise
+    if errors:
+        raise errors[0]
+
+
+class SubprocessExecutor(Executor):
+    name = "subprocess"
+    description = "case groups in child processes (--workers N): a crash or hang costs one case"
+
+    def execute(self, run: Execution) -> None:
+        workers = max(1, run.options.workers)
+        run_in_children(run, [(f"w{i}", {}) for i in range(workers)])
+
+
+def visible_gpus() -> list[str]:
+    """Ids of the CUDA devices this process sees ('0', '1', ...); [] without CUDA."""
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+class GpusExecutor(Executor):
+    name = "gpus"
+    description = "one child per GPU (--gpus 0,1; default all), pinned by CUDA_VISIBLE_DEVICES"
+
+    def execute(self, run: Execution) -> None:
+        gpus = run.options.gpus if run.options.gpus is not None else visible_gpus()
+        if not gpus:
+            raise ExecutorError(
+                "--executor gpus: no CUDA device is visible here; pass --gpus 0,1,... or use subprocess"
+            )
+        run_in_children(run, [(f"gpu{g}", {"CUDA_VISIBLE_DEVICES": g}) for g in gpus])
+
+
+EXECUTORS: Registry[type[Executor]] = Registry(
+    "executor", group="attnbench.executors", builtins="harness.execute.cluster", base=Executor
+)
 EXECUTORS.register("inline", InlineExecutor)
+EXECUTORS.register("subprocess", SubprocessExecutor)
+EXECUTORS.register("gpus", GpusExecutor)

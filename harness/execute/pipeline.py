@@ -20,9 +20,10 @@ from torch import Tensor
 from harness import inputs
 from harness.config.scenario import Scenario
 from harness.config.sweep import Case, static_skip_reasons
+from harness.execute.context import CaseContext
 from harness.execute.failures import hard_timeout, is_oom, one_line
-from harness.execute.fitting import FittedState, fit_variant
-from harness.measure import accuracy, memory, timing
+from harness.execute.fitting import fit_variant
+from harness.measure import accuracy, hygiene, memory, timing
 from harness.measure.costs import exact_attention_flops
 from harness.measure.roofline import Roofline
 from harness.plugins.contract import AttentionVariant
@@ -31,22 +32,10 @@ from harness.plugins.variants import VARIANTS
 from harness.results.records import Record
 
 
-class CaseContext:
-    """Run-level facts every case needs."""
-
-    def __init__(self, scenario: Scenario, run_id: str, git_sha: str, scenario_arg: str, device: str) -> None:
-        self.scenario = scenario
-        self.run_id = run_id
-        self.git_sha = git_sha
-        self.scenario_arg = scenario_arg
-        self.device = device
-        self.roofline: Roofline | None = None  # set by the runner when measure.roofline is on
-        # fitted parameters per (variant config, problem minus mode): fwd and fwd_bwd cases of
-        # the same configuration see the same inputs, so they share one fit (execute/fitting.py).
-        self.fit_cache: dict[str, FittedState] = {}
-
-
 def new_record(case: Case, ctx: CaseContext) -> Record:
+    """The record of `case` before it runs: identity, problem and provenance."""
+    if not ctx.host:
+        ctx.set_provenance(ctx.worker, ctx.env_id)
     cls = VARIANTS.get(case.variant)
     p = case.problem
     sc = ctx.scenario
@@ -74,8 +63,15 @@ def new_record(case: Case, ctx: CaseContext) -> Record:
         input_scale=case.inputs.scale,
         input_seed=case.inputs.seed,
         git_sha=ctx.git_sha,
+        host=ctx.host,
+        worker=ctx.worker,
+        device_name=ctx.device_name,
+        device_uuid=ctx.device_uuid,
+        visible_devices=ctx.visible_devices,
+        env_id=ctx.env_id,
         threads=torch.get_num_threads(),
-        started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        cores=hygiene.cores(),
+        started_at=datetime.now(timezone.utc).isoformat(timespec="microseconds"),
         repro=f"python run_bench.py {ctx.scenario_arg} --device {p.device} --case {case.case_id}",
     )
 
@@ -195,7 +191,16 @@ def _execute(rec: Record, case: Case, ctx: CaseContext) -> None:
             problem.mode, lambda: variant(q, k, v, problem.causal, **kw), [q, k, v], params=params
         )
 
-    stats = timing.time_step(make_step(), sc.measure, problem.device)
+    with ctx.measure_lock():  # one timed measurement per device at a time, across workers
+        _time_and_memory(rec, make_step, problem.device, sc)
+
+
+def _time_and_memory(
+    rec: Record, make_step: Callable[[], Callable[[], None]], device: str, sc: Scenario
+) -> None:
+    """The timed pass, then the memory pass (each on a fresh step), with the load around both."""
+    rec.set("load_before", hygiene.load_average())
+    stats = timing.time_step(make_step(), sc.measure, device)
     for name, value in (
         ("time_ms_median", stats.median_ms),
         ("time_ms_p20", stats.p20_ms),
@@ -207,17 +212,19 @@ def _execute(rec: Record, case: Case, ctx: CaseContext) -> None:
         rec.set(name, value)
     if sc.measure.memory:
         try:
-            mem = memory.measure_memory(make_step(), problem.device)
+            mem = memory.measure_memory(make_step(), device)
             rec.set("peak_mem_bytes", mem.peak_bytes)
             rec.set("extra_mem_bytes", mem.extra_bytes)
             rec.mem_method = mem.method
         except memory.MemoryMeasureError as exc:
             rec.mem_method = f"unavailable: {exc}"
+    rec.set("load_after", hygiene.load_average())
 
 
 def run_case(case: Case, ctx: CaseContext, oom_at: dict[str, int]) -> Record:
     """Run one case and return its record. `oom_at` maps config_key -> seq_len that ran out of memory."""
     t0 = time.perf_counter()
+    hygiene.apply_threads(ctx.scenario.measure, case.problem.device)  # before new_record reads threads
     rec = new_record(case, ctx)
     reasons = static_skip_reasons(case)
     if case.config_key in oom_at and case.problem.seq_len > oom_at[case.config_key]:

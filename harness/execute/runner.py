@@ -1,40 +1,36 @@
-"""The sweep: run directory, resume, the OOM rule, and one record appended per finished case.
+"""The sweep: plan -> execute -> finalize in one run directory (layout: harness/execute/rundir.py).
 
-Run directory layout:
-    run.json         run_id, scenario path, started_at, argv (kept on --resume)
-    scenario.json    the resolved scenario
-    env.json         machine and software fingerprint
-    records.jsonl    one JSON record per case, appended and fsynced as each case ends
-    roofline.json    measured copy bandwidth and GEMM rates (when measure.roofline is on)
-    records.parquet  the same as a table (written at the end, and by `report`)
-    report.md        Markdown tables (+ PNG plots)
+The runner is the run directory's one writer (`writer.lock`): it plans the cases not yet
+recorded, hands their groups to an executor, follows the workers' records for progress, and
+finalizes (merged `records.jsonl`, parquet, report). A case a dead worker left started but
+unrecorded is recorded `crashed` on resume and not run again, unless `--retry-crashed`.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import torch
 
-from harness.config.scenario import Scenario, ScenarioError, scenario_to_dict
+from harness.config.scenario import Scenario, ScenarioError
 from harness.config.sweep import Case
-from harness.execute.executors import EXECUTORS, RecordSink
-from harness.execute.pipeline import CaseContext
+from harness.execute.context import CaseContext
+from harness.execute.executors import EXECUTORS, Execution, ExecutorOptions
+from harness.execute.pipeline import new_record
 from harness.execute.plan import plan
 from harness.execute.progress import Reporter, make_reporter
+from harness.execute.rundir import open_run_dir, writer_lock
 from harness.measure import env as env_mod
+from harness.measure.hygiene import apply_threads
 from harness.measure.roofline import Roofline, measure_roofline
-from harness.plugins.kinds import KINDS
-from harness.results.records import Record, append_record, read_records, repair_torn_tail, write_parquet
+from harness.results.records import Record, write_parquet
+from harness.results.run_records import add_record, merge_run, read_run_records, started_case_ids
 
-
-class RunDirError(ValueError):
-    """A run directory that cannot be used as asked (exists without --resume, wrong scenario)."""
+PARENT = "main"  # the worker id under which the runner itself records (inline cases, crashes found on resume)
 
 
 @dataclass
@@ -66,66 +62,27 @@ def default_out_dir(scenario: Scenario) -> Path:
     return Path("runs") / f"{scenario.name}-{stamp}"
 
 
-def _prepare_dir(out_dir: Path, scenario: Scenario, resume: bool, argv: list[str]) -> str:
-    """Create or reopen `out_dir`; returns the run id."""
-    run_json = out_dir / "run.json"
-    records = out_dir / "records.jsonl"
-    if resume:
-        if not run_json.exists():
-            raise RunDirError(f"{out_dir}: --resume: no run.json here; nothing to resume")
-        meta = json.loads(run_json.read_text())
-        if meta.get("scenario_name") != scenario.name:
-            raise RunDirError(
-                f"{out_dir}: --resume: this run is of scenario {meta.get('scenario_name')!r}, "
-                f"not {scenario.name!r}"
-            )
-        repair_torn_tail(records)
-        return meta["run_id"]
-    if records.exists() and records.stat().st_size > 0:
-        raise RunDirError(
-            f"{out_dir}: already holds records; pass --resume to continue it or choose another --out"
+def _record_stale_starts(out_dir: Path, ctx: CaseContext, cases: dict[str, Case], retry: bool) -> set[str]:
+    """Cases started by a process that died before recording them. A supervised worker's case
+    (its parent records a worker's death itself) was lost with the whole run and runs again; an
+    unsupervised one (inline: the case may have killed the run) is recorded `crashed` unless
+    `retry`. Returns the ids to run again (and, with `retry`, the crashed ones)."""
+    recorded = {r["case_id"]: r for r in read_run_records(out_dir)}
+    again = {cid for cid, r in recorded.items() if r.get("status") == "crashed"} if retry else set()
+    for case_id, mark in started_case_ids(out_dir).items():
+        if case_id in recorded or case_id not in cases:
+            continue
+        if retry or mark.get("supervised"):
+            again.add(case_id)
+            continue
+        rec = new_record(cases[case_id], ctx)
+        rec.status = "crashed"
+        rec.reason = (
+            f"started at {mark.get('at', '?')} by worker {mark.get('worker', '?')} "
+            f"(pid {mark.get('pid', '?')}), which died before recording it; run it again with --retry-crashed"
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
-    meta = {
-        "run_id": run_id,
-        "scenario_path": scenario.path,
-        "scenario_name": scenario.name,
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "argv": argv,
-    }
-    run_json.write_text(json.dumps(meta, indent=2) + "\n")
-    (out_dir / "scenario.json").write_text(
-        json.dumps(scenario_to_dict(scenario), indent=2, default=str) + "\n"
-    )
-    return run_id
-
-
-def _oom_lengths(done: list[dict]) -> dict[str, int]:
-    oom_at: dict[str, int] = {}
-    for r in done:
-        if r.get("status") == "oom":
-            key = r["config_key"]
-            oom_at[key] = min(oom_at.get(key, r["seq_len"]), r["seq_len"])
-    return oom_at
-
-
-class _RunWriter(RecordSink):
-    """The run directory's one writer: appends each record as it ends, counts statuses, reports."""
-
-    def __init__(self, records_path: Path, reporter: Reporter) -> None:
-        self.records_path, self.reporter = records_path, reporter
-        self.statuses: dict[str, int] = {}
-        self.ran = 0
-
-    def case_started(self, case: Case) -> None:
-        self.reporter.case_started(case)
-
-    def case_finished(self, case: Case, record: Record) -> None:
-        append_record(self.records_path, record)
-        self.ran += 1
-        self.statuses[record.status] = self.statuses.get(record.status, 0) + 1
-        self.reporter.case_finished(case, record)
+        add_record(out_dir, PARENT, rec)
+    return again
 
 
 def run_scenario(
@@ -139,7 +96,9 @@ def run_scenario(
     scenario_arg: str | None = None,
     argv: list[str] | None = None,
     plots: bool = True,
-    executor: str = "inline",
+    executor: str = "subprocess",
+    options: ExecutorOptions | None = None,
+    retry_crashed: bool = False,
 ) -> RunSummary:
     """Plan, execute and finalize every case of `scenario` not yet recorded in `out_dir`.
 
@@ -147,32 +106,60 @@ def run_scenario(
     """
     out_dir = Path(out_dir)
     executor_cls = EXECUTORS.get(executor)
-    run_id = _prepare_dir(out_dir, scenario, resume, argv if argv is not None else sys.argv)
-    env = env_mod.collect_env()
-    (out_dir / "env.json").write_text(json.dumps(env, indent=2, default=str) + "\n")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with writer_lock(out_dir, resume):
+        apply_threads(scenario.measure, device)  # as the workers will: env.json records it
+        env = env_mod.collect_env()
+        argv = argv if argv is not None else sys.argv
+        run_id = open_run_dir(
+            out_dir, scenario, resume, argv, env.get("git_sha", ""), scenario_arg or scenario.path
+        )
+        if not (out_dir / "env.json").exists():  # the first environment; every worker's in envs/
+            (out_dir / "env.json").write_text(json.dumps(env, indent=2, default=str) + "\n")
+        ctx = CaseContext(scenario, run_id, env.get("git_sha", ""), scenario_arg or scenario.path, device)
+        ctx.set_provenance(PARENT, env_mod.write_env(out_dir, env))
+        all_cases, _ = plan(scenario, device, only, case_ids)
+        by_id = {c.case_id: c for c in all_cases}
+        again = _record_stale_starts(out_dir, ctx, by_id, retry_crashed)
+        done = {r["case_id"] for r in read_run_records(out_dir)} - again
+        cases, groups = plan(scenario, device, only, case_ids, done=done)
+        todo = sum(len(g.cases) for g in groups)
+        if scenario.measure.roofline:
+            _roofline(out_dir, device, [c.problem.dtype for c in cases])
 
-    records_path = out_dir / "records.jsonl"
-    done = read_records(records_path)
-    cases, groups = plan(scenario, device, only, case_ids, done={r["case_id"] for r in done})
-    todo = sum(len(g.cases) for g in groups)
-    oom_at = _oom_lengths(done)
-    ctx = CaseContext(scenario, run_id, env.get("git_sha", ""), scenario_arg or scenario.path, device)
-    if scenario.measure.roofline:
-        ctx.roofline = _roofline(out_dir, device, [c.problem.dtype for c in cases])
+        reporter = reporter or make_reporter(quiet=False)
+        statuses: dict[str, int] = {}
 
-    reporter = reporter or make_reporter(quiet=False)
-    writer = _RunWriter(records_path, reporter)
-    interrupted = False
-    reporter.start(len(cases), len(cases) - todo)
-    try:
-        kind = KINDS.get(scenario.kind)()
-        executor_cls().execute(groups, lambda case: kind.run_case(case, ctx, oom_at), writer)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        reporter.stop()
-        finish_run_dir(out_dir, plots=plots)
-    return RunSummary(out_dir, len(cases), writer.ran, len(cases) - todo, writer.statuses, interrupted)
+        def on_row(case_id: str, row: dict) -> None:
+            statuses[row["status"]] = statuses.get(row["status"], 0) + 1
+            reporter.case_finished(by_id[case_id], Record.from_dict(row))
+
+        def failure_record(case_id: str, status: str, reason: str, info: dict) -> Record:
+            rec = new_record(by_id[case_id], ctx)
+            rec.status, rec.reason = status, reason
+            rec.info.update(info)
+            return rec
+
+        run = Execution(
+            out_dir,
+            device,
+            groups,
+            scenario.measure.timeout_s,
+            options or ExecutorOptions(),
+            failure_record,
+            on_row,
+        )
+        interrupted = False
+        reporter.start(len(cases), len(cases) - todo)
+        try:
+            executor_cls().execute(run)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            reporter.stop()
+            finish_run_dir(out_dir, plots=plots)
+    ran = sum(statuses.values())
+    return RunSummary(out_dir, len(cases), ran, len(cases) - todo, statuses, interrupted)
 
 
 def _roofline(out_dir: Path, device: str, dtypes: list[str]) -> Roofline:
@@ -188,10 +175,11 @@ def _roofline(out_dir: Path, device: str, dtypes: list[str]) -> Roofline:
 
 
 def finish_run_dir(out_dir: Path, plots: bool = True) -> None:
-    """Write records.parquet and report.md from records.jsonl (safe to call repeatedly)."""
+    """Merge every worker's records into records.jsonl, then write records.parquet and report.md
+    (safe to call repeatedly)."""
     from harness.results.report import write_report
 
-    records = read_records(out_dir / "records.jsonl")
+    records = merge_run(out_dir)
     if not records:
         return
     write_parquet(records, out_dir / "records.parquet")

@@ -39,6 +39,13 @@ BUILTIN: tuple[Metric, ...] = (
            title="samples", digits=4, table=False),
     Metric("noise", "1", "lower", "IQR / median of the time samples (above 0.25 a time is marked noisy)",
            "time", measured_by="timing", title="noise (IQR/median)", digits=2, table=False),
+    # ----- environment (harness.measure.hygiene; descriptive, never gated) -----
+    Metric("load_before", "1", None, "1-minute load average of the host just before the timed pass "
+           "(above the record's `cores`: the time is marked as measured under load)", "environment",
+           measured_by="load average", title="load average before", digits=3, table=False),
+    Metric("load_after", "1", None, "1-minute load average of the host just after the memory pass "
+           "(the timed pass when memory is off)", "environment", measured_by="load average",
+           title="load average after", digits=3, table=False),
     # ----- memory (memory step: harness.measure.memory) -----
     Metric("peak_mem_bytes", "bytes", "lower", "peak memory during one call, inputs included", "memory",
            gate=Gate(factor=1.01, abs=MIB, devices=("cuda",)), measured_by="memory",

@@ -23,7 +23,7 @@ from typing import Any
 from harness.plugins.registry import Registry
 
 DIRECTIONS = ("lower", "higher", None)
-GROUPS = ("time", "memory", "accuracy", "cost", "check", "fit", "input")
+GROUPS = ("time", "memory", "accuracy", "cost", "check", "fit", "input", "environment")
 GATE_KINDS = ("exact", "samples")
 ARROWS = {"lower": "↓", "higher": "↑", None: ""}
 MIB = float(1 << 20)
@@ -69,7 +69,7 @@ class Metric:
 
     name: the record key and DataFrame column. unit: SI-style unit of the stored value ("ms",
     "bytes", "1" for ratios, "TFLOP/s"). direction: "lower" | "higher" is better, None for
-    descriptive values. group: time | memory | accuracy | cost | check | fit | input.
+    descriptive values. group: time | memory | accuracy | cost | check | fit | input | environment.
     gate: how `compare` judges it (None: reported only). compute: derives the value from the other
     fields of a flat record (None: measured by the pipeline step `measured_by`).
     title: short human name for headers; display_unit and scale: how the report shows it (bytes as

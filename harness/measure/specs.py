@@ -23,6 +23,7 @@ class MeasureSpec:
     timeout_s: float = 600.0  # per case; exceeded -> status `timeout`
     memory: bool = True
     roofline: bool = False  # measure copy bandwidth + GEMM rate once; record each case's floor_ms
+    threads: int | None = 1  # torch intra-op threads on CPU (harness.measure.hygiene); None: torch's default
 
 
 @dataclass(frozen=True)

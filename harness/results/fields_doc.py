@@ -44,11 +44,20 @@ FIELD_DOCS = {
     "mem_method": "how memory was measured (cuda_caching_allocator, torch_profiler_memory_timeline, ...)",
     "info": "variant facts (e.g. performer-pytorch's causal path, fit_reused)",
     "git_sha": "revision of the harness that ran the case",
-    "threads": "torch intra-op threads",
+    "host": 'host name of the worker that ran the case (socket.gethostname()); "" before schema 3',
+    "worker": 'the worker that ran it: "main" (inline), "w0", "gpu1", "job-123", ...',
+    "device_name": "the device measured on: the CUDA device's name, or the CPU model string",
+    "device_uuid": 'the CUDA device\'s UUID (torch.cuda.get_device_properties(i).uuid); "" on CPU',
+    "visible_devices": 'the worker\'s CUDA_VISIBLE_DEVICES ("" when unset)',
+    "env_id": "short hash of the worker's machine and software fingerprint: the run directory's "
+    "`envs/<env_id>.json` (harness.measure.env.env_id)",
+    "threads": "torch intra-op threads in force (`measure.threads`: 1 by default on CPU)",
+    "cores": "os.cpu_count() of the host; a time measured with `load_before` or `load_after` above it is "
+    "marked ‡ in the report",
     "started_at": "UTC start time of the case",
     "wall_s": "wall time of the whole case (inputs, fit, checks, timing, memory)",
     "repro": "a command that reruns just this case",
-    "schema_version": f"record schema (this attnbench writes {SCHEMA_VERSION}, reads 1 and 2)",
+    "schema_version": f"record schema (this attnbench writes {SCHEMA_VERSION}, reads 1, 2 and 3)",
 }
 COMMAND = "python -m harness.results.fields_doc > docs/record-fields.md"
 DATAFRAME_ONLY = {

@@ -1,13 +1,15 @@
 """The report's DataFrame: the records of a run plus every column the tables derive.
 
 `prepare` adds, per case: `ok`; `time` (the median time of an ok case); `noisy` (a time too
-noisy, or from too few samples, to carry a claim); `order` (exact configurations first, by
-capability, then run order); `perf` and `acc` (the titles of its performance group, per dtype,
-causal, mode and any other varying axis, and of its accuracy group, the same without mode:
-accuracy does not depend on the pass); the speed baseline at its group and length (`base_label`,
-`base_time`, `base_noisy`) and `speedup` = baseline time / time; and `marker`, the footnoted
-status of a case that did not finish ok. The baseline is the scenario's `report.baseline` when
-given and measured there, else the fastest exact configuration at that length.
+noisy, or from too few samples, to carry a claim); `loaded` (a time measured while the host's
+load average exceeded its core count, `harness.measure.hygiene.under_load`); `order` (exact
+configurations first, by capability, then run order); `perf` and `acc` (the titles of its
+performance group, per dtype, causal, mode and any other varying axis, and of its accuracy
+group, the same without mode: accuracy does not depend on the pass); the speed baseline at its
+group and length (`base_label`, `base_time`, `base_noisy`, `base_loaded`) and `speedup` =
+baseline time / time; and `marker`, the footnoted status of a case that did not finish ok. The
+baseline is the scenario's `report.baseline` when given and measured there, else the fastest
+exact configuration at that length.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from harness.measure.hygiene import under_load
 from harness.measure.metrics import ReportSpec
 from harness.results.rows import STATUS_TEXT, group_keys, group_order, group_slug, group_title, md_cell
 from harness.results.spec import matches_baseline
 
 NOISY_MARK = "†"
+LOADED_MARK = "‡"
 
 
 def _numeric(df: pd.DataFrame, col: str) -> pd.Series:
@@ -35,8 +39,8 @@ def _titles(df: pd.DataFrame, keys: list[str]) -> tuple[pd.Series, dict[str, int
 
 
 def _baselines(df: pd.DataFrame, spec: ReportSpec) -> pd.DataFrame:
-    """(perf, seq_len) -> base_label, base_time, base_noisy: the named baseline where it has an
-    ok time, else the fastest exact configuration."""
+    """(perf, seq_len) -> base_label, base_time, base_noisy, base_loaded: the named baseline where
+    it has an ok time, else the fastest exact configuration."""
     timed = df[df["time"].notna()]
     exact = timed[timed["exact"]]
     chosen = exact.loc[exact.groupby(["perf", "seq_len"])["time"].idxmin()] if len(exact) else exact
@@ -46,7 +50,7 @@ def _baselines(df: pd.DataFrame, spec: ReportSpec) -> pd.DataFrame:
         if len(named):
             named = named.loc[named.groupby(["perf", "seq_len"])["time"].idxmin()]
             chosen = pd.concat([named, chosen]).drop_duplicates(["perf", "seq_len"], keep="first")
-    cols = {"label": "base_label", "time": "base_time", "noisy": "base_noisy"}
+    cols = {"label": "base_label", "time": "base_time", "noisy": "base_noisy", "loaded": "base_loaded"}
     return chosen[["perf", "seq_len", *cols]].rename(columns=cols)
 
 
@@ -75,6 +79,9 @@ def prepare(df: pd.DataFrame, spec: ReportSpec | None = None) -> tuple[pd.DataFr
     df["time"] = t.where(df["ok"] & (t > 0))
     noise, n = _numeric(df, "noise"), _numeric(df, "n_samples")
     df["noisy"] = df["time"].notna() & ((noise > spec.max_noise) | (n < spec.min_samples))
+    before, after, cores = _numeric(df, "load_before"), _numeric(df, "load_after"), _numeric(df, "cores")
+    loaded = [under_load(*x) for x in zip(before, after, cores, strict=True)]
+    df["loaded"] = df["time"].notna() & pd.Series(loaded, index=df.index, dtype=bool)
     first = df.reset_index().groupby("label", sort=False)["index"].min()
     rank = (~df.groupby("label", sort=False)["exact"].any()).astype(int).mul(len(df)).add(first)
     df["order"] = df["label"].map(rank.rank(method="first").astype(int))
@@ -83,7 +90,7 @@ def prepare(df: pd.DataFrame, spec: ReportSpec | None = None) -> tuple[pd.DataFr
     df["acc"], acc_rank = _titles(df, group_keys(df, mode=False))
     df["perf_rank"], df["acc_rank"] = df["perf"].map(perf_rank), df["acc"].map(acc_rank)
     df = df.merge(_baselines(df, spec), on=["perf", "seq_len"], how="left")
-    df["base_noisy"] = df["base_noisy"].eq(True)
+    df["base_noisy"], df["base_loaded"] = df["base_noisy"].eq(True), df["base_loaded"].eq(True)
     df["speedup"] = df["base_time"] / df["time"]
     df["marker"], notes = _footnotes(df)
     return df, notes
@@ -112,6 +119,31 @@ def pareto(rows: pd.DataFrame) -> pd.DataFrame:
 def noisy_mark(*flags: bool) -> str:
     """`†` when any time behind a claim was noisy."""
     return NOISY_MARK if any(bool(f) for f in flags) else ""
+
+
+def loaded_mark(*flags: bool) -> str:
+    """`‡` when any time behind a claim was measured under load (load average above the cores)."""
+    return LOADED_MARK if any(bool(f) for f in flags) else ""
+
+
+def marks(noisy: tuple[bool, ...], loaded: tuple[bool, ...]) -> str:
+    """`†` and/or `‡` for the times behind a claim (noisy flags, loaded flags)."""
+    return noisy_mark(*noisy) + loaded_mark(*loaded)
+
+
+def load_legend(df: pd.DataFrame) -> str:
+    """The `‡` footnote, naming the highest load and the cores it was judged on; "" when no time
+    behind a claim was measured under load."""
+    loaded = df[df["loaded"]] if "loaded" in df else df.iloc[0:0]
+    if not len(loaded):
+        return ""
+    load = pd.concat([_numeric(loaded, "load_before"), _numeric(loaded, "load_after")]).max()
+    cores = sorted({int(c) for c in _numeric(loaded, "cores").dropna()})
+    return (
+        f"{LOADED_MARK} = measured under load: the host's 1-minute load average was up to {load:.1f} on "
+        f"{'/'.join(map(str, cores))} cores while a time behind the claim was measured (above the core "
+        "count, other processes competed for the CPU: treat the time as an upper bound)"
+    )
 
 
 def noise_legend(spec: ReportSpec) -> str:

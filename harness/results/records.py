@@ -6,7 +6,9 @@ provenance as fields and every measured number by name in `metrics` (names, unit
 `harness.measure.metrics.METRICS`); on disk and in the DataFrame a record is flat: one key or
 column per field and per metric (docs/record-fields.md lists them all).
 
-Schema 2 added `exact`, `exact_flops` and `tflops_exact`; schema 1 lines read the same way.
+Schema 2 added `exact`, `exact_flops` and `tflops_exact`; schema 3 the provenance of each record
+(`host`, `worker`, `device_name`, `device_uuid`, `visible_devices`, `env_id`, `cores`) and the
+load-average metrics. Schema 1 and 2 lines read the same way (absent provenance reads as "").
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from typing import Any
 from harness.measure.metrics import METRICS, all_metrics, derive
 from harness.plugins.variants import VARIANTS
 
-SCHEMA_VERSION = 2
-READABLE_SCHEMAS = (1, 2)
+SCHEMA_VERSION = 3
+READABLE_SCHEMAS = (1, 2, 3)
 STATUSES = ("ok", "skipped", "oom", "error", "nan", "timeout", "leak")
 
 
@@ -72,7 +74,14 @@ class Record:
     mem_method: str = ""
     info: dict[str, Any] = field(default_factory=dict)
     git_sha: str = ""
+    host: str = ""  # socket.gethostname() of the worker
+    worker: str = ""  # which worker ran it: "main", "w0", "gpu1", "job-123"
+    device_name: str = ""  # GPU name, or the CPU model string
+    device_uuid: str = ""  # CUDA device UUID ("" on CPU)
+    visible_devices: str = ""  # the worker's CUDA_VISIBLE_DEVICES
+    env_id: str = ""  # envs/<env_id>.json of the run directory: the worker's fingerprint
     threads: int | None = None
+    cores: int | None = None  # os.cpu_count() of the host (the load average is judged against it)
     started_at: str = ""
     wall_s: float | None = None
     repro: str = ""
@@ -126,13 +135,14 @@ class Record:
 
     @classmethod
     def from_dict(cls, row: dict[str, Any]) -> Record:
-        """A record from a flat dict (a JSON line of schema 1 or 2); unknown keys are dropped."""
+        """A record from a flat dict (a JSON line of schema 1, 2 or 3); unknown keys are dropped."""
         known = {k: v for k, v in row.items() if k in FIELDS}
         metrics = {k: v for k, v in row.items() if k in METRICS and v is not None}
         return cls(**known, metrics=metrics)
 
 
 FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Record) if f.name != "metrics")
+PROVENANCE = ("host", "worker", "device_name", "device_uuid", "visible_devices", "env_id")  # str, "" unknown
 
 
 def columns() -> list[str]:
@@ -196,8 +206,9 @@ def repair_torn_tail(path: Path) -> None:
 
 def normalize(row: dict[str, Any]) -> dict[str, Any]:
     """A read record upgraded to the current columns: `exact` from the variant class when absent
-    (schema 1), derived metrics recomputed, absent metrics None."""
+    (schema 1), absent provenance "" (schema 1 and 2), derived metrics recomputed, absent metrics None."""
     out = {name: row.get(name) for name in columns()}
+    out.update({k: "" for k in PROVENANCE if out.get(k) is None})  # schema 1 and 2 have none
     out.update({k: v for k, v in row.items() if k not in out})
     if out.get("exact") is None and out.get("variant") is not None:
         out["exact"] = exact_of(str(out["variant"]))

@@ -16,16 +16,34 @@ import pandas as pd
 
 from harness.measure.metrics import ReportSpec, metric
 from harness.results import tables
-from harness.results.frame import groups, noise_legend, prepare
+from harness.results.frame import groups, load_legend, noise_legend, prepare
 from harness.results.records import read_records, to_dataframe
 from harness.results.rows import fmt_sig, md_cell
 from harness.results.spec import read_report_spec
 from harness.results.summary import summary
 
 PRECISION_FLOOR = {"bf16": 6e-3, "fp16": 8e-4}  # exact attention vs fp64 (VARIANTS.md)
+ENV_FACTS = (("cuda", "CUDA {}"), ("torch", "torch {}"), ("threads", "{} threads"), ("git_sha", "git {:.10}"))
 
 
-def _header(df, env: dict, scenario: dict | None, run: dict | None) -> list[str]:
+def _environments(df: pd.DataFrame, envs: dict[str, dict]) -> list[str]:
+    """One line per environment (`envs/<env_id>.json`) when the run has more than one: the run was
+    resumed elsewhere or spread over workers, and each record's `env_id` says where it ran."""
+    counts = df["env_id"].value_counts().to_dict() if "env_id" in df else {}
+    if any(counts.get(ident) for ident in envs):  # only those records ran in (not an idle parent's)
+        envs = {ident: e for ident, e in envs.items() if counts.get(ident)}
+    if len(envs) < 2:
+        return []
+    lines = [f"**Environments:** {len(envs)} (each record's `env_id` names its own)", ""]
+    for ident, e in sorted(envs.items(), key=lambda kv: -counts.get(kv[0], 0)):
+        device = f"GPU {e['gpu']}" if e.get("gpu") else f"CPU {e.get('cpu') or 'unknown'}"
+        facts = [f"host {e.get('hostname') or '?'}", device]
+        facts += [text.format(e[k]) for k, text in ENV_FACTS if e.get(k) is not None]
+        lines.append(f"- `{ident}`: {md_cell(' · '.join(facts))} — {counts.get(ident, 0)} cases")
+    return lines + [""]
+
+
+def _header(df, env: dict, scenario: dict | None, run: dict | None, envs: dict | None = None) -> list[str]:
     scenario, run = scenario or {}, run or {}
     name = scenario.get("name") or (df["scenario"].iloc[0] if len(df) else "?")
     version = scenario.get("version") or (df["scenario_version"].iloc[0] if len(df) else "?")
@@ -66,6 +84,7 @@ def _header(df, env: dict, scenario: dict | None, run: dict | None) -> list[str]
             "",
         ]
     counts = df["status"].value_counts().to_dict() if len(df) else {}
+    lines += _environments(df, envs or {})
     lines.append(f"**Cases:** {len(df)} — " + ", ".join(f"{s} {c}" for s, c in sorted(counts.items())))
     return lines
 
@@ -140,16 +159,23 @@ def _perf_sections(rows: pd.DataFrame) -> list[str]:
 
 
 def render_report(
-    df: pd.DataFrame, env: dict, scenario: dict | None, plot_files: dict, run: dict | None = None
+    df: pd.DataFrame,
+    env: dict,
+    scenario: dict | None,
+    plot_files: dict,
+    run: dict | None = None,
+    envs: dict[str, dict] | None = None,
 ) -> str:
-    """The Markdown report. `plot_files` maps plot keys (`kind:group_slug`) to relative paths."""
+    """The Markdown report. `plot_files` maps plot keys (`kind:group_slug`) to relative paths;
+    `envs` maps env_id to the fingerprints of `envs/` (listed when there are several)."""
     spec: ReportSpec = read_report_spec(scenario)
-    lines = _header(df, env or {}, scenario, run)
+    lines = _header(df, env or {}, scenario, run, envs)
     if not len(df):
         return "\n".join(lines) + "\n"
     frame, notes = prepare(df, spec)
     lines += [""] + summary(frame, spec)
-    lines += ["", "## Performance by group", "", f"_Click a line to unfold its table. {noise_legend(spec)}._"]
+    legend = "; ".join(x for x in (noise_legend(spec), load_legend(frame)) if x)
+    lines += ["", "## Performance by group", "", f"_Click a line to unfold its table. {legend}._"]
     for title, rows in groups(frame, "perf"):
         lines += ["", f"### {title}"]
         slug = rows["perf_slug"].iloc[0]
@@ -194,6 +220,14 @@ def _read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def _main_env(df: pd.DataFrame, envs: dict[str, dict]) -> dict:
+    """The environment most records ran in: the header's machine (env.json for runs without envs/)."""
+    if not envs:
+        return {}
+    counts = df["env_id"].value_counts().to_dict() if len(df) and "env_id" in df else {}
+    return envs[max(envs, key=lambda ident: counts.get(ident, 0))]
+
+
 def write_report(run_dir: Path, plots: bool = True) -> Path:
     """Write run_dir/report.md (and PNGs under run_dir/plots/) from records.jsonl; return its path."""
     run_dir = Path(run_dir)
@@ -204,7 +238,8 @@ def write_report(run_dir: Path, plots: bool = True) -> Path:
 
         made = make_plots(df, run_dir / "plots")
         plot_files = {k: p.relative_to(run_dir).as_posix() for k, p in made.items()}
-    env = _read_json(run_dir / "env.json")
+    envs = {p.stem: _read_json(p) for p in sorted((run_dir / "envs").glob("*.json"))}
+    env = _main_env(df, envs) or _read_json(run_dir / "env.json")  # env.json: runs before envs/
     roofline = _read_json(run_dir / "roofline.json")
     if roofline:
         env = {**env, "roofline": roofline}
@@ -214,6 +249,7 @@ def write_report(run_dir: Path, plots: bool = True) -> Path:
         _read_json(run_dir / "scenario.json") or None,
         plot_files,
         run=_read_json(run_dir / "run.json"),
+        envs=envs,
     )
     out = run_dir / "report.md"
     out.write_text(text, encoding="utf-8")

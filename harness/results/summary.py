@@ -12,7 +12,7 @@ from __future__ import annotations
 import pandas as pd
 
 from harness.measure.metrics import ReportSpec, metric
-from harness.results.frame import groups, noise_legend, noisy_mark, pareto
+from harness.results.frame import groups, load_legend, marks, noise_legend, pareto
 from harness.results.rows import fmt_x, md_cell
 from harness.results.tables import md_table
 
@@ -24,11 +24,11 @@ def _fastest(at: pd.DataFrame) -> str:
     r = timed.loc[timed["time"].idxmin()]
     text = f"{md_cell(r['label'])} {metric('time_ms_median').format(r['time'], unit=True)}"
     if r["label"] == r["base_label"]:
-        return f"{text} (the baseline){noisy_mark(r['noisy'])}"
+        return f"{text} (the baseline){marks((r['noisy'],), (r['loaded'],))}"
     if pd.isna(r["speedup"]):
-        return text + noisy_mark(r["noisy"])
+        return text + marks((r["noisy"],), (r["loaded"],))
     vs = f" ({fmt_x(r['speedup'])} vs {md_cell(r['base_label'])})"
-    return text + vs + noisy_mark(r["noisy"], r["base_noisy"])
+    return text + vs + marks((r["noisy"], r["base_noisy"]), (r["loaded"], r["base_loaded"]))
 
 
 def _least_memory(at: pd.DataFrame) -> str:
@@ -56,7 +56,7 @@ def _front(at: pd.DataFrame) -> str:
         return "n/a"
     t, e = metric("time_ms_median"), metric("rel_err")
     return " · ".join(
-        f"{md_cell(r.label)} {t.format(r.time, unit=True)}, {e.format(r.err)}{noisy_mark(r.noisy)}"
+        f"{md_cell(r.label)} {t.format(r.time, unit=True)}, {e.format(r.err)}{marks((r.noisy,), (r.loaded,))}"
         for r in front.itertuples()
     )
 
@@ -97,5 +97,5 @@ def summary(df: pd.DataFrame, spec: ReportSpec) -> list[str]:
         f"_Speedups are against {base}; times are {t.header()}, error is {e.header()} against exact "
         f"softmax attention, skill ({s.better}) = 1 − error / error of uniform attention. The Pareto front "
         "lists the configurations no other beats on both time and error. "
-        f"{noise_legend(spec)}._",
+        f"{'; '.join(x for x in (noise_legend(spec), load_legend(df)) if x)}._",
     ]

@@ -15,7 +15,7 @@ import pandas as pd
 
 from harness.measure.metrics import Metric, all_metrics, metric
 from harness.measure.stats import loglog_crossover
-from harness.results.frame import labels_in_order, noisy_mark
+from harness.results.frame import labels_in_order, marks
 from harness.results.rows import feature_dim_rows, fmt_x, md_cell, num
 
 # metrics the fixed tables show; any other metric with `table=True` gets a table of its own
@@ -69,9 +69,13 @@ def runtime(rows: pd.DataFrame) -> str | None:
         if pd.isna(r.time):
             return None
         if r.label == r.base_label:
-            return f"{m.format(r.time)} (base){noisy_mark(r.noisy)}"
+            return f"{m.format(r.time)} (base){marks((r.noisy,), (r.loaded,))}"
         ratio = f" ({fmt_x(r.speedup)})" if pd.notna(r.speedup) else ""
-        return m.format(r.time) + ratio + noisy_mark(r.noisy, ratio and r.base_noisy)
+        return (
+            m.format(r.time)
+            + ratio
+            + marks((r.noisy, ratio and r.base_noisy), (r.loaded, ratio and r.base_loaded))
+        )
 
     return _render(grid(rows, cell, always=True))
 
@@ -174,7 +178,7 @@ def efficiency(rows: pd.DataFrame) -> str | None:
 
     def length(g: pd.DataFrame) -> str:
         c = loglog_crossover(list(g["seq_len"]), list(g["time"] / g["base_time"]))
-        mark = noisy_mark(*(g["noisy"] | g["base_noisy"]))
+        mark = marks(tuple(g["noisy"] | g["base_noisy"]), tuple(g["loaded"] | g["base_loaded"]))
         if c.kind == "between":
             return f"≈ {round(c.length):,} (between {c.lo:,} and {c.hi:,}){mark}"
         if c.kind == "always":

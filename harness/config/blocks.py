@@ -1,0 +1,70 @@
+"""The scenario's optional blocks that do not define cases: `execute:` (how its case groups run
+unless the command line says otherwise: `--executor`, `--workers`, `--gpus`, the Slurm options)
+and `report:` (the report's baseline and noise thresholds)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from harness.config import validate as v
+from harness.measure.metrics import ReportSpec
+from harness.plugins.registry import suggest
+
+
+@dataclass(frozen=True)
+class ExecuteSpec:
+    executor: str | None = None  # None: the command line's (default subprocess)
+    workers: int | None = None
+    gpus: tuple[str, ...] | None = None
+    partition: str | None = None
+    time_min: int | None = None
+    gpus_per_task: int | None = None
+    max_jobs: int | None = None
+
+
+def _gpus(raw: Any, where: str) -> tuple[str, ...]:
+    """A list of non-negative device ids (ints or digit strings)."""
+    items = raw if isinstance(raw, list) else [raw]
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, bool) or not (isinstance(item, int) and item >= 0 or str(item).isdigit()):
+            raise v.Invalid(f"{where}[{i}]", f"expected a GPU id (an int >= 0), found {v.show(item)}")
+        out.append(str(item))
+    return tuple(out)
+
+
+EXECUTE_CHECKS: dict[str, v.Check] = {
+    "executor": v.optional(v.as_str),
+    "workers": v.optional(partial(v.as_int, minimum=1)),
+    "gpus": v.optional(_gpus),
+    "partition": v.optional(v.as_str),
+    "time_min": v.optional(partial(v.as_int, minimum=1)),
+    "gpus_per_task": v.optional(partial(v.as_int, minimum=0)),
+    "max_jobs": v.optional(partial(v.as_int, minimum=1)),
+}
+
+
+def execute_block(raw: Any) -> ExecuteSpec:
+    return v.block(raw, "execute", ExecuteSpec, EXECUTE_CHECKS)
+
+
+REPORT_CHECKS: dict[str, v.Check] = {
+    "baseline": v.optional(v.as_str),
+    "max_noise": partial(v.as_float, minimum=0.0, strict=True),
+    "min_samples": partial(v.as_int, minimum=1),
+}
+
+
+def report_block(raw: Any, entries: list[dict[str, Any]]) -> ReportSpec:
+    """`report:`; `baseline` is a variant name or label of the (validated) `variants:` entries, or a
+    label built from one (`flash[sdpa]`, `nystrom(landmarks=64)`)."""
+    spec = v.block(raw, "report", ReportSpec, REPORT_CHECKS)
+    names = sorted({e.get(k) for e in entries for k in ("name", "label")} - {None})
+    if (b := spec.baseline) and not any(b == n or b.startswith((f"{n}[", f"{n}(")) for n in names):
+        raise v.Invalid(
+            "report.baseline",
+            f"unknown variant or label {b!r}{suggest(b, names)}; expected one of {', '.join(names)}",
+        )
+    return spec

@@ -1,0 +1,54 @@
+"""What every case of a worker shares: the run's identity, the worker's provenance, caches, locks."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+from harness.config.scenario import Scenario
+from harness.execute.fitting import FittedState
+from harness.measure import env
+from harness.measure.roofline import Roofline
+
+
+class CaseContext:
+    """Run-level facts every case needs, and the provenance of the worker running it: `worker`
+    ("main", "w0", "gpu1", "job-123"), `env_id` (`measure.env.write_env`), and host and device,
+    read in that process by `set_provenance` (or by the first record when nothing called it)."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        run_id: str,
+        git_sha: str,
+        scenario_arg: str,
+        device: str,
+        *,
+        worker: str = "main",
+        env_id: str = "",
+        host: str = "",
+        device_name: str = "",
+        device_uuid: str = "",
+        visible_devices: str = "",
+    ) -> None:
+        self.scenario, self.run_id, self.git_sha = scenario, run_id, git_sha
+        self.scenario_arg, self.device = scenario_arg, device
+        self.worker, self.env_id = worker, env_id
+        self.host, self.device_name, self.device_uuid = host, device_name, device_uuid
+        self.visible_devices = visible_devices
+        self.roofline: Roofline | None = None  # set by the runner when measure.roofline is on
+        # fitted parameters per (variant config, problem minus mode): fwd and fwd_bwd cases of
+        # the same configuration see the same inputs, so they share one fit (execute/fitting.py).
+        self.fit_cache: dict[str, FittedState] = {}
+        # held around the timed and memory passes; workers sharing a device set a device lock
+        # (execute/devicelock.py) so they never time two cases at once
+        self.measure_lock: Callable[[], AbstractContextManager] = contextlib.nullcontext
+
+    def set_provenance(self, worker: str, env_id: str) -> None:
+        """Name this worker and its environment, and read host and device from this process
+        (call it in the worker, after its CUDA device is chosen)."""
+        self.worker, self.env_id = worker, env_id
+        facts = env.provenance(self.device)
+        self.host, self.device_name = facts["host"], facts["device_name"]
+        self.device_uuid, self.visible_devices = facts["device_uuid"], facts["visible_devices"]

@@ -1,0 +1,142 @@
+"""The run directory: created once, reopened only by `--resume` of the same scenario, one writer.
+
+run.json          run_id, scenario path and name, scenario_hash, git sha, started_at, argv
+scenario.json     the validated scenario (workers plan from it)
+writer.lock       pid, host and start of the process writing the run (absent when none)
+env.json          the first machine fingerprint; envs/<env_id>.json one per worker environment
+records.<w>.jsonl / started.<w>.jsonl   each worker's records and start markers
+records.jsonl     every case once (merged by finalize), records.parquet, report.md, plots/
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+from harness.config.identity import NOT_PLANNED, body_hash, changed_keys, scenario_body
+from harness.config.scenario import Scenario, scenario_to_dict
+from harness.results.run_records import read_run_records, repair_run
+
+LOCK = "writer.lock"
+
+
+class RunDirError(ValueError):
+    """A run directory that cannot be used as asked; `str(err)` is one line (exit 2)."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def writer_lock(run_dir: Path, resume: bool) -> Iterator[None]:
+    """Hold `run_dir/writer.lock` (O_EXCL) while a run writes; refuse a second writer.
+
+    A lock left by a dead process on this host is taken over by `--resume`; a live holder, or
+    one on another host (its liveness cannot be checked here), is refused with its pid and host.
+    """
+    path = Path(run_dir) / LOCK
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now(), "argv": sys.argv}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _read_json(path)
+            pid, host = int(holder.get("pid", 0)), str(holder.get("host", "?"))
+            stale = host == socket.gethostname() and pid > 0 and not _pid_alive(pid)
+            if not stale:
+                where = f"pid {pid} on {host} since {holder.get('since', '?')}"
+                hint = "" if host == socket.gethostname() else f"; if that run is gone, delete {path}"
+                raise RunDirError(f"{run_dir}: another run is writing here ({where}){hint}") from None
+            if not resume:
+                raise RunDirError(
+                    f"{run_dir}: a run that died (pid {pid} on {host}) left it unfinished; "
+                    "continue it with --resume or choose another --out"
+                ) from None
+            path.unlink(missing_ok=True)  # stale: take it over
+            continue
+        with os.fdopen(fd, "w") as fh:
+            json.dump(me, fh)
+        break
+    try:
+        yield
+    finally:
+        if _read_json(path).get("pid") == os.getpid():
+            path.unlink(missing_ok=True)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def open_run_dir(
+    out_dir: Path, scenario: Scenario, resume: bool, argv: list[str], git_sha: str, arg: str
+) -> str:
+    """Create `out_dir` for `scenario`, or reopen it with `resume`; returns the run id.
+
+    Resume is refused (one line) when the directory holds another scenario or an edited one,
+    naming the keys that changed; a new run is refused where records already exist.
+    """
+    run_json = out_dir / "run.json"
+    body = scenario_body(scenario)
+    if resume:
+        meta = _read_json(run_json)
+        if not meta:
+            raise RunDirError(f"{out_dir}: --resume: no readable run.json here; nothing to resume")
+        if meta.get("scenario_name") != scenario.name:
+            raise RunDirError(
+                f"{out_dir}: --resume: this run is of scenario {meta.get('scenario_name')!r}, "
+                f"not {scenario.name!r}"
+            )
+        if meta.get("scenario_hash") and meta["scenario_hash"] != body_hash(body):
+            old = _read_json(out_dir / "scenario.json")
+            keys = changed_keys({k: v for k, v in old.items() if k not in NOT_PLANNED}, body) or ["(unknown)"]
+            shown = ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
+            raise RunDirError(
+                f"{out_dir}: --resume: the scenario changed since this run was planned ({shown}); "
+                "resume with the original scenario or start a new --out"
+            )
+        repair_run(out_dir)
+        return str(meta["run_id"])
+    if read_run_records(out_dir):
+        raise RunDirError(
+            f"{out_dir}: already holds records; pass --resume to continue it or choose another --out"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
+    meta = {
+        "run_id": run_id,
+        "scenario_path": scenario.path,
+        "scenario_arg": arg,
+        "scenario_name": scenario.name,
+        "scenario_hash": body_hash(body),
+        "git_sha": git_sha,
+        "started_at": _now(),
+        "argv": argv,
+    }
+    run_json.write_text(json.dumps(meta, indent=2) + "\n")
+    (out_dir / "scenario.json").write_text(
+        json.dumps(scenario_to_dict(scenario), indent=2, default=str) + "\n"
+    )
+    return run_id

@@ -1,0 +1,143 @@
+"""A worker: runs planned cases of one run directory and appends their records to its own file.
+
+In process (the `inline` executor) or as a child process (`python -m harness.execute.worker`,
+started by the `subprocess`, `gpus` and submitit executors). A child reads groups of case ids as
+JSON lines on stdin, runs each group in order and answers `done` on stdout; it exits at the end
+of stdin. Before a case runs its start is marked (`started.<worker>.jsonl`), after it its record
+is appended (`records.<worker>.jsonl`), both fsynced: a case that kills the process is known to
+have started, and the supervising parent records it as `crashed`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+
+from harness.config.scenario import Scenario, scenario_from_dict
+from harness.config.sweep import Case, expand
+from harness.execute.context import CaseContext
+from harness.execute.devicelock import device_key, device_lock
+from harness.execute.pipeline import new_record
+from harness.execute.supervise import FailureRecord
+from harness.measure import env as env_mod
+from harness.measure.hygiene import apply_threads
+from harness.measure.roofline import Roofline
+from harness.plugins.kinds import KINDS
+from harness.results.records import Record
+from harness.results.run_records import add_record, mark_aborted, mark_started, read_run_records
+
+OnRecord = Callable[[Case, Record], None]
+
+
+def now() -> str:
+    """UTC time with microseconds: orders start markers and records of one run."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def oom_lengths(done: Iterable[dict]) -> dict[str, int]:
+    """config_key -> the shortest seq_len that ran out of memory (the OOM rule), from records."""
+    oom_at: dict[str, int] = {}
+    for r in done:
+        if r.get("status") == "oom":
+            key = r["config_key"]
+            oom_at[key] = min(oom_at.get(key, r["seq_len"]), r["seq_len"])
+    return oom_at
+
+
+def load_run(run_dir: Path) -> tuple[Scenario, dict]:
+    """The run's validated scenario (from scenario.json) and its run.json."""
+    run_dir = Path(run_dir)
+    meta = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    raw = json.loads((run_dir / "scenario.json").read_text(encoding="utf-8"))
+    return scenario_from_dict(raw, meta.get("scenario_path") or str(run_dir / "scenario.json")), meta
+
+
+def make_context(run_dir: Path, device: str, worker: str, scenario: Scenario, meta: dict) -> CaseContext:
+    """The context every case of this worker shares: run identity, provenance, roofline."""
+    ctx = CaseContext(scenario, meta["run_id"], meta.get("git_sha", ""), meta.get("scenario_arg", ""), device)
+    ctx.set_provenance(worker, env_mod.write_env(Path(run_dir), env_mod.collect_env()))
+    roofline = Path(run_dir) / "roofline.json"
+    if scenario.measure.roofline and roofline.exists():
+        ctx.roofline = Roofline.from_dict(json.loads(roofline.read_text()))
+    return ctx
+
+
+class Worker:
+    """Runs cases of one run directory under one worker id (records.<worker>.jsonl)."""
+
+    def __init__(self, run_dir: Path, device: str, worker: str, supervised: bool = False) -> None:
+        self.run_dir, self.device, self.worker = Path(run_dir), device, worker
+        self.supervised = supervised  # a parent process watches this worker (subprocess, gpus, jobs)
+        self.scenario, meta = load_run(self.run_dir)
+        apply_threads(self.scenario.measure, device)
+        self.ctx = make_context(self.run_dir, device, worker, self.scenario, meta)
+        key = device_key(device, self.ctx.device_uuid, self.ctx.visible_devices)
+        self.ctx.measure_lock = lambda: device_lock(self.run_dir, key)
+        self.cases = {c.case_id: c for c in expand(self.scenario, device)}
+        self.kind = KINDS.get(self.scenario.kind)()
+
+    def run(self, case_ids: list[str], on_record: OnRecord | None = None) -> None:
+        """Run `case_ids` in order (one group, or several); the OOM rule sees the run's records."""
+        oom_at = oom_lengths(read_run_records(self.run_dir))
+        for case_id in case_ids:
+            case = self.cases[case_id]
+            mark_started(self.run_dir, self.worker, case_id, now(), self.supervised)
+            try:
+                record = self.kind.run_case(case, self.ctx, oom_at)
+            except KeyboardInterrupt:
+                mark_aborted(self.run_dir, self.worker, case_id)  # the user stopped it: no crash
+                raise
+            add_record(self.run_dir, self.worker, record)
+            if on_record is not None:
+                on_record(case, record)
+
+
+def failure_record_factory(run_dir: Path, device: str, worker: str) -> FailureRecord:
+    """For a supervising process outside the runner (a submitit job): builds the record of a case
+    whose child was killed or died, as the runner's own factory does."""
+    scenario, meta = load_run(run_dir)
+    ctx = make_context(run_dir, device, worker, scenario, meta)
+    cases = {c.case_id: c for c in expand(scenario, device)}
+
+    def make(case_id: str, status: str, reason: str, info: dict) -> Record:
+        rec = new_record(cases[case_id], ctx)
+        rec.status, rec.reason = status, reason
+        rec.info.update(info)
+        return rec
+
+    return make
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this worker when its supervising parent dies, so a killed
+    run leaves no orphan measuring in the background (elsewhere the worker ends at end of stdin)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+        if os.getppid() == 1:  # the parent is already gone
+            os._exit(1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m harness.execute.worker RUN_DIR DEVICE WORKER`: groups of case ids on stdin."""
+    run_dir, device, worker = argv if argv is not None else sys.argv[1:]
+    _die_with_parent()
+    runner = Worker(Path(run_dir), device, worker, supervised=True)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip():
+            runner.run(json.loads(line)["case_ids"])
+            print("done", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

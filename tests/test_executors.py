@@ -1,0 +1,191 @@
+"""Isolated workers: crashes, hangs and concurrent writers cost one case, never the sweep.
+
+Each test runs the command line in a child process with the `crashy` test plugin installed (an
+entry point on PYTHONPATH), as a user with a misbehaving variant would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from harness.results.run_records import read_run_records
+
+ROOT = Path(__file__).resolve().parents[1]
+PLUGINS = ROOT / "tests" / "fixtures" / "plugins"
+LENGTHS = [16, 24, 32, 40]
+
+
+def scenario(tmp_path: Path, crash: str, at: int = 24, extra: str = "", name: str = "s.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(
+        f"""name: crash-test
+device: cpu
+problem: {{batch: 1, heads: 2, head_dim: 8, seq_len: {LENGTHS}, mode: fwd}}
+variants:
+  - name: crashy
+    params: {{crash: {crash}, at: {at}}}
+  - name: softmax
+accuracy: {{rows: 8}}
+measure: {{warmup_ms: 0, min_samples: 2, rep_ms: 0, memory: false, timeout_s: 3}}
+{extra}"""
+    )
+    return path
+
+
+def cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": f"{PLUGINS}{os.pathsep}{ROOT}"}
+    cmd = [sys.executable, str(ROOT / "run_bench.py"), *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def statuses(out: Path) -> dict[tuple[str, int], dict]:
+    return {(r["variant"], r["seq_len"]): r for r in read_run_records(out)}
+
+
+@pytest.mark.parametrize(
+    "crash,needle",
+    [
+        ("segv", "killed by signal 11 (SIGSEGV)"),
+        ("kill", "killed by signal 9 (SIGKILL)"),
+        ("exit", "exited with code 3"),
+    ],
+)
+def test_a_dying_case_is_recorded_crashed_and_the_sweep_goes_on(
+    tmp_path: Path, crash: str, needle: str
+) -> None:
+    out = tmp_path / "run"
+    res = cli(
+        str(scenario(tmp_path, crash)), "--out", str(out), "--quiet", "--no-plots", "--executor", "subprocess"
+    )
+    assert res.returncode == 0, res.stderr
+    recs = statuses(out)
+    assert len(recs) == 2 * len(LENGTHS) and len(read_run_records(out)) == len(recs)
+    dead = recs[("crashy", 24)]
+    assert dead["status"] == "crashed" and needle in dead["reason"], dead["reason"]
+    assert "stderr_tail" in dead["info"]
+    others = [r for key, r in recs.items() if key != ("crashy", 24)]
+    assert all(r["status"] == "ok" for r in others)  # the rest of its group and the other variant ran
+    merged = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert sorted(r["case_id"] for r in merged) == sorted(r["case_id"] for r in recs.values())
+    # resume does not run the crashed case again...
+    again = cli(str(scenario(tmp_path, crash)), "--out", str(out), "--resume", "--quiet", "--no-plots")
+    assert again.returncode == 0 and "0 cases run" in again.stdout, again.stdout + again.stderr
+    # ...unless asked to
+    retry = cli(str(scenario(tmp_path, crash)), "--out", str(out), "--resume", "--retry-crashed", "--quiet")
+    assert retry.returncode == 0 and "1 cases run (1 crashed)" in retry.stdout, retry.stdout + retry.stderr
+
+
+def test_a_case_that_swallows_the_timeout_is_killed_and_recorded(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    start = time.monotonic()
+    res = cli(str(scenario(tmp_path, "swallow")), "--out", str(out), "--quiet", "--no-plots")
+    elapsed = time.monotonic() - start
+    assert res.returncode == 0, res.stderr
+    hung = statuses(out)[("crashy", 24)]
+    assert hung["status"] == "timeout" and "killed" in hung["reason"]
+    assert statuses(out)[("crashy", 32)]["status"] == "ok"
+    assert elapsed < 3 + 10 + 60  # the timeout (3 s) + 10 s, plus the run's own work and start-ups
+
+
+def test_inline_crash_is_recorded_on_resume_not_run_again(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    path = scenario(tmp_path, "kill")
+    res = cli(str(path), "--out", str(out), "--quiet", "--no-plots", "--executor", "inline")
+    assert res.returncode == -9  # inline: the case took the whole run with it
+    again = cli(str(path), "--out", str(out), "--resume", "--quiet", "--no-plots", "--executor", "inline")
+    assert again.returncode == 0, again.stderr
+    recs = statuses(out)
+    assert recs[("crashy", 24)]["status"] == "crashed" and "--retry-crashed" in recs[("crashy", 24)]["reason"]
+    assert len(recs) == 2 * len(LENGTHS)
+
+
+def test_two_runs_into_one_out_never_record_a_case_twice(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    path = scenario(tmp_path, "none")
+    env = {**os.environ, "PYTHONPATH": f"{PLUGINS}{os.pathsep}{ROOT}"}
+    cmd = [sys.executable, str(ROOT / "run_bench.py"), str(path), "--out", str(out), "--quiet", "--no-plots"]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=240), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    refused = next(err for code, err in results if code == 2)
+    assert "another run is writing here (pid" in refused or "already holds records" in refused
+    ids = [
+        r["case_id"]
+        for path in out.glob("records.*.jsonl")
+        for r in map(json.loads, path.read_text().splitlines())
+    ]
+    assert len(ids) == len(set(ids)) == 2 * len(LENGTHS)
+
+
+def test_resume_with_an_edited_scenario_names_what_changed(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    path = scenario(tmp_path, "none")
+    assert cli(str(path), "--out", str(out), "--quiet", "--no-plots").returncode == 0
+    path.write_text(path.read_text().replace("at: 24", "at: 32").replace("rows: 8", "rows: 9"))
+    res = cli(str(path), "--out", str(out), "--resume", "--quiet")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert (
+        "the scenario changed since this run was planned (accuracy.rows, variants[0].params.at[0])"
+        in res.stderr
+    )
+
+
+def test_a_stale_lock_is_taken_over_by_resume_only(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    path = scenario(tmp_path, "none")
+    assert cli(str(path), "--out", str(out), "--quiet", "--no-plots").returncode == 0
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    lock = {"pid": int(dead.stdout), "host": os.uname().nodename, "since": "2026-01-01T00:00:00+00:00"}
+    (out / "writer.lock").write_text(json.dumps(lock))
+    res = cli(str(path), "--out", str(out), "--quiet")
+    assert res.returncode == 2 and "continue it with --resume" in res.stderr
+    assert cli(str(path), "--out", str(out), "--resume", "--quiet").returncode == 0
+    assert not (out / "writer.lock").exists()
+
+
+def test_submitit_local_with_two_workers_gives_the_same_cases_as_inline(tmp_path: Path) -> None:
+    pytest.importorskip("submitit")
+    path = scenario(tmp_path, "none")
+    ids, errors = {}, {}
+    for executor in ("inline", "submitit-local"):
+        out = tmp_path / executor
+        res = cli(
+            str(path), "--out", str(out), "--quiet", "--no-plots", "--executor", executor, "--workers", "2"
+        )
+        assert res.returncode == 0, res.stderr
+        recs = read_run_records(out)
+        assert all(r["status"] == "ok" for r in recs)
+        ids[executor] = sorted(r["case_id"] for r in recs)
+        errors[executor] = {r["case_id"]: r["rel_err"] for r in recs}
+    assert ids["inline"] == ids["submitit-local"] and len(ids["inline"]) == 2 * len(LENGTHS)
+    assert errors["inline"] == errors["submitit-local"]  # two workers on 2 cores: the same records
+    assert {r["worker"] for r in read_run_records(tmp_path / "submitit-local")} == {"job0", "job1"}
+
+
+def test_gpus_executor_pins_one_worker_per_device_and_never_overlaps_on_one(tmp_path: Path) -> None:
+    """No GPU needed: a fake device list; each child is pinned through CUDA_VISIBLE_DEVICES."""
+    out = tmp_path / "run"
+    path = scenario(tmp_path, "none")
+    res = cli(str(path), "--out", str(out), "--quiet", "--no-plots", "--executor", "gpus", "--gpus", "0,1")
+    assert res.returncode == 0, res.stderr
+    recs = read_run_records(out)
+    assert {r["visible_devices"] for r in recs} == {"0", "1"}
+    assert all(r["worker"] == f"gpu{r['visible_devices']}" for r in recs)
+    for device in ("0", "1"):
+        spans = sorted(
+            (datetime.fromisoformat(r["started_at"]).timestamp(), r["wall_s"])
+            for r in recs
+            if r["visible_devices"] == device
+        )
+        assert all(start + wall <= nxt for (start, wall), (nxt, _) in zip(spans, spans[1:], strict=False))
