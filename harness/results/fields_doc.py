@@ -39,7 +39,7 @@ FIELD_DOCS = {
     "input_seed": "seed of the inputs",
     "exact": "the variant class has `capabilities.exact` (computes exact softmax attention): the accuracy "
     "reference and the default speed baseline; read from the class for schema-1 records",
-    "status": "ok | skipped | oom | error | nan | timeout | leak",
+    "status": "ok | skipped | oom | error | nan | timeout | leak | crashed (its worker process died)",
     "reason": "why the status is not ok (one line)",
     "mem_method": "how memory was measured (cuda_caching_allocator, torch_profiler_memory_timeline, ...)",
     "info": "variant facts (e.g. performer-pytorch's causal path, fit_reused)",

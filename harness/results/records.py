@@ -26,7 +26,7 @@ from harness.plugins.variants import VARIANTS
 
 SCHEMA_VERSION = 3
 READABLE_SCHEMAS = (1, 2, 3)
-STATUSES = ("ok", "skipped", "oom", "error", "nan", "timeout", "leak")
+STATUSES = ("ok", "skipped", "oom", "error", "nan", "timeout", "leak", "crashed")
 
 
 def exact_of(variant: str) -> bool | None:

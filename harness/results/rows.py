@@ -18,6 +18,7 @@ STATUS_TEXT = {
     "error": "error",
     "nan": "NaN",
     "timeout": "timeout",
+    "crashed": "crashed",
 }
 Row = dict[str, Any]
 __all__ = ["MIB", "fmt_sig", "num"]
