@@ -82,12 +82,16 @@ def _execution(args: argparse.Namespace, scenario) -> tuple[str, object]:
 
 
 def cmd_run(argv: list[str]) -> int:
+    args = _run_parser().parse_args(argv)
+    if args.executor in (None, "subprocess"):  # the likely executor: start its children now, so
+        from harness.execute import warm  # their imports overlap this process's own (warm.py)
+
+        warm.prespawn(max(1, args.workers or 1))
     from harness.config.scenario import load_scenario
     from harness.execute.progress import make_reporter
     from harness.execute.runner import default_out_dir, resolve_device, run_scenario
     from harness.plugins.variants import VARIANTS
 
-    args = _run_parser().parse_args(argv)
     scenario = load_scenario(args.scenario)
     for name in args.only or []:
         VARIANTS.get(name)  # unknown names fail with a did-you-mean

@@ -9,18 +9,19 @@ exit code and the tail of the child's stderr. A fresh child then takes the rest 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import selectors
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.execute import warm
 from harness.results.records import Record
 from harness.results.run_records import add_record, started_path, worker_records_path
 
@@ -82,7 +83,7 @@ class ChildWorker:
         self.proc: subprocess.Popen | None = None
         self.last_exit: int | None = None  # return code of the last child that ended
         self.seen = _Seen()
-        self.stderr_path = self.run_dir / "logs" / f"{worker}.stderr.log"
+        self.stderr_path = self.run_dir / "logs" / f"{worker}.stderr.log"  # the current child's
         self._poll_files(initial=True)  # what earlier runs of this worker id left: not news
 
     # ----- files ----------------------------------------------------------------------------
@@ -122,18 +123,21 @@ class ChildWorker:
 
     # ----- the child ------------------------------------------------------------------------
     def _start(self) -> None:
-        self.stderr_path.parent.mkdir(exist_ok=True)
-        cmd = [sys.executable, "-m", "harness.execute.worker", str(self.run_dir), self.device, self.worker]
-        with open(self.stderr_path, "ab") as err:
-            self.proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=err,
-                env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1"},
-                start_new_session=True,  # its own process group: a kill takes its children too
-                text=True,
-            )
+        """Adopt a warm child (execute/warm.py) or start one, and tell it which run it works on."""
+        logs = self.run_dir / "logs"
+        logs.mkdir(exist_ok=True)
+        child = warm.take(self.env)
+        if child is None:
+            child = warm.spawn(self.env, str(logs / f"{self.worker}.stderr.log"))
+        else:  # move its log beside the run's (same file system: the open file follows the name)
+            with contextlib.suppress(OSError):
+                target = logs / f"{self.worker}.{child.proc.pid}.stderr.log"
+                os.replace(child.stderr_path, target)
+                child.stderr_path = str(target)
+        self.proc, self.stderr_path = child.proc, Path(child.stderr_path)
+        header = {"run_dir": str(self.run_dir), "device": self.device, "worker": self.worker}
+        self.proc.stdin.write(json.dumps(header) + "\n")
+        self.proc.stdin.flush()
 
     def _kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

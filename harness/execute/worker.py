@@ -125,11 +125,16 @@ def _die_with_parent() -> None:
             os._exit(1)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m harness.execute.worker RUN_DIR DEVICE WORKER`: groups of case ids on stdin."""
-    run_dir, device, worker = argv if argv is not None else sys.argv[1:]
+def main() -> int:
+    """`python -m harness.execute.worker`: the first stdin line names the run
+    ({"run_dir", "device", "worker"}), each further line is a group ({"case_ids": [...]}) answered
+    with `done` on stdout. It may be started before its run exists (execute/warm.py)."""
     _die_with_parent()
-    runner = Worker(Path(run_dir), device, worker, supervised=True)
+    first = sys.stdin.readline()
+    if not first.strip():
+        return 0  # a warm child nobody needed
+    job = json.loads(first)
+    runner = Worker(Path(job["run_dir"]), job["device"], job["worker"], supervised=True)
     print("ready", flush=True)
     for line in sys.stdin:
         if line.strip():

@@ -1,0 +1,71 @@
+"""Child workers started before the runner itself has finished starting up.
+
+A child worker's start-up is mostly importing torch and the harness (about 1.3 s on a 2-core
+CPU). `run_bench.py` starts the children it will need (`prespawn`) before it imports anything
+heavy, so both imports overlap; `ChildWorker` then adopts a warm child (`take`) instead of
+starting one, and tells it which run to work on. Warm children nobody takes are ended at exit.
+This module imports nothing heavy on purpose.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+
+
+@dataclass
+class WarmChild:
+    proc: subprocess.Popen
+    stderr_path: str
+
+
+_POOL: list[WarmChild] = []
+
+
+def spawn(env: dict[str, str] | None = None, stderr_path: str | None = None) -> WarmChild:
+    """Start `python -m harness.execute.worker` waiting for its run on stdin (its own session)."""
+    if stderr_path is None:
+        fd, stderr_path = tempfile.mkstemp(prefix="attnbench-worker-", suffix=".stderr.log")
+        os.close(fd)
+    with open(stderr_path, "ab") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "harness.execute.worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,  # its own process group: a kill takes its children too
+            text=True,
+        )
+    return WarmChild(proc, stderr_path)
+
+
+def prespawn(count: int) -> None:
+    """Start `count` children for the default environment (no device pinning)."""
+    for _ in range(count):
+        _POOL.append(spawn())
+
+
+def take(env: dict[str, str]) -> WarmChild | None:
+    """A live warm child for `env` (only the default environment is pre-spawned), or None."""
+    while _POOL and not env:
+        child = _POOL.pop()
+        if child.proc.poll() is None:
+            return child
+    return None
+
+
+@atexit.register
+def _discard() -> None:
+    for child in _POOL:
+        if child.proc.poll() is None:
+            os.killpg(child.proc.pid, signal.SIGKILL)
+            child.proc.wait()
+        if os.path.exists(child.stderr_path):
+            os.unlink(child.stderr_path)
+    _POOL.clear()
