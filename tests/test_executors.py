@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -189,3 +190,11 @@ def test_gpus_executor_pins_one_worker_per_device_and_never_overlaps_on_one(tmp_
             if r["visible_devices"] == device
         )
         assert all(start + wall <= nxt for (start, wall), (nxt, _) in zip(spans, spans[1:], strict=False))
+
+
+def test_warm_children_nobody_needs_are_ended(tmp_path: Path) -> None:
+    """The CLI starts its child before it knows the scenario is valid: a bad scenario leaves none."""
+    before = set(Path(tempfile.gettempdir()).glob("attnbench-worker-*"))
+    res = cli(str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "r"))
+    assert res.returncode == 2 and "missing.yaml" in res.stderr
+    assert set(Path(tempfile.gettempdir()).glob("attnbench-worker-*")) == before  # ended and removed
