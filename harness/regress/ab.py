@@ -20,7 +20,7 @@ from statistics import median
 from harness.measure.metrics import derive, gated_metrics
 from harness.measure.timing import summarize
 from harness.regress import compare, compare_markdown
-from harness.results.records import read_records
+from harness.results.run_records import read_run_records
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # harness/regress/ab.py -> the checkout
 
@@ -102,10 +102,13 @@ def merge_rounds(round_dirs: list[Path], out_dir: Path) -> None:
     for name in ("env.json", "scenario.json", "run.json"):
         if (round_dirs[0] / name).exists():
             shutil.copy(round_dirs[0] / name, out_dir / name)
+    for d in round_dirs:  # every round's environments (never overwritten: ids are content hashes)
+        if (d / "envs").is_dir():
+            shutil.copytree(d / "envs", out_dir / "envs", dirs_exist_ok=True)
     samples = [m.gate for m in gated_metrics() if m.gate.kind == "samples"]
     merged: dict[str, dict] = {}
     for d in round_dirs:
-        for rec in read_records(d / "records.jsonl"):
+        for rec in read_run_records(d):  # the run's merge: each case once, whichever worker ran it
             cur = merged.get(rec["case_id"])
             if cur is None:
                 merged[rec["case_id"]] = rec
