@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+import torch
 
 from harness.results.run_records import read_run_records
 
@@ -198,3 +199,25 @@ def test_warm_children_nobody_needs_are_ended(tmp_path: Path) -> None:
     res = cli(str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "r"))
     assert res.returncode == 2 and "missing.yaml" in res.stderr
     assert set(Path(tempfile.gettempdir()).glob("attnbench-worker-*")) == before  # ended and removed
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--executor", "gpus"], "--executor gpus: no CUDA device is visible here"),
+        (["--executor", "slurm"], "--executor slurm: no Slurm here"),
+        (["--workers", "0"], "--workers: expected an int >= 1, found 0"),
+        (["--gpus", "a,b"], "--gpus: expected GPU ids like 0,1"),
+        (["--retry-crashed"], "--retry-crashed needs --resume"),
+    ],
+)
+def test_executor_options_that_cannot_work_fail_before_anything_is_written(
+    tmp_path: Path, args: list[str], needle: str
+) -> None:
+    if args == ["--executor", "gpus"] and torch.cuda.is_available():
+        pytest.skip("a GPU is visible here")
+    out = tmp_path / "run"
+    res = cli(str(scenario(tmp_path, "none")), "--out", str(out), *args)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().startswith("error: " + needle) and len(res.stderr.strip().splitlines()) == 1
+    assert not out.exists()

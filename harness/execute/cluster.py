@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.execute.executors import EXECUTORS, Execution, Executor, ExecutorError
+from harness.execute.executors import EXECUTORS, Execution, Executor, ExecutorError, ExecutorOptions
 from harness.execute.supervise import ChildWorker
 from harness.execute.worker import failure_record_factory
 from harness.results.run_records import worker_records_path
@@ -111,8 +112,11 @@ class SubmititLocalExecutor(Executor):
     name = "submitit-local"
     description = "submitit jobs on this machine (--workers N at once): the cluster code path, locally"
 
+    @classmethod
+    def preflight(cls, options: ExecutorOptions) -> None:
+        _need_submitit(cls.name)
+
     def execute(self, run: Execution) -> None:
-        _need_submitit(self.name)
         import submitit
 
         groups = [[c.case_id for c in g.cases] for g in run.groups]
@@ -134,8 +138,16 @@ class SlurmExecutor(Executor):
         "one submitit job per case group on Slurm (--partition, --time-min, --gpus-per-task, --max-jobs)"
     )
 
+    @classmethod
+    def preflight(cls, options: ExecutorOptions) -> None:
+        _need_submitit(cls.name)
+        if shutil.which("sbatch") is None or shutil.which("srun") is None:
+            raise ExecutorError(
+                "--executor slurm: no Slurm here (sbatch/srun not on PATH); run on a cluster login node, "
+                "or use submitit-local to try the same code path on this machine"
+            )
+
     def execute(self, run: Execution) -> None:
-        _need_submitit(self.name)
         import submitit
 
         opts = run.options

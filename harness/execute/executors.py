@@ -66,6 +66,11 @@ class Executor(abc.ABC):
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
 
+    @classmethod
+    def preflight(cls, options: ExecutorOptions) -> None:
+        """Raise ExecutorError (one line) when this executor cannot run here, before anything is written."""
+        return None
+
     @abc.abstractmethod
     def execute(self, run: Execution) -> None: ...
 
@@ -151,12 +156,15 @@ class GpusExecutor(Executor):
     name = "gpus"
     description = "one child per GPU (--gpus 0,1; default all), pinned by CUDA_VISIBLE_DEVICES"
 
-    def execute(self, run: Execution) -> None:
-        gpus = run.options.gpus if run.options.gpus is not None else visible_gpus()
-        if not gpus:
+    @classmethod
+    def preflight(cls, options: ExecutorOptions) -> None:
+        if options.gpus is None and not visible_gpus():
             raise ExecutorError(
                 "--executor gpus: no CUDA device is visible here; pass --gpus 0,1,... or use subprocess"
             )
+
+    def execute(self, run: Execution) -> None:
+        gpus = run.options.gpus if run.options.gpus is not None else visible_gpus()
         run_in_children(run, [(f"gpu{g}", {"CUDA_VISIBLE_DEVICES": g}) for g in gpus])
 
 

@@ -106,6 +106,8 @@ def run_scenario(
     """
     out_dir = Path(out_dir)
     executor_cls = EXECUTORS.get(executor)
+    options = options or ExecutorOptions()
+    executor_cls.preflight(options)  # a missing GPU or cluster fails here, before anything is written
     out_dir.mkdir(parents=True, exist_ok=True)
     with writer_lock(out_dir, resume):
         apply_threads(scenario.measure, device)  # as the workers will: env.json records it

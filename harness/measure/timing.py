@@ -1,6 +1,6 @@
 """Timers for one benchmark case: warm-up, sampling, L2 flush, timeout, sample statistics.
 
-Protocol (DESIGN.md, "Measurement protocol"):
+Protocol (README, "Measurement protocol"):
 
 1. Warm-up: call the step until `spec.warmup_ms` of wall time has passed (at least one call).
    The first call pays for compilation and autotuning; none of the warm-up calls is kept.
