@@ -30,8 +30,7 @@ def test_holders_of_one_device_never_overlap_and_other_devices_do(tmp_path: Path
     for t in threads:
         t.join()
     cpu = sorted(spans["cpu"])
-    assert len(cpu) == 3 and all(
-        a_end <= b_start for (_, a_end), (b_start, _) in zip(cpu, cpu[1:], strict=False)
-    )
-    ((gpu_start, gpu_end),) = spans["cuda-0"]
-    assert gpu_start < cpu[0][1]  # another device's lock did not wait for the cpu holders
+    pairs = zip(cpu, cpu[1:], strict=False)
+    assert len(cpu) == 3 and all(a_end <= b_start for (_, a_end), (b_start, _) in pairs)
+    ((gpu_start, _),) = spans["cuda-0"]
+    assert gpu_start < cpu[-1][0]  # another device's lock did not queue behind the three cpu holders
