@@ -210,7 +210,10 @@ def problem(causal: bool = False, head_dim: int = 16) -> Problem:
     return Problem(batch=1, heads=2, seq_len=37, head_dim=head_dim, causal=causal, mode="fwd_bwd")
 
 
-def luna(params: LunaParams, impl: str, prob: Problem) -> LunaAttention:
+def luna(params: LunaParams, impl: str, prob: Problem, seed: int = 0) -> LunaAttention:
+    """Seeded: a tiny LUNA (hidden 8) has all-zero features for a few init draws (2 of 300 seeds),
+    so an unseeded build made these tests depend on what ran before them."""
+    torch.manual_seed(seed)
     return LunaAttention(params, impl, prob.heads, prob.head_dim, prob.device, prob.dtype)
 
 
