@@ -16,9 +16,9 @@ process follows the job files for progress and waits for every job.
 from __future__ import annotations
 
 import importlib.util
-import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from typing import Any
 from harness.execute.executors import EXECUTORS, Execution, Executor, ExecutorError, ExecutorOptions
 from harness.execute.supervise import ChildWorker
 from harness.execute.worker import failure_record_factory
-from harness.results.run_records import worker_records_path
+from harness.results.run_records import Follower, worker_records_path
 
 FOLLOW_S = 1.0  # how often the submitting process reads the jobs' record files
 
@@ -83,24 +83,17 @@ def _chunks(groups: list[list[str]], n: int) -> list[list[list[str]]]:
     return shares
 
 
-def _follow(run: Execution, workers: list[str], jobs: list[Any]) -> None:
-    """Report every new record of the jobs' files until every job has ended; re-raise a job's error."""
-    offsets = dict.fromkeys(workers, 0)
+def _follow(run: Execution, workers: list[str], submit: Callable[[], list[Any]]) -> None:
+    """Submit the jobs, report every record they append until all have ended, re-raise a job's error.
+
+    The job files are followed from their current end: records of an earlier run are not news."""
+    files = [Follower(worker_records_path(run.run_dir, w), from_end=True) for w in workers]
+    jobs = submit()
     while True:
         finished = all(job.done() for job in jobs)
-        for worker in workers:
-            path = worker_records_path(run.run_dir, worker)
-            if not path.exists():
-                continue
-            with open(path, "rb") as fh:
-                fh.seek(offsets[worker])
-                data = fh.read()
-            end = data.rfind(b"\n") + 1
-            offsets[worker] += end
-            for line in data[:end].decode("utf-8").splitlines():
-                if line.strip():
-                    row = json.loads(line)
-                    run.on_row(row["case_id"], row)
+        for follower in files:
+            for row in follower.read():
+                run.on_row(row["case_id"], row)
         if finished:
             break
         time.sleep(FOLLOW_S)
@@ -128,8 +121,7 @@ class SubmititLocalExecutor(Executor):
             GroupJob(str(run.run_dir), run.device, w, share, run.timeout_s)
             for w, share in zip(workers, shares, strict=True)
         ]
-        jobs = [executor.submit(task) for task in tasks]
-        _follow(run, workers, jobs)
+        _follow(run, workers, lambda: [executor.submit(task) for task in tasks])
 
 
 class SlurmExecutor(Executor):
@@ -165,8 +157,7 @@ class SlurmExecutor(Executor):
             GroupJob(str(run.run_dir), run.device, w, [[c.case_id for c in g.cases]], run.timeout_s)
             for w, g in zip(workers, run.groups, strict=True)
         ]
-        jobs = executor.submit_array(tasks) if tasks else []
-        _follow(run, workers, jobs)
+        _follow(run, workers, lambda: executor.submit_array(tasks) if tasks else [])
 
 
 EXECUTORS.register("submitit-local", SubmititLocalExecutor)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from harness.execute import warm
 from harness.results.records import Record
-from harness.results.run_records import add_record, started_path, worker_records_path
+from harness.results.run_records import Follower, add_record, started_path, worker_records_path
 
 GRACE_S = 5.0  # past the case timeout, before the parent kills the child
 POLL_S = 0.1
@@ -59,7 +59,6 @@ class _Seen:
     recorded: set[str] = field(default_factory=set)  # by this supervisor's children
     history: set[str] = field(default_factory=set)  # recorded under this worker id before it started
     started: dict[str, float] = field(default_factory=dict)  # case_id -> parent time first seen
-    offsets: dict[str, int] = field(default_factory=dict)
 
 
 class ChildWorker:
@@ -84,29 +83,19 @@ class ChildWorker:
         self.last_exit: int | None = None  # return code of the last child that ended
         self.seen = _Seen()
         self.stderr_path = self.run_dir / "logs" / f"{worker}.stderr.log"  # the current child's
+        self.started_file = Follower(started_path(self.run_dir, self.worker))
+        self.records_file = Follower(worker_records_path(self.run_dir, self.worker))
         self._poll_files(initial=True)  # what earlier runs of this worker id left: not news
 
     # ----- files ----------------------------------------------------------------------------
-    def _new_rows(self, path: Path) -> list[dict]:
-        """Complete lines of `path` past what was read before."""
-        if not path.exists():
-            return []
-        start = self.seen.offsets.get(path.name, 0)
-        with open(path, "rb") as fh:
-            fh.seek(start)
-            data = fh.read()
-        end = data.rfind(b"\n") + 1
-        self.seen.offsets[path.name] = start + end
-        return [json.loads(line) for line in data[:end].decode("utf-8").splitlines() if line.strip()]
-
     def _poll_files(self, initial: bool = False) -> None:
         """Read new start markers and records. `initial`: earlier runs' files, taken as history
         (their records count as done, their markers are never in flight, nothing is reported)."""
-        for mark in self._new_rows(started_path(self.run_dir, self.worker)):
+        for mark in self.started_file.read():
             self.seen.started.pop(mark["case_id"], None)  # re-inserted last: the newest start
             if not initial and not mark.get("aborted"):
                 self.seen.started[mark["case_id"]] = time.monotonic()
-        for row in self._new_rows(worker_records_path(self.run_dir, self.worker)):
+        for row in self.records_file.read():
             if initial:
                 self.seen.history.add(row["case_id"])
             else:

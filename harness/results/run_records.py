@@ -63,6 +63,25 @@ def add_record(run_dir: Path, worker: str, record: Any) -> None:
     append_record(worker_records_path(run_dir, worker), record)
 
 
+class Follower:
+    """The complete JSON lines appended to one file since the last `read` (a line still being
+    written is left for the next read). `from_end`: start after what the file holds now."""
+
+    def __init__(self, path: Path, from_end: bool = False) -> None:
+        self.path = Path(path)
+        self.offset = self.path.stat().st_size if from_end and self.path.exists() else 0
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset)
+            data = fh.read()
+        end = data.rfind(b"\n") + 1
+        self.offset += end
+        return [json.loads(line) for line in data[:end].decode("utf-8").splitlines() if line.strip()]
+
+
 def _rank(row: dict[str, Any], index: int) -> tuple[bool, str, int]:
     return (row.get("status") != "crashed", str(row.get("started_at") or ""), index)
 
