@@ -24,6 +24,7 @@ from harness.execute.pipeline import new_record
 from harness.execute.plan import plan
 from harness.execute.progress import Reporter, make_reporter
 from harness.execute.rundir import open_run_dir, writer_lock
+from harness.execute.worker import failure_records
 from harness.measure import env as env_mod
 from harness.measure.hygiene import apply_threads
 from harness.measure.roofline import Roofline, measure_roofline
@@ -136,19 +137,13 @@ def run_scenario(
             statuses[row["status"]] = statuses.get(row["status"], 0) + 1
             reporter.case_finished(by_id[case_id], Record.from_dict(row))
 
-        def failure_record(case_id: str, status: str, reason: str, info: dict) -> Record:
-            rec = new_record(by_id[case_id], ctx)
-            rec.status, rec.reason = status, reason
-            rec.info.update(info)
-            return rec
-
         run = Execution(
             out_dir,
             device,
             groups,
             scenario.measure.timeout_s,
-            options or ExecutorOptions(),
-            failure_record,
+            options,
+            failure_records(ctx, by_id),
             on_row,
         )
         interrupted = False

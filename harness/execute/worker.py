@@ -96,12 +96,9 @@ class Worker:
                 on_record(case, record)
 
 
-def failure_record_factory(run_dir: Path, device: str, worker: str) -> FailureRecord:
-    """For a supervising process outside the runner (a submitit job): builds the record of a case
-    whose child was killed or died, as the runner's own factory does."""
-    scenario, meta = load_run(run_dir)
-    ctx = make_context(run_dir, device, worker, scenario, meta)
-    cases = {c.case_id: c for c in expand(scenario, device)}
+def failure_records(ctx: CaseContext, cases: dict[str, Case]) -> FailureRecord:
+    """Builds the record of a case whose child was killed or died: its identity and provenance
+    from `ctx`, the status and reason given, and `info` (exit code, stderr tail)."""
 
     def make(case_id: str, status: str, reason: str, info: dict) -> Record:
         rec = new_record(cases[case_id], ctx)
@@ -110,6 +107,13 @@ def failure_record_factory(run_dir: Path, device: str, worker: str) -> FailureRe
         return rec
 
     return make
+
+
+def failure_record_factory(run_dir: Path, device: str, worker: str) -> FailureRecord:
+    """`failure_records` for a supervising process outside the runner (a submitit job)."""
+    scenario, meta = load_run(run_dir)
+    ctx = make_context(run_dir, device, worker, scenario, meta)
+    return failure_records(ctx, {c.case_id: c for c in expand(scenario, device)})
 
 
 def _die_with_parent() -> None:
