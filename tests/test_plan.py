@@ -116,3 +116,34 @@ def test_unknown_executor_is_one_line_exit_2(tmp_path: Path) -> None:
     known = "gpus, inline, slurm, submitit-local, subprocess"
     assert res.stderr.strip() == f"error: unknown executor 'inlne' (did you mean 'inline'?); known: {known}"
     assert not (tmp_path / "r").exists()
+
+
+class RecordingReporter:
+    """Keeps the progress events a reporter gets."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    def start(self, total: int, already_done: int) -> None:
+        self.events.append(("start", str(total)))
+
+    def case_started(self, case) -> None:
+        self.events.append(("started", case.case_id))
+
+    def case_finished(self, case, record) -> None:
+        self.events.append(("finished", case.case_id))
+
+    def stop(self) -> None:
+        self.events.append(("stop", ""))
+
+
+@pytest.mark.parametrize("executor", ["inline", "subprocess"])
+def test_progress_sees_each_case_start_before_it_finishes(tmp_path: Path, executor: str) -> None:
+    scenario = load_scenario(str(_scenario(tmp_path)))
+    reporter = RecordingReporter()
+    run_scenario(scenario, tmp_path / "run", "cpu", reporter=reporter, plots=False, executor=executor)
+    ids = [c.case_id for c in expand(scenario, "cpu")]
+    for case_id in ids:
+        started = reporter.events.index(("started", case_id))
+        assert started < reporter.events.index(("finished", case_id))
+    assert reporter.events[0] == ("start", str(len(ids))) and reporter.events[-1] == ("stop", "")

@@ -84,7 +84,11 @@ class InlineExecutor(Executor):
 
         worker = Worker(run.run_dir, run.device, "main")
         ids = [c.case_id for g in run.groups for c in g.cases]
-        worker.run(ids, on_record=lambda case, rec: run.on_row(case.case_id, rec.flat()))
+        worker.run(
+            ids,
+            on_record=lambda case, rec: run.on_row(case.case_id, rec.flat()),
+            on_start=lambda case: run.on_start(case.case_id),
+        )
 
 
 def run_in_children(run: Execution, slots: list[tuple[str, dict[str, str]]]) -> None:
@@ -104,9 +108,13 @@ def run_in_children(run: Execution, slots: list[tuple[str, dict[str, str]]]) -> 
         with lock:
             run.on_row(case_id, row)
 
+    def on_start(case_id: str) -> None:
+        with lock:
+            run.on_start(case_id)
+
     def serve(worker: str, env: dict[str, str]) -> None:
         child = ChildWorker(
-            run.run_dir, run.device, worker, env, run.timeout_s, run.failure_record, on_row, stop
+            run.run_dir, run.device, worker, env, run.timeout_s, run.failure_record, on_row, stop, on_start
         )
         try:
             while not stop.is_set():

@@ -145,6 +145,7 @@ def run_scenario(
             options,
             failure_records(ctx, by_id),
             on_row,
+            on_start=lambda case_id: reporter.case_started(by_id[case_id]),
         )
         interrupted = False
         reporter.start(len(cases), len(cases) - todo)

@@ -74,10 +74,12 @@ class ChildWorker:
         failure_record: FailureRecord,
         on_row: OnRow,
         stop: threading.Event | None = None,
+        on_start: Callable[[str], None] | None = None,
     ) -> None:
         self.run_dir, self.device, self.worker = Path(run_dir), device, worker
         self.env, self.timeout_s = env, timeout_s
         self.failure_record, self.on_row = failure_record, on_row
+        self.on_start = on_start or (lambda case_id: None)  # progress: a case began in the child
         self.stop = stop or threading.Event()  # set (Ctrl-C): kill the child, record nothing
         self.proc: subprocess.Popen | None = None
         self.last_exit: int | None = None  # return code of the last child that ended
@@ -95,6 +97,7 @@ class ChildWorker:
             self.seen.started.pop(mark["case_id"], None)  # re-inserted last: the newest start
             if not initial and not mark.get("aborted"):
                 self.seen.started[mark["case_id"]] = time.monotonic()
+                self.on_start(mark["case_id"])
         for row in self.records_file.read():
             if initial:
                 self.seen.history.add(row["case_id"])

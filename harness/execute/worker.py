@@ -80,12 +80,19 @@ class Worker:
         self.cases = {c.case_id: c for c in expand(self.scenario, device)}
         self.kind = KINDS.get(self.scenario.kind)()
 
-    def run(self, case_ids: list[str], on_record: OnRecord | None = None) -> None:
+    def run(
+        self,
+        case_ids: list[str],
+        on_record: OnRecord | None = None,
+        on_start: Callable[[Case], None] | None = None,
+    ) -> None:
         """Run `case_ids` in order (one group, or several); the OOM rule sees the run's records."""
         oom_at = oom_lengths(read_run_records(self.run_dir))
         for case_id in case_ids:
             case = self.cases[case_id]
             mark_started(self.run_dir, self.worker, case_id, now(), self.supervised)
+            if on_start is not None:
+                on_start(case)
             try:
                 record = self.kind.run_case(case, self.ctx, oom_at)
             except KeyboardInterrupt:
