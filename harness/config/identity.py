@@ -27,10 +27,6 @@ def body_hash(body: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def scenario_hash(s: Scenario) -> str:
-    return body_hash(scenario_body(s))
-
-
 def changed_keys(old: Any, new: Any, where: str = "") -> list[str]:
     """Key paths (`problem.seq_len`, `variants[1].params.m`) where two JSON values differ."""
     if isinstance(old, dict) and isinstance(new, dict):

@@ -30,6 +30,26 @@ def group_key(case: Case) -> str:
     return json.dumps(parts, sort_keys=True, default=str)
 
 
+def select_cases(
+    scenario: Scenario, device: str, only: list[str] | None = None, case_ids: list[str] | None = None
+) -> list[Case]:
+    """The sweep's cases on `device`, narrowed to the variants `only` and the ids `case_ids`."""
+    cases = expand(scenario, device, only=only)
+    if case_ids:
+        wanted = set(case_ids)
+        cases = [c for c in cases if c.case_id in wanted]
+    return cases
+
+
+def group_cases(cases: list[Case], done: set[str] | frozenset[str] = frozenset()) -> list[CaseGroup]:
+    """The groups of the cases not in `done`, in the sweep's order."""
+    groups: dict[str, list[Case]] = {}
+    for case in cases:
+        if case.case_id not in done:
+            groups.setdefault(group_key(case), []).append(case)
+    return [CaseGroup(key, tuple(members)) for key, members in groups.items()]
+
+
 def plan(
     scenario: Scenario,
     device: str,
@@ -38,12 +58,5 @@ def plan(
     done: set[str] | frozenset[str] = frozenset(),
 ) -> tuple[list[Case], list[CaseGroup]]:
     """(every selected case, the groups of those not yet in `done`), both in the sweep's order."""
-    cases = expand(scenario, device, only=only)
-    if case_ids:
-        wanted = set(case_ids)
-        cases = [c for c in cases if c.case_id in wanted]
-    groups: dict[str, list[Case]] = {}
-    for case in cases:
-        if case.case_id not in done:
-            groups.setdefault(group_key(case), []).append(case)
-    return cases, [CaseGroup(key, tuple(members)) for key, members in groups.items()]
+    cases = select_cases(scenario, device, only, case_ids)
+    return cases, group_cases(cases, done)

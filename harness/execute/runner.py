@@ -21,7 +21,7 @@ from harness.config.sweep import Case
 from harness.execute.context import CaseContext
 from harness.execute.executors import EXECUTORS, Execution, ExecutorOptions
 from harness.execute.pipeline import new_record
-from harness.execute.plan import plan
+from harness.execute.plan import group_cases, select_cases
 from harness.execute.progress import Reporter, make_reporter
 from harness.execute.rundir import open_run_dir, writer_lock
 from harness.execute.worker import failure_records
@@ -121,11 +121,11 @@ def run_scenario(
             (out_dir / "env.json").write_text(json.dumps(env, indent=2, default=str) + "\n")
         ctx = CaseContext(scenario, run_id, env.get("git_sha", ""), scenario_arg or scenario.path, device)
         ctx.set_provenance(PARENT, env_mod.write_env(out_dir, env))
-        all_cases, _ = plan(scenario, device, only, case_ids)
-        by_id = {c.case_id: c for c in all_cases}
+        cases = select_cases(scenario, device, only, case_ids)
+        by_id = {c.case_id: c for c in cases}
         again = _record_stale_starts(out_dir, ctx, by_id, retry_crashed)
         done = {r["case_id"] for r in read_run_records(out_dir)} - again
-        cases, groups = plan(scenario, device, only, case_ids, done=done)
+        groups = group_cases(cases, done)
         todo = sum(len(g.cases) for g in groups)
         if scenario.measure.roofline:
             _roofline(out_dir, device, [c.problem.dtype for c in cases])
