@@ -1,6 +1,6 @@
 """The scenario's optional blocks that do not define cases: `execute:` (how its case groups run
 unless the command line says otherwise: `--executor`, `--workers`, `--gpus`, the Slurm options)
-and `report:` (the report's baseline and noise thresholds)."""
+and `report:` (the report's baseline and noise thresholds); `task:` holds the kind's own options."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 
 from harness.config import validate as v
 from harness.measure.metrics import ReportSpec
+from harness.plugins.kinds import KINDS
 from harness.plugins.registry import suggest
 
 
@@ -68,3 +69,14 @@ def report_block(raw: Any, entries: list[dict[str, Any]]) -> ReportSpec:
             f"unknown variant or label {b!r}{suggest(b, names)}; expected one of {', '.join(names)}",
         )
     return spec
+
+
+def task_block(kind: str, raw: Any) -> tuple[tuple[str, Any], ...]:
+    """The `task:` block, validated by the kind's own `task_options` (kind-specific keys)."""
+    if not isinstance(raw, dict):
+        raise v.Invalid("task", f"expected a mapping of {kind} options, found {v.show(raw)}")
+    try:
+        options = KINDS.get(kind).task_options(raw, "task")
+    except ValueError as err:
+        raise v.Invalid("task", str(err).removeprefix("task: ")) from None
+    return tuple(options.items())

@@ -12,7 +12,7 @@ from functools import partial
 from typing import Any
 
 from harness.config import validate as v
-from harness.config.blocks import ExecuteSpec, execute_block, report_block
+from harness.config.blocks import ExecuteSpec, execute_block, report_block, task_block
 from harness.config.regimes import input_regimes
 from harness.inputs.spec import InputSpec
 from harness.measure.metrics import ReportSpec
@@ -80,6 +80,12 @@ class Scenario:
     kind: str = "kernel"  # a registered benchmark kind (harness.plugins.kinds)
     execute: ExecuteSpec = field(default_factory=ExecuteSpec)  # how groups run, unless the CLI says
     report: ReportSpec = field(default_factory=ReportSpec)  # the `report:` block
+    task: tuple[tuple[str, Any], ...] = ()  # the kind's own options (`task:`), validated by the kind
+
+    @property
+    def task_options(self) -> dict[str, Any]:
+        """The `task:` block as a dict (defaults filled in by the kind)."""
+        return dict(self.task)
 
 
 def load_scenario(path: str) -> Scenario:
@@ -126,6 +132,7 @@ def scenario_to_dict(s: Scenario) -> dict[str, Any]:
         "measure": dataclasses.asdict(s.measure),
         "checks": dataclasses.asdict(s.checks),
         "report": dataclasses.asdict(s.report),
+        "task": dict(s.task),
         "execute": {
             k: list(val) if isinstance(val, tuple) else val
             for k, val in dataclasses.asdict(s.execute).items()
@@ -135,8 +142,8 @@ def scenario_to_dict(s: Scenario) -> dict[str, Any]:
 
 # ----- schema -------------------------------------------------------------------------------
 TOP_KEYS = tuple(
-    "name version description kind device problem inputs variants accuracy measure checks execute "
-    "report".split()
+    "name version description kind task device problem inputs variants accuracy measure checks "
+    "execute report".split()
 )
 DEVICES = ("cpu", "cuda", "auto")
 VARIANT_KEYS = ("name", "impl", "params", "fit", "label")
@@ -191,7 +198,8 @@ def _scenario(path: str, raw: dict[str, Any]) -> Scenario:
         name=v.as_str(top["name"], "name"),
         version=v.as_int(top.get("version", 1), "version", minimum=1),
         description=_text(top.get("description", ""), "description"),
-        kind=v.choice(tuple(KINDS.names()), "kind")(top.get("kind", "kernel"), "kind"),
+        kind=(kind := v.choice(tuple(KINDS.names()), "kind")(top.get("kind", "kernel"), "kind")),
+        task=task_block(kind, top.get("task", {})),
         device=v.choice(DEVICES, "device")(top.get("device", "auto"), "device"),
         problem=(problem := _problem(top["problem"])),
         inputs=input_regimes(top.get("inputs", {}), dataclasses.asdict(problem)),  # checks fixed axes

@@ -23,6 +23,15 @@ class BenchmarkKind(abc.ABC):
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
 
+    @classmethod
+    def task_options(cls, raw: dict[str, Any], where: str) -> dict[str, Any]:
+        """Validate the scenario's `task:` block (the kind's own options, e.g. MQAR's vocabulary)
+        and return it with defaults filled in. Raise `ValueError` with a message naming the key
+        (relative to `where`) and what was expected. Kinds without options accept only `{}`."""
+        if raw:
+            raise ValueError(f"{where}: kind {cls.name!r} takes no task options, found {sorted(raw)}")
+        return {}
+
     @abc.abstractmethod
     def run_case(self, case: Any, ctx: Any, oom_at: dict[str, int]) -> Any: ...
 
