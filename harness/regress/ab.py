@@ -51,7 +51,7 @@ def _finish(result: compare.ComparisonResult, markdown_path: Path | None) -> int
 
 def compare_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
-        prog="run_bench.py compare", description="Per-case verdicts between two runs."
+        prog="run-bench compare", description="Per-case verdicts between two runs."
     )
     p.add_argument("base_run", type=Path)
     p.add_argument("head_run", type=Path)
@@ -138,7 +138,7 @@ def merge_rounds(round_dirs: list[Path], out_dir: Path) -> None:
 
 def ab_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
-        prog="run_bench.py ab", description="Run a scenario at two revisions, interleaved, and compare."
+        prog="run-bench ab", description="Run a scenario at two revisions, interleaved, and compare."
     )
     p.add_argument("scenario", type=Path)
     p.add_argument("--base", required=True, help="base git revision (e.g. origin/main)")

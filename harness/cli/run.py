@@ -1,27 +1,21 @@
-"""Command line: `run-bench [SCENARIO] [options]` and the subcommands validate, list, report, compare, ab.
-
-Exit codes: 0 success; 1 a confirmed regression (compare/ab); 2 bad input (one line on stderr,
-never a traceback); 130 interrupted (what finished is kept; continue with --resume).
-"""
+"""`run-bench run [SCENARIO] [options]` (also `run-bench [SCENARIO] [options]`): run a scenario."""
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from collections import Counter
 from pathlib import Path
 
+from harness.cli.errors import UsageError
+
 DEFAULT_SCENARIO = "scenarios/quick.yaml"
-SUBCOMMANDS = ("run", "validate", "list", "report", "compare", "ab")
 
 
-class UsageError(Exception):
-    """Bad input from the user: printed as one line, exit 2."""
-
-
-def _run_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="run_bench.py", description="Run an attention benchmark scenario.")
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="run-bench run",
+        description="Run an attention benchmark scenario (`run-bench --help` lists the other commands).",
+    )
     p.add_argument(
         "scenario", nargs="?", default=DEFAULT_SCENARIO, help=f"scenario YAML (default {DEFAULT_SCENARIO})"
     )
@@ -81,8 +75,8 @@ def _execution(args: argparse.Namespace, scenario) -> tuple[str, object]:
     return name, options
 
 
-def cmd_run(argv: list[str]) -> int:
-    args = _run_parser().parse_args(argv)
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
     if args.executor in (None, "subprocess"):  # the likely executor: start its children now, so
         from harness.execute import warm  # their imports overlap this process's own (warm.py)
 
@@ -129,116 +123,3 @@ def cmd_run(argv: list[str]) -> int:
         print(f"interrupted: continue with  python run_bench.py {args.scenario} --out {out_dir} --resume")
         return 130
     return 0
-
-
-def cmd_validate(argv: list[str]) -> int:
-    from harness.config.scenario import load_scenario
-    from harness.config.sweep import expand, static_skip_reasons
-    from harness.execute.runner import resolve_device
-
-    p = argparse.ArgumentParser(prog="run_bench.py validate", description="Check a scenario; run nothing.")
-    p.add_argument("scenario")
-    p.add_argument(
-        "--device", choices=("cpu", "cuda", "auto"), help="device to expand for (default: scenario's)"
-    )
-    args = p.parse_args(argv)
-    scenario = load_scenario(args.scenario)
-    wanted = args.device or scenario.device
-    device = "cuda" if wanted == "cuda" else resolve_device(scenario, wanted)
-    cases = expand(scenario, device)
-    skipped = [(c, static_skip_reasons(c)) for c in cases]
-    skipped = [(c, r) for c, r in skipped if r]
-    print(f"{args.scenario}: valid; {len(cases)} cases on {device}, {len(skipped)} skipped before running")
-    reasons = Counter("; ".join(r) for _, r in skipped)
-    for reason, n in reasons.most_common():
-        print(f"  {n:4d} skipped: {reason}")
-    return 0
-
-
-def cmd_list(argv: list[str]) -> int:
-    from harness.execute.catalog import SECTIONS, describe
-
-    p = argparse.ArgumentParser(
-        prog="run_bench.py list", description="List what is installed: variants, input sources, metrics, ..."
-    )
-    p.add_argument(
-        "what", nargs="?", default="all", choices=("all", *SECTIONS), help="one registry (default all)"
-    )
-    args = p.parse_args(argv)
-    print("\n".join(describe(args.what)))
-    return 0
-
-
-def cmd_report(argv: list[str]) -> int:
-    from harness.execute.runner import finish_run_dir
-
-    p = argparse.ArgumentParser(
-        prog="run_bench.py report", description="(Re)write report.md of a run directory."
-    )
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("--no-plots", action="store_true")
-    args = p.parse_args(argv)
-    if not (args.run_dir / "records.jsonl").exists():
-        raise UsageError(f"{args.run_dir}: not a run directory (no records.jsonl)")
-    finish_run_dir(args.run_dir, plots=not args.no_plots)
-    print(args.run_dir / "report.md")
-    return 0
-
-
-def cmd_compare(argv: list[str]) -> int:
-    from harness.regress.ab import compare_main
-
-    return compare_main(argv)
-
-
-def cmd_ab(argv: list[str]) -> int:
-    from harness.regress.ab import ab_main
-
-    return ab_main(argv)
-
-
-COMMANDS = {
-    "run": cmd_run,
-    "validate": cmd_validate,
-    "list": cmd_list,
-    "report": cmd_report,
-    "compare": cmd_compare,
-    "ab": cmd_ab,
-}
-
-
-def main(argv: list[str] | None = None) -> int:
-    from harness.config.scenario import ScenarioError
-    from harness.execute.executors import ExecutorError
-    from harness.execute.rundir import RunDirError
-    from harness.plugins.registry import PluginLoadError, UnknownPluginError
-    from harness.regress.ab import AbError
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    command = "run"
-    if argv and argv[0] in COMMANDS:
-        command, argv = argv[0], argv[1:]
-    bad_input = (
-        ScenarioError,
-        RunDirError,
-        UsageError,
-        UnknownPluginError,
-        PluginLoadError,
-        AbError,
-        ExecutorError,
-    )
-    try:
-        return COMMANDS[command](argv)
-    except bad_input as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # `run_bench.py list | head`: the reader left; nothing is wrong
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Command line: `run-bench [SCENARIO] [options]` (same as `run-bench run ...`) and subcommands.
+
+Subcommands are listed in `COMMANDS` (name -> one-line summary and a lazy "module:function"), so
+`run-bench --help` and `run-bench help` list every one; each module in this package holds the
+argument parsing of its subcommands and nothing else (the logic lives in the stages below).
+
+Exit codes: 0 success; 1 a confirmed regression (compare/ab); 2 bad input (one line on stderr,
+never a traceback); 130 interrupted (what finished is kept; continue with --resume).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from harness.cli.errors import UsageError
+
+__all__ = ["COMMANDS", "Command", "UsageError", "main"]
+
+
+@dataclass(frozen=True)
+class Command:
+    summary: str
+    target: str  # "module:function", function(argv: list[str]) -> exit code
+
+    def load(self) -> Callable[[list[str]], int]:
+        module, _, attr = self.target.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+COMMANDS: dict[str, Command] = {
+    name: Command(summary, target)
+    for name, summary, target in (
+        ("run", "run a scenario (the default command)", "harness.cli.run:main"),
+        ("validate", "check a scenario and count its cases; run nothing", "harness.cli.inspect:validate"),
+        (
+            "list",
+            "list installed variants, inputs, metrics, executors, kinds",
+            "harness.cli.inspect:list_plugins",
+        ),
+        ("report", "(re)write report.md and plots of a run directory", "harness.cli.inspect:report"),
+        (
+            "compare",
+            "compare a run with a baseline run (exit 1 on a regression)",
+            "harness.cli.regress:compare",
+        ),
+        ("ab", "interleaved A/B timing of two checkouts (exit 1 on a regression)", "harness.cli.regress:ab"),
+        ("help", "this overview, or `help COMMAND` for one command's options", "harness.cli:help_command"),
+    )
+}
+
+
+def overview() -> str:
+    """The text of `run-bench --help`: usage, every subcommand, exit codes."""
+    width = max(len(name) for name in COMMANDS)
+    lines = [
+        "usage: run-bench [SCENARIO] [run options]     (same as: run-bench run [SCENARIO] ...)",
+        "       run-bench COMMAND [options]            (run-bench help COMMAND: its options)",
+        "",
+        "Benchmark efficient attention variants: runtime, memory and error against exact softmax.",
+        "",
+        "commands:",
+        *(f"  {name:<{width}}  {cmd.summary}" for name, cmd in COMMANDS.items()),
+        "",
+        "exit codes: 0 ok; 1 confirmed regression (compare, ab); 2 bad input (one line on stderr);",
+        "            130 interrupted (continue with --resume)",
+    ]
+    return "\n".join(lines)
+
+
+def help_command(argv: list[str]) -> int:
+    """`run-bench help [COMMAND]`."""
+    if not argv:
+        print(overview())
+        return 0
+    name = argv[0]
+    if name not in COMMANDS:
+        from harness.plugins.registry import suggest
+
+        hint = suggest(name, list(COMMANDS))
+        raise UsageError(f"help: unknown command {name!r}{hint}; expected one of {', '.join(COMMANDS)}")
+    if name == "help":
+        print(overview())
+        return 0
+    return COMMANDS[name].load()(["--help"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    from harness.config.scenario import ScenarioError
+    from harness.execute.executors import ExecutorError
+    from harness.execute.rundir import RunDirError
+    from harness.plugins.registry import PluginLoadError, UnknownPluginError
+    from harness.regress.ab import AbError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = "run"
+    if argv and argv[0] in COMMANDS:
+        command, argv = argv[0], argv[1:]
+    elif argv and argv[0] in ("-h", "--help"):
+        command, argv = "help", []
+    bad_input = (
+        ScenarioError,
+        RunDirError,
+        UsageError,
+        UnknownPluginError,
+        PluginLoadError,
+        AbError,
+        ExecutorError,
+    )
+    try:
+        return COMMANDS[command].load()(argv)
+    except bad_input as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `run_bench.py list | head`: the reader left; nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

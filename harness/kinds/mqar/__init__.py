@@ -1,0 +1,1 @@
+"""MQAR: multi-query associative recall, a trained-task benchmark kind (see kind.py)."""
