@@ -26,6 +26,8 @@ LONG_N = 256
 # the cost-model check: odd N with a partial last chunk of 128 (104 and 77 tokens), two head dims
 FLOP_SHAPES = [(1000, 32), (333, 64)]
 CAUSAL = pytest.mark.parametrize("causal", [False, True], ids=["noncausal", "causal"])
+# impls whose cases compile (torch.compile + inductor: seconds per graph on CPU): `pytest -m slow`
+SLOW_IMPLS = {"luna/compile"}
 
 
 def _importable() -> list[str]:
@@ -53,6 +55,7 @@ def _impl_cases(runs_on_cpu: bool, check: str | None = None) -> list[Any]:
                 continue
             defect = cls.known_defects.get(f"{impl}:{check}") if check else None
             marks = [pytest.mark.xfail(strict=True, raises=AssertionError, reason=defect)] if defect else []
+            marks += [pytest.mark.slow] if f"{name}/{impl}" in SLOW_IMPLS else []
             cases.append(pytest.param(name, impl, id=f"{name}/{impl}", marks=marks))
     return cases
 
@@ -61,15 +64,21 @@ IMPORTABLE = _importable()  # at collection, before any test plants a fake varia
 CPU_IMPLS = _impl_cases(runs_on_cpu=True)
 CPU_REFUSED = _impl_cases(runs_on_cpu=False)
 LOW_PRECISION = [
-    pytest.param(*p.values, dtype, id=f"{p.id}-{dtype}")
+    pytest.param(*p.values, dtype, id=f"{p.id}-{dtype}", marks=p.marks)
     for p in CPU_IMPLS
     for dtype in VARIANTS.get(p.values[0]).tolerances
     if dtype in DTYPES and dtype != "fp32"
 ]
-KNOWN_CAUSALITY_LEAKS = {p.id: p.marks[0].kwargs["reason"] for p in _impl_cases(True, "causality") if p.marks}
-KNOWN_BATCH_DEPENDENCE = {
-    p.id: p.marks[0].kwargs["reason"] for p in _impl_cases(True, "batch_independence") if p.marks
-}
+
+
+def _known(check: str) -> dict[str, str]:
+    """{case id: reason} of the strict xfails `_impl_cases(True, check)` declares."""
+    cases = _impl_cases(True, check)
+    return {p.id: p.marks[0].kwargs["reason"] for p in cases if p.marks and p.marks[0].name == "xfail"}
+
+
+KNOWN_CAUSALITY_LEAKS = _known("causality")
+KNOWN_BATCH_DEPENDENCE = _known("batch_independence")
 
 
 def run(check: Any, *args: Any) -> None:

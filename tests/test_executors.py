@@ -67,7 +67,7 @@ def test_a_dying_case_is_recorded_crashed_and_the_sweep_goes_on(
     res = cli(
         str(scenario(tmp_path, crash)), "--out", str(out), "--quiet", "--no-plots", "--executor", "subprocess"
     )
-    assert res.returncode == 0, res.stderr
+    assert res.returncode == 3, res.stderr  # the run finished, but a case crashed: exit 3
     recs = statuses(out)
     assert len(recs) == 2 * len(LENGTHS) and len(read_run_records(out)) == len(recs)
     dead = recs[("crashy", 24)]
@@ -79,10 +79,10 @@ def test_a_dying_case_is_recorded_crashed_and_the_sweep_goes_on(
     assert sorted(r["case_id"] for r in merged) == sorted(r["case_id"] for r in recs.values())
     # resume does not run the crashed case again...
     again = cli(str(scenario(tmp_path, crash)), "--out", str(out), "--resume", "--quiet", "--no-plots")
-    assert again.returncode == 0 and "0 cases run" in again.stdout, again.stdout + again.stderr
+    assert again.returncode == 3 and "0 cases run" in again.stdout, again.stdout + again.stderr
     # ...unless asked to
     retry = cli(str(scenario(tmp_path, crash)), "--out", str(out), "--resume", "--retry-crashed", "--quiet")
-    assert retry.returncode == 0 and "1 cases run (1 crashed)" in retry.stdout, retry.stdout + retry.stderr
+    assert retry.returncode == 3 and "1 cases run (1 crashed)" in retry.stdout, retry.stdout + retry.stderr
 
 
 def test_a_case_that_swallows_the_timeout_is_killed_and_recorded(tmp_path: Path) -> None:
@@ -103,7 +103,7 @@ def test_inline_crash_is_recorded_on_resume_not_run_again(tmp_path: Path) -> Non
     res = cli(str(path), "--out", str(out), "--quiet", "--no-plots", "--executor", "inline")
     assert res.returncode == -9  # inline: the case took the whole run with it
     again = cli(str(path), "--out", str(out), "--resume", "--quiet", "--no-plots", "--executor", "inline")
-    assert again.returncode == 0, again.stderr
+    assert again.returncode == 3, again.stderr  # the run holds a crashed case
     recs = statuses(out)
     assert recs[("crashy", 24)]["status"] == "crashed" and "--retry-crashed" in recs[("crashy", 24)]["reason"]
     assert len(recs) == 2 * len(LENGTHS)

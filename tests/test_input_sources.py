@@ -65,7 +65,7 @@ class Captured(InputSource):
     """Stands in for attention captured from a model: 2 heads of dim 8, sentences of 16 or 32
     tokens, each batch row a sentence of random length >= min_len, right-padded (mask (B, N))."""
 
-    name: ClassVar[str] = "captured"
+    name: ClassVar[str] = "recorded"  # not "captured": a built-in source
     pads: ClassVar[bool] = True
     knobs: ClassVar[dict[str, Knob]] = {"min_len": Knob(4, positive_int, "shortest sentence")}
 
@@ -129,7 +129,7 @@ class MaskAware(AttentionVariant):
 
 PLANTED = {
     "constant-keys": ConstantKeys,
-    "captured": Captured,
+    "recorded": Captured,
     "bad-axis": BadAxis,
     "wrong-shape": WrongShape,
     "not-a-source": f"{__name__}:NotASource",
@@ -217,18 +217,18 @@ def test_planted_knob_is_validated_and_round_trips(tmp_path: Path) -> None:
 def test_fixed_axes_reject_a_contradicting_problem(
     tmp_path: Path, problem: str, where: str, expected: str
 ) -> None:
-    msg = load_error(scenario(tmp_path, "{dist: captured}", problem))
+    msg = load_error(scenario(tmp_path, "{dist: recorded}", problem))
     axis = where.split(".")[1]
-    assert f": {where}: {expected}: input source captured (inputs) fixes {axis}; found " in msg
-    listed = load_error(scenario(tmp_path, "[{dist: gaussian}, {dist: captured}]", problem))
-    assert f": {where}: {expected}: input source captured (inputs[1]) fixes {axis}" in listed
+    assert f": {where}: {expected}: input source recorded (inputs) fixes {axis}; found " in msg
+    listed = load_error(scenario(tmp_path, "[{dist: gaussian}, {dist: recorded}]", problem))
+    assert f": {where}: {expected}: input source recorded (inputs[1]) fixes {axis}" in listed
 
 
 def test_fixed_axes_accept_a_matching_problem(tmp_path: Path) -> None:
     s = load_scenario(
         str(
             scenario(
-                tmp_path, "{dist: captured, min_len: 5}", "batch: 3, heads: 2, head_dim: 8, seq_len: [16, 32]"
+                tmp_path, "{dist: recorded, min_len: 5}", "batch: 3, heads: 2, head_dim: 8, seq_len: [16, 32]"
             )
         )
     )
@@ -247,8 +247,8 @@ def test_fixed_axes_accept_a_matching_problem(tmp_path: Path) -> None:
 
 
 def test_make_inputs_checks_fixed_axes_and_the_batch() -> None:
-    with pytest.raises(ValueError, match=r"input source 'captured' needs head_dim in \[8\], got 16"):
-        make_inputs(Problem(1, 2, 16, 16), InputSpec("captured"))
+    with pytest.raises(ValueError, match=r"input source 'recorded' needs head_dim in \[8\], got 16"):
+        make_inputs(Problem(1, 2, 16, 16), InputSpec("recorded"))
     with pytest.raises(ValueError, match=r"'wrong-shape' returned q of shape \(1, 2, 15, 8\), expected"):
         make_inputs(Problem(1, 2, 16, 8), InputSpec("wrong-shape"))
 
@@ -261,7 +261,7 @@ def test_source_errors_name_the_source(tmp_path: Path) -> None:
 
 
 def test_padding_mask_reaches_the_variant(tmp_path: Path) -> None:
-    path = scenario(tmp_path, "{dist: captured}")
+    path = scenario(tmp_path, "{dist: recorded}")
     path.write_text(path.read_text().replace("{name: softmax}", "{name: mask_aware}"))
     s = load_scenario(str(path))
     run_scenario(s, tmp_path / "run", "cpu", reporter=QuietReporter(), plots=False, executor="inline")
@@ -276,7 +276,7 @@ def test_padding_mask_reaches_the_variant(tmp_path: Path) -> None:
 
 def test_masked_inputs_skip_variants_without_masking(tmp_path: Path) -> None:
     """A source that pads marks its problems masked: a variant without masking is skipped, with why."""
-    path = scenario(tmp_path, "{dist: captured}")
+    path = scenario(tmp_path, "{dist: recorded}")
     path.write_text(path.read_text().replace("{name: softmax}", "{name: nystrom}"))
     run_scenario(
         load_scenario(str(path)),

@@ -12,8 +12,10 @@ and `triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))` runs th
 
 Kernels must be JIT functions for that, so if this session imported them under TRITON_INTERPRET=1
 the tests report the outcome of this file run once in a subprocess without it.
-Run `python tests/test_luna_triton_compile.py` for a table of registers, spills and shared memory
-for every configuration on sm_90 and sm_80.
+The launch options are the autotune candidates of attentions/luna/triton_configs.py: the test
+compiles each kernel's default (first) candidate and bounds its bf16 register spills (ptxas -v);
+a slow test compiles every candidate. Run `python tests/test_luna_triton_compile.py` for a table
+of registers, spills and shared memory for every candidate on sm_90 and sm_80.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import torch
 
 triton = pytest.importorskip("triton")
 from attentions.luna import triton_launch as tk  # noqa: E402  (after the importorskip)
+from attentions.luna.triton_configs import candidates  # noqa: E402
 
 KERNELS = (
     "_state_kernel",
@@ -57,6 +60,9 @@ MAX_SHARED = {90: 232448, 80: 166912}
 # path); G=1 and sm_80 are covered by the script mode only.
 TEST_CONFIGS = {"bf16-G=L": ("bf16", SIZES["L"]), "fp32-G=L": ("fp32", SIZES["L"])}
 TEST_ARCH = 90
+# ptxas spill stores per thread allowed for the default (first) candidate of each kernel in bf16:
+# the worst measured, the causal backward key kernel at BLOCK_N 16 (32 B; 656 B at the first guess)
+MAX_BF16_SPILL_BYTES = 32
 SUBPROCESS_TIMEOUT_S = 280  # under pytest-timeout's 300 s for the test that starts it
 
 INTERPRETED = type(tk._state_kernel).__name__ == "InterpretedFunction"
@@ -189,24 +195,59 @@ def _check_in_subprocess() -> None:
     assert outcomes[name] == "", f"without TRITON_INTERPRET: {outcomes[name]}"
 
 
+def with_config(launch: Launch, config: tuple[int, int, int]) -> Launch:
+    """The launch with (BLOCK_N, num_warps, num_stages) of an autotune candidate (triton_configs.py)."""
+    bn, warps, stages = config
+    return Launch(launch.fn, launch.grid, launch.args, {**launch.kwargs, "BLOCK_N": bn, "num_warps": warps,
+                                                        "num_stages": stages})  # fmt: skip
+
+
+def default_candidate(kernel: str, dtype: str) -> tuple[int, int, int]:
+    """The first autotune candidate of `kernel` at SIZES: what runs where nothing is timed."""
+    return candidates(kernel, SIZES["d"], SIZES["m"] * SIZES["L"], dtype)[0]
+
+
 # ----- tests -------------------------------------------------------------------------------------
 @pytest.mark.filterwarnings("ignore:TRITON_DEFAULT_FP_FUSION is unset")
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("config", TEST_CONFIGS.values(), ids=TEST_CONFIGS.keys())
 def test_kernel_compiles_for_sm90(config: tuple[str, int], kernel: str) -> None:
-    """PTX and cubin for sm_90, within the per-block shared-memory limit, with the launch's num_warps."""
+    """The default autotune candidate: PTX and cubin for sm_90, within the per-block shared-memory
+    limit, with its num_warps; in bf16, ptxas spills at most MAX_BF16_SPILL_BYTES per thread."""
     if INTERPRETED:
         return _check_in_subprocess()
     if (reason := cuda_backend_reason(TEST_ARCH)) is not None:
         pytest.skip(reason)
-    launch = record_launches(*config)[kernel]
-    compiled = compile_launch(launch, TEST_ARCH)
+    cand = default_candidate(kernel, config[0])
+    launch = with_config(record_launches(*config)[kernel], cand)
+    compiled, log = compile_logged(launch, TEST_ARCH)
     assert f".entry {kernel}" in compiled.asm["ptx"]
     assert len(compiled.asm["cubin"]) > 0
-    assert compiled.metadata.num_warps == launch.kwargs.get("num_warps", 4)
+    assert compiled.metadata.num_warps == cand[1]
     assert compiled.metadata.shared <= MAX_SHARED[TEST_ARCH], (
         f"{compiled.metadata.shared} bytes of shared memory"
     )
+    spills = re.search(r"(\d+) bytes spill stores", log)
+    assert spills is not None, f"no ptxas report in the compile log:\n{log[-2000:]}"
+    if config[0] == "bf16":
+        assert int(spills.group(1)) <= MAX_BF16_SPILL_BYTES, f"{kernel} {cand}: {spills.group(0)}"
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:TRITON_DEFAULT_FP_FUSION is unset")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_every_candidate_compiles(kernel: str, dtype: str) -> None:
+    """Every autotune candidate at SIZES compiles for sm_90 within the shared-memory limit (a config
+    over it would fail to launch on the GPU, and autotune would time nothing for it)."""
+    if INTERPRETED:
+        return _check_in_subprocess()
+    if (reason := cuda_backend_reason(TEST_ARCH)) is not None:
+        pytest.skip(reason)
+    launch = record_launches(dtype, SIZES["L"])[kernel]
+    for cand in candidates(kernel, SIZES["d"], SIZES["m"] * SIZES["L"], dtype):
+        compiled = compile_launch(with_config(launch, cand), TEST_ARCH)
+        assert compiled.metadata.shared <= MAX_SHARED[TEST_ARCH], f"{cand}: {compiled.metadata.shared} B"
 
 
 @pytest.mark.parametrize("G", [1, SIZES["L"]], ids=["G=1", "G=L"])
@@ -220,16 +261,21 @@ def test_launches_recorded(G: int) -> None:
     assert launches["_state_kernel"].kwargs["G"] == G
 
 
-# ----- script mode: the resource table for every configuration ----------------------------------
-def ptxas_usage(launch: Launch, arch: int) -> str:
-    """Compile without the cache and return 'regs / spill stores / spill loads / shared' from ptxas -v."""
+# ----- ptxas -v: registers, spills ----------------------------------------------------------------
+def compile_logged(launch: Launch, arch: int) -> tuple[Any, str]:
+    """compile_launch without the cache, with ptxas -v: (the CompiledKernel, ptxas's report)."""
     from triton import knobs
 
     with knobs.compilation.scope(), knobs.nvidia.scope(), contextlib.redirect_stdout(io.StringIO()) as log:
         knobs.compilation.always_compile = True
         knobs.nvidia.dump_ptxas_log = True
         compiled = compile_launch(launch, arch)
-    text = log.getvalue()
+    return compiled, log.getvalue()
+
+
+def ptxas_usage(launch: Launch, arch: int) -> str:
+    """Compile without the cache and return 'regs / spill stores / spill loads / shared' from ptxas -v."""
+    compiled, text = compile_logged(launch, arch)
     regs = re.search(r"Used (\d+) registers", text)
     spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text)
     return (
@@ -239,10 +285,12 @@ def ptxas_usage(launch: Launch, arch: int) -> str:
     )
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # every autotune candidate (BLOCK_N/num_warps/num_stages) at SIZES
     for arch in (90, 80):
         for dtype in DTYPES:
             for G in (SIZES["L"], 1):
                 print(f"--- sm_{arch} {dtype} G={G}")
                 for name, launch in record_launches(dtype, G).items():
-                    print(f"  {name:<26} {ptxas_usage(launch, arch)}")
+                    for cand in candidates(name, SIZES["d"], SIZES["m"] * SIZES["L"], dtype):
+                        tag = "/".join(map(str, cand))
+                        print(f"  {name:<26} {tag:<8} {ptxas_usage(with_config(launch, cand), arch)}")

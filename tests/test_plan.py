@@ -93,7 +93,8 @@ def test_kernel_is_the_default_kind_and_unknown_kinds_are_rejected(tmp_path: Pat
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert (
         res.stderr.strip()
-        == f"error: {bad}: kind: unknown kind 'kernal' (did you mean 'kernel'?); expected one of kernel"
+        == f"error: {bad}: kind: unknown kind 'kernal' (did you mean 'kernel'?); expected one of "
+        + ", ".join(KINDS.names())
     )
 
 

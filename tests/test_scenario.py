@@ -403,10 +403,10 @@ def test_inputs_list_sweeps_regimes(tmp_path: Path) -> None:
         (
             "[{dist: gaussian}, {dist: nope}]",
             "inputs[1].dist",
-            "unknown input source 'nope'; known: clustered, gaussian, local, peaked",
+            "unknown input source 'nope'; known: captured, clustered, gaussian, local, peaked",
         ),
         ("{dist: peakd}", "inputs.dist", "unknown input source 'peakd' (did you mean 'peaked'?); known: "),
-        ("{dist: 3}", "inputs.dist", "expected an input source name (one of clustered, gaussian,"),
+        ("{dist: 3}", "inputs.dist", "expected an input source name (one of captured, clustered, gaussian,"),
         (
             "{dist: gaussian, clusters: 3}",
             "inputs.clusters",

@@ -7,11 +7,22 @@
 
 D = head_dim. Features, state and normalizer are fp32 whatever the input dtype (an fp16
 normalizer overflows around N = 8K); the output is cast back to the input dtype. A key-padding
-mask zeroes phi(k) of padded keys, so they add nothing to S or z.
+mask zeroes phi(k) of padded keys, so they add nothing to S or z. Impls:
+
+    torch  the above in PyTorch (chunk = params.chunk), (B, H, N, d)
+    fla    causal only, CUDA, fp16/bf16: the numerator sum_{j<=i} (phi(q_i) . phi(k_j)) v_j from
+           fla-core's chunked kernel (`fla.ops.linear_attn.chunk_linear_attn`, normalize=False,
+           scale=1, 64-token chunks) on phi(q), phi(k) computed here in fp32 and passed in the input
+           dtype; the denominator phi(q_i) . sum_{j<=i} phi(k_j) + eps in fp32 here (fla's own
+           normalize adds 1e-10, not eps, and keeps the key cumsum in the input dtype, which
+           overflows fp16 past ~64K tokens). (B, N, H, d), fla's layout. fla has no non-causal
+           kernel (non-causal linear attention is two GEMMs: impl torch).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -34,6 +45,9 @@ from harness.measure.costs import (
 from harness.plugins.contract import AttentionVariant, Capabilities, Problem, Tolerance
 
 FEATURE_MAP_FLOPS = 3.0  # elu(x) + 1 per element: exp, select, add
+FLA_CHUNK = 64  # fla's chunk_simple_gla chunk_size (its default, which chunk_linear_attn uses)
+FLA_CAUSAL_ONLY = "linear/fla: fla.ops.linear_attn has causal kernels only (non-causal: impl torch)"
+FLA_DTYPES = ("fp16", "bf16")  # fp32 would run fla's tl.dot in tf32 (Triton's default): not fp32 accuracy
 FP32_BYTES = 4
 
 
@@ -72,9 +86,22 @@ class LinearAttention(AttentionVariant):
         "bf16": Tolerance(output=2e-2, grad=6e-2),
     }
     Params = LinearParams
-    impls = ("torch",)
+    impls = ("torch", "fla")
     capabilities = Capabilities(masking=True)
-    impl_requires = {}
+    impl_requires = {"fla": ("fla",)}
+
+    @classmethod
+    def capabilities_for(cls, impl: str) -> Capabilities:
+        """fla: CUDA, fp16/bf16, causal only, (B, N, H, d)."""
+        if impl != "fla":
+            return cls.capabilities
+        return dataclasses.replace(
+            cls.capabilities, devices=("cuda",), dtypes=FLA_DTYPES, non_causal=False, layout="bnhd"
+        )
+
+    @classmethod
+    def layout_for(cls, impl: str) -> str:
+        return cls.capabilities_for(impl).layout
 
     @classmethod
     def feature_dim(cls, problem: Problem, params: LinearParams) -> int | None:
@@ -91,7 +118,12 @@ class LinearAttention(AttentionVariant):
         D = cls.feature_dim(problem, params)
         elementwise = 2 * FEATURE_MAP_FLOPS * n * d + 3.0 * n * D + 2.0 * n * d
         elementwise += n * D if problem.masked else 0
-        if problem.causal:
+        if problem.causal and impl == "fla":  # per chunk: q k^T, A v, q h, k^T v; no normalizer product
+            sizes = chunk_sizes(n, FLA_CHUNK)
+            fwd = sum(2 * matmul_flops(c, D, d) + matmul_flops(c, D + d, c) for c in sizes)
+            bwd = 2 * fwd + sum(matmul_flops(D, c, d) for c in sizes)  # its backward recomputes the states
+            elementwise += sum(c * c for c in sizes) + 2.0 * n * D  # masks; the key cumsum and den dot
+        elif problem.causal:
             sizes = chunk_sizes(n, params.chunk)
             fwd, bwd = causal_chunked_matmul_flops(sizes, D, d)
             elementwise += sum(c * c for c in sizes) + len(sizes) * (D * d + D)
@@ -114,7 +146,7 @@ class LinearAttention(AttentionVariant):
         state = (D * d + D) * 2
         extra = 4.0 * n * D  # phi(q), phi(k): write + read
         if problem.causal:
-            sizes = chunk_sizes(n, params.chunk)
+            sizes = chunk_sizes(n, FLA_CHUNK if impl == "fla" else params.chunk)
             extra += len(sizes) * state + sum(c * c for c in sizes) * 2
         else:
             extra += state
@@ -128,6 +160,8 @@ class LinearAttention(AttentionVariant):
         acc = torch.promote_types(q.dtype, torch.float32)  # fp32, or fp64 for fp64 inputs
         phi_q = elu_feature_map(q.to(acc))  # (B, H, N, D)
         phi_k = elu_feature_map(k.to(acc))
+        if self.impl == "fla":
+            return self._fla(phi_q, phi_k, v, causal, key_padding_mask)
         if key_padding_mask is not None:
             phi_k = phi_k * key_padding_mask[:, None, :, None].to(acc)  # padded keys: phi = 0
         if causal:
@@ -135,3 +169,15 @@ class LinearAttention(AttentionVariant):
         else:
             out = linear_attention_noncausal(phi_q, phi_k, v, self.params.eps)
         return out.to(q.dtype)
+
+    def _fla(self, phi_q: Tensor, phi_k: Tensor, v: Tensor, causal: bool, mask: Tensor | None) -> Tensor:
+        """fla's chunked kernel for the numerator, the denominator here. phi_q, phi_k: (B, N, H, D) fp32
+        features, v (B, N, H, d); mask (B, N) bool -> (B, N, H, d) in v's dtype."""
+        if not causal:
+            raise ValueError(FLA_CAUSAL_ONLY)
+        if mask is not None:
+            phi_k = phi_k * mask[:, :, None, None].to(phi_k.dtype)  # padded keys: phi = 0
+        kernel = importlib.import_module("fla.ops.linear_attn").chunk_linear_attn
+        num, _ = kernel(phi_q.to(v.dtype), phi_k.to(v.dtype), v, scale=1.0, normalize=False)
+        den = (phi_q * phi_k.cumsum(dim=1)).sum(dim=-1, keepdim=True) + self.params.eps  # (B, N, H, 1)
+        return (num.float() / den).to(v.dtype)

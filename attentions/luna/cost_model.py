@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from attentions.luna.triton_configs import causal_block_n
 from harness.measure.costs import by_mode, causal_chunked_matmul_flops, chunk_sizes, matmul_flops
 from harness.plugins.contract import Problem
-
-TRITON_BLOCK_N = 64  # triton_autograd.luna_attention_triton's default tile: its causal block size
 
 
 def _features(problem: Problem, p: Any, columns: int) -> tuple[float, float, float]:
@@ -38,9 +37,10 @@ def _triton_attention(problem: Problem, D: int) -> tuple[float, float]:
         fwd = 2 * matmul_flops(n, D, d)  # S = phi(K)^T V; phi(Q) S (z by reductions)
         return fwd, 5 * matmul_flops(n, D, d) + 4 * matmul_flops(n, d, D)
     fwd = bwd = 0.0
-    for c in chunk_sizes(n, TRITON_BLOCK_N):
+    for c in chunk_sizes(n, causal_block_n("fwd", d, D, problem.dtype)):  # the blocks the kernels use
+        fwd += matmul_flops(c, D, c) + matmul_flops(c, c, d) + 2 * matmul_flops(c, D, d)
+    for c in chunk_sizes(n, causal_block_n("bwd", d, D, problem.dtype)):
         local = matmul_flops(c, D, c) + matmul_flops(c, c, d)
-        fwd += local + 2 * matmul_flops(c, D, d)
         bwd += 2 * (2 * local + 3 * matmul_flops(c, D, d) + 2 * matmul_flops(c, d, D))
     return fwd, bwd
 
@@ -56,6 +56,8 @@ def luna_flop_terms(problem: Problem, p: Any, impl: str) -> dict[str, float]:
     state reads, `costs.causal_chunked_matmul_flops`). Each block is checkpointed, so its backward
     first recomputes the block up to its last saved tensor (phi, and the products feeding the
     outputs; not the state updates): fwd_bwd / fwd is 3.6-3.8 at N = 1000, not 3.
+    compile: naive's forward non-causal; causal every block at once (compiled.py): ceil(N / c) full
+    blocks (the last one zero padded), each with its state update and state reads. Backward 2x.
     triton: fused kernels; projection to all D columns, MLP in registers, backward recomputes phi.
     """
     bh, n, d, D = problem.batch * problem.heads, problem.seq_len, problem.head_dim, p.m * p.L
@@ -67,7 +69,12 @@ def luna_flop_terms(problem: Problem, p: Any, impl: str) -> dict[str, float]:
     else:
         feat, mlp, env = _features(problem, p, p.m)
         checkpointed = impl == "chunked"
-        if problem.causal and impl == "naive":
+        if problem.causal and impl == "compile":  # every block at once, the last one padded to c
+            c = p.chunk
+            per_block = matmul_flops(c, D, c) + matmul_flops(c, c, d) + 2 * matmul_flops(c, D, d)
+            fwd = -(-n // c) * (per_block + matmul_flops(c, D, 1))
+            bwd = 2 * fwd  # batched over blocks: both operands of every product get a gradient
+        elif problem.causal and impl == "naive":
             fwd = matmul_flops(n, D, n) + matmul_flops(n, n, d)
             bwd = 2 * fwd
         elif problem.causal:

@@ -52,13 +52,14 @@ def luna_attention_triton(
     causal: bool,
     nonneg: bool = True,
     eps: float = 1e-6,
-    block_n: int = 64,
+    block_n: int | None = None,
     splits: int | None = None,
 ) -> Tensor:
     """LUNA attention with the fused kernels. q, k, v: (B, H, N, d) -> (B, H, N, d) in q's dtype.
 
-    `block_n` tokens per tile (a power of two >= 16; the causal intra-block size too); `splits`
-    programs per head for the non-causal passes (None: fill the GPU). The learned envelope is not
+    `block_n` tokens per tile (a power of two >= 16; the causal intra-block size too), or None:
+    autotuned per (head_dim, D, dtype) over triton_configs.candidates; `splits` programs per head
+    for the non-causal passes (None: fill the GPU). The learned envelope is not
     supported (weights.env_a must be None); channel RMS is not either (no argument for it).
     """
     if weights.env_a is not None:

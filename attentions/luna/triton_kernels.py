@@ -33,8 +33,10 @@ Then, still in registers, the feature backward turns dphi into dq / dk and adds 
 gradients of its tile into a per-program fp32 slice of a partial buffer (atomic adds into a slice
 no other program touches, so programs never contend); torch sums the slices (`reduce_param_grads`).
 
-Status: checked against naive.py under the CPU interpreter only (tests/test_luna_triton.py); block
-sizes and num_warps are first guesses, not tuned on a GPU. Causal kernels run B*H programs.
+Status: checked against naive.py under the CPU interpreter (tests/test_luna_triton.py), compiled
+ahead of time for sm_90 and sm_80 (tests/test_luna_triton_compile.py), and on a GPU by tests/gpu/.
+BLOCK_N, num_warps and num_stages come from triton_configs.py (autotuned per head_dim, D and dtype).
+Causal kernels run B*H programs.
 """
 
 from __future__ import annotations
@@ -56,16 +58,16 @@ from attentions.luna.triton_tiles import (
 # ----- forward kernels: x_ptr arguments point at (B*H, N, d) tensors, s/z at (B*H[*splits], D(, d)) -----
 @triton.jit
 def _state_kernel(k_ptr, v_ptr, s_ptr, z_ptr, prm_ptr, N, d, D, L, G, hidden, scale, inv_sqrt_m,
-                  blocks_per_split, NONNEG: tl.constexpr, PREC: tl.constexpr, BLOCK_N: tl.constexpr,
+                  split_len, NONNEG: tl.constexpr, PREC: tl.constexpr, BLOCK_N: tl.constexpr,
                   BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr):
-    """Non-causal key pass. Program (bh, split) writes partial S (D, d) and z (D,) of its key blocks."""
+    """Non-causal key pass. Program (bh, split) writes partial S (D, d) and z (D,) of its split_len keys."""
     bh, split, n_splits = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.num_programs(1)
     offs_n, offs_c, offs_h = tl.arange(0, BLOCK_N), tl.arange(0, BLOCK_D), tl.arange(0, BLOCK_H)
     wexp = _wexp(prm_ptr, offs_c, offs_h, d, D, L)
     S = tl.zeros((BLOCK_D, BLOCK_H), dtype=tl.float32)
     z = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    for t in range(blocks_per_split):
-        rows = (split * blocks_per_split + t) * BLOCK_N + offs_n
+    for t in range(split_len // BLOCK_N):  # split_len: a multiple of BLOCK_N
+        rows = split * split_len + t * BLOCK_N + offs_n
         row_mask = rows < N
         x = _tile(k_ptr + bh * N * d, rows, row_mask, offs_h, d)
         _, _, phi = _features(x, wexp, prm_ptr, row_mask, offs_c, d, D, L, G, hidden, scale, inv_sqrt_m,
@@ -129,7 +131,7 @@ def _causal_kernel(q_ptr, k_ptr, v_ptr, out_ptr, prm_ptr, N, d, D, L, G, hidden,
 # ----- backward kernels: part_ptr is a (programs, stride) fp32 buffer of parameter-gradient slices -----
 @triton.jit
 def _bwd_query_kernel(q_ptr, dout_ptr, s_ptr, z_ptr, dq_ptr, ds_ptr, dz_ptr, part_ptr, prm_ptr, N, d, D, L,
-                      G, hidden, scale, inv_sqrt_m, eps, blocks_per_split, part_stride,
+                      G, hidden, scale, inv_sqrt_m, eps, split_len, part_stride,
                       NONNEG: tl.constexpr, PREC: tl.constexpr, BLOCK_N: tl.constexpr,
                       BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr):
     """Non-causal backward, query side, program (bh, split): dq, and partial dS = phi_q^T dn, dz."""
@@ -142,8 +144,8 @@ def _bwd_query_kernel(q_ptr, dout_ptr, s_ptr, z_ptr, dq_ptr, ds_ptr, dz_ptr, par
     z = tl.load(z_ptr + bh * D + offs_c, mask=c_mask, other=0.0)
     dS = tl.zeros((BLOCK_D, BLOCK_H), dtype=tl.float32)
     dz = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    for t in range(blocks_per_split):
-        rows = (split * blocks_per_split + t) * BLOCK_N + offs_n
+    for t in range(split_len // BLOCK_N):  # split_len: a multiple of BLOCK_N
+        rows = split * split_len + t * BLOCK_N + offs_n
         row_mask = rows < N
         x = _tile(q_ptr + bh * N * d, rows, row_mask, offs_h, d)
         u, o, phi = _features(x, wexp, prm_ptr, row_mask, offs_c, d, D, L, G, hidden, scale, inv_sqrt_m,
@@ -163,7 +165,7 @@ def _bwd_query_kernel(q_ptr, dout_ptr, s_ptr, z_ptr, dq_ptr, ds_ptr, dz_ptr, par
 
 @triton.jit
 def _bwd_key_kernel(k_ptr, v_ptr, ds_ptr, dz_ptr, dk_ptr, dv_ptr, part_ptr, prm_ptr, N, d, D, L, G, hidden,
-                    scale, inv_sqrt_m, blocks_per_split, part_stride, NONNEG: tl.constexpr,
+                    scale, inv_sqrt_m, split_len, part_stride, NONNEG: tl.constexpr,
                     PREC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                     BLOCK_H: tl.constexpr):
     """Non-causal backward, key side, program (bh, split): dphi_k = V dS^T + dz, dV = phi_k dS, dk."""
@@ -173,8 +175,8 @@ def _bwd_key_kernel(k_ptr, v_ptr, ds_ptr, dz_ptr, dk_ptr, dv_ptr, part_ptr, prm_
     wexp = _wexp(prm_ptr, offs_c, offs_h, d, D, L)
     dS = _tile(ds_ptr + bh * D * d, offs_c, offs_c < D, offs_h, d)
     dz = tl.load(dz_ptr + bh * D + offs_c, mask=offs_c < D, other=0.0)
-    for t in range(blocks_per_split):
-        rows = (split * blocks_per_split + t) * BLOCK_N + offs_n
+    for t in range(split_len // BLOCK_N):  # split_len: a multiple of BLOCK_N
+        rows = split * split_len + t * BLOCK_N + offs_n
         row_mask = rows < N
         x = _tile(k_ptr + bh * N * d, rows, row_mask, offs_h, d)
         vt = _tile(v_ptr + bh * N * d, rows, row_mask, offs_h, d)

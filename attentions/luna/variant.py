@@ -7,6 +7,9 @@ naive.py for the exact definition, features.py for the map the impls use). Impls
     chunked : chunked.luna_attention_chunked, blocks of `chunk` tokens, checkpointed per block
     triton  : triton_autograd.luna_attention_triton, fused Triton kernels (phi in registers, custom
               backward); CUDA, or CPU under TRITON_INTERPRET=1; no ch_rms, no learned envelope, no mask
+    compile : compiled.compiled_luna, torch.compile of the chunked algorithm with every block at once
+              (the baseline before hand-written kernels); CPU (inductor needs a C++ compiler) and CUDA
+              (needs triton); no ch_rms
 Parameters are fp32 on the given device; inputs of any dtype are read in fp32 and the output is
 cast back to the input dtype. naive and chunked take a key-padding mask (padded keys: phi(k) = 0).
 """
@@ -14,15 +17,19 @@ cast back to the input dtype. naive and chunked take a key-padding mask (padded 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.utils._python_dispatch import _get_current_dispatch_mode as _dispatch_mode
 
 from attentions.luna.chunked import features_blockwise, luna_attention_chunked
+from attentions.luna.compiled import compiled_luna, luna_attention_blocked
 from attentions.luna.cost_model import luna_flop_terms
 from attentions.luna.dense import luna_attention_dense
 from attentions.luna.features import LunaWeights, init_luna_params
@@ -100,6 +107,19 @@ def _triton_reasons(problem: Problem, params: LunaParams) -> list[str]:
     return reasons
 
 
+def _compile_reasons(problem: Problem, params: LunaParams) -> list[str]:
+    """Why impl "compile" cannot run this case (empty: it can)."""
+    reasons = []
+    if params.ch_rms:
+        reasons.append("luna/compile does not implement ch_rms (use impl chunked)")
+    compilers = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "clang++"]
+    if problem.device == "cpu" and not any(shutil.which(c) for c in compilers):
+        reasons.append(f"luna/compile on CPU needs a C++ compiler for inductor (none of {compilers} found)")
+    if problem.device == "cuda" and importlib.util.find_spec("triton") is None:
+        reasons.append("luna/compile on CUDA needs triton (inductor's GPU code generator)")
+    return reasons
+
+
 class LunaAttention(AttentionVariant):
     """LUNA with learnable W, b, scalar MLPs psi (and envelope), distilled to softmax by `fit`."""
 
@@ -120,7 +140,7 @@ class LunaAttention(AttentionVariant):
     }
     flop_rtol: ClassVar[float] = 1e-9  # naive and chunked (checkpoint recomputation included) exactly
     Params: ClassVar[type] = LunaParams
-    impls: ClassVar[tuple[str, ...]] = ("naive", "chunked", "triton")
+    impls: ClassVar[tuple[str, ...]] = ("naive", "chunked", "triton", "compile")
     impl_requires: ClassVar[dict[str, tuple[str, ...]]] = {"triton": ("triton",)}
     capabilities: ClassVar[Capabilities] = Capabilities(learnable=True, masking=True)
 
@@ -143,7 +163,7 @@ class LunaAttention(AttentionVariant):
 
     @classmethod
     def capabilities_for(cls, impl: str) -> Capabilities:
-        """naive and chunked take a key-padding mask; the Triton kernels have no mask argument."""
+        """naive, chunked and compile take a key-padding mask; the Triton kernels have no mask argument."""
         return dataclasses.replace(cls.capabilities, masking=impl != "triton")
 
     # ----- description --------------------------------------------------------------------
@@ -154,6 +174,8 @@ class LunaAttention(AttentionVariant):
             reasons.append(CH_RMS_CAUSAL_REASON)
         if impl == "triton":
             reasons += _triton_reasons(problem, params)
+        if impl == "compile":
+            reasons += _compile_reasons(problem, params)
         return reasons
 
     @classmethod
@@ -200,9 +222,21 @@ class LunaAttention(AttentionVariant):
             from attentions.luna.triton_autograd import luna_attention_triton  # imports triton
 
             out = luna_attention_triton(q, k, v, w, causal, p.nonneg, p.eps)
+        elif self.impl == "compile":
+            if p.ch_rms:
+                raise ValueError("luna/compile does not implement ch_rms")
+            # Dynamo cannot trace under a TorchDispatchMode (FlopCounterMode, debug modes): there the
+            # function it compiles runs eagerly, the same aten graph; `info()["compiled"]` says which ran.
+            self._compiled = _dispatch_mode() is None
+            fn = compiled_luna if self._compiled else luna_attention_blocked
+            out = fn(q, k, v, w, causal, p.nonneg, p.eps, p.chunk, mask)
         else:
             raise ValueError(f"luna has no impl {self.impl!r} (impls: {', '.join(self.impls)})")
         return out.to(q.dtype)
+
+    def info(self) -> dict[str, object]:
+        """compile: whether the last call ran compiled (False only under a TorchDispatchMode)."""
+        return {"compiled": self._compiled} if self.impl == "compile" and hasattr(self, "_compiled") else {}
 
     def fit(
         self, calib_batches: Sequence[tuple[Tensor, Tensor, Tensor]], teacher: Teacher, spec: FitSpec

@@ -4,14 +4,19 @@ Subcommands are listed in `COMMANDS` (name -> one-line summary and a lazy "modul
 `run-bench --help` and `run-bench help` list every one; each module in this package holds the
 argument parsing of its subcommands and nothing else (the logic lives in the stages below).
 
-Exit codes: 0 success; 1 a confirmed regression (compare/ab); 2 bad input (one line on stderr,
-never a traceback); 130 interrupted (what finished is kept; continue with --resume).
+Exit codes: 0 success; 1 a confirmed regression (compare/ab/history check); 2 bad input or an unusable file
+system: a malformed scenario, a sweep over --max-cases, an unusable --out, a full disk or a
+file-size limit, compare with nothing in common (one line on stderr naming the file and the
+cause, never a traceback); 3 a run in which some case ended `error` or `crashed` (oom, skipped,
+nan, timeout and leak are results, not failures); 130 interrupted (what finished is kept;
+continue with --resume).
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +53,12 @@ COMMANDS: dict[str, Command] = {
             "harness.cli.regress:compare",
         ),
         ("ab", "interleaved A/B timing of two checkouts (exit 1 on a regression)", "harness.cli.regress:ab"),
+        (
+            "history",
+            "add a run to a history store; show or check it across commits (exit 1 on a new step)",
+            "harness.cli.history:main",
+        ),
+        ("export", "write a run as pytest-benchmark JSON, csv or parquet", "harness.cli.export:main"),
         ("help", "this overview, or `help COMMAND` for one command's options", "harness.cli:help_command"),
     )
 }
@@ -61,12 +72,14 @@ def overview() -> str:
         "       run-bench COMMAND [options]            (run-bench help COMMAND: its options)",
         "",
         "Benchmark efficient attention variants: runtime, memory and error against exact softmax.",
+        "SCENARIO: a YAML file, or a shipped scenario's name from any directory (default: quick).",
         "",
         "commands:",
         *(f"  {name:<{width}}  {cmd.summary}" for name, cmd in COMMANDS.items()),
         "",
-        "exit codes: 0 ok; 1 confirmed regression (compare, ab); 2 bad input (one line on stderr);",
-        "            130 interrupted (continue with --resume)",
+        "exit codes: 0 ok; 1 confirmed regression (compare, ab, history check); 2 bad input, nothing",
+        "            compared or an unusable file system (one line on stderr); 3 some case ended error",
+        "            or crashed (run); 130 interrupted (continue with --resume)",
     ]
     return "\n".join(lines)
 
@@ -110,14 +123,36 @@ def main(argv: list[str] | None = None) -> int:
         AbError,
         ExecutorError,
     )
+    if hasattr(signal, "SIGXFSZ"):  # past a file-size limit a write fails (EFBIG) instead of killing us
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
-        return COMMANDS[command].load()(argv)
+        code = COMMANDS[command].load()(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
+        return code
     except bad_input as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `run_bench.py list | head`: the reader left; nothing is wrong
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _quiet_stdout()
         return 0
+    except OSError as exc:  # read-only, not a directory, name too long, disk full, file too large
+        from harness.measure.safe_files import describe_os_error
+
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
+
+
+def one_line(text: str) -> str:
+    """`text` with its line breaks folded: an error is one line on stderr."""
+    return " ".join(text.split())
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush of a closed pipe stays silent."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass

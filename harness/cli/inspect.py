@@ -6,7 +6,7 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
-from harness.cli.errors import UsageError
+from harness.cli.errors import UsageError, max_cases_option
 
 
 def validate(argv: list[str]) -> int:
@@ -19,14 +19,22 @@ def validate(argv: list[str]) -> int:
     p.add_argument(
         "--device", choices=("cpu", "cuda", "auto"), help="device to expand for (default: scenario's)"
     )
+    max_cases_option(p)
+    p.add_argument("--cases", action="store_true", help="also list every case: its id and what it runs")
     args = p.parse_args(argv)
-    scenario = load_scenario(args.scenario)
+    scenario = load_scenario(args.scenario, max_cases=args.max_cases)
     wanted = args.device or scenario.device
     device = "cuda" if wanted == "cuda" else resolve_device(scenario, wanted)
     cases = expand(scenario, device)
-    skipped = [(c, static_skip_reasons(c)) for c in cases]
+    from harness.plugins.kinds import KINDS
+
+    kind = KINDS.get(scenario.kind)
+    skipped = [(c, r if (r := kind.skip_reasons(c)) is not None else static_skip_reasons(c)) for c in cases]
     skipped = [(c, r) for c, r in skipped if r]
     print(f"{args.scenario}: valid; {len(cases)} cases on {device}, {len(skipped)} skipped before running")
+    if args.cases:
+        for c in cases:
+            print(f"  {c.case_id}  {c.describe()} inputs={c.inputs.dist}")
     reasons = Counter("; ".join(r) for _, r in skipped)
     for reason, n in reasons.most_common():
         print(f"  {n:4d} skipped: {reason}")

@@ -6,9 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from harness.cli.errors import UsageError
+from harness.cli.errors import UsageError, max_cases_option
 
-DEFAULT_SCENARIO = "scenarios/quick.yaml"
+DEFAULT_SCENARIO = "quick"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -17,15 +17,31 @@ def parser() -> argparse.ArgumentParser:
         description="Run an attention benchmark scenario (`run-bench --help` lists the other commands).",
     )
     p.add_argument(
-        "scenario", nargs="?", default=DEFAULT_SCENARIO, help=f"scenario YAML (default {DEFAULT_SCENARIO})"
+        "scenario",
+        nargs="?",
+        default=DEFAULT_SCENARIO,
+        help=f"a scenario YAML, or a shipped one by name from any directory (quick, smoke, long, ...; "
+        f"`run-bench validate NAME`); default {DEFAULT_SCENARIO}",
     )
-    p.add_argument("--out", type=Path, help="run directory (default runs/<scenario>-<time>)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="run directory (default ./runs/<scenario>-<time>, under the current directory)",
+    )
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), help="override the scenario's device")
     p.add_argument("--resume", action="store_true", help="continue a killed run in --out")
     p.add_argument("--only", nargs="+", metavar="VARIANT", help="run only these variants")
     p.add_argument("--case", action="append", metavar="CASE_ID", help="run only this case id (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--no-plots", action="store_true", help="skip PNG plots in the report")
+    max_cases_option(p)
+    p.add_argument(
+        "--raise",
+        dest="raise_errors",
+        action="store_true",
+        help="debug a failing variant: run in this process (inline) and re-raise the first failure "
+        "with its full traceback instead of recording it (use with --case ID)",
+    )
     x = p.add_argument_group("execution (also settable in the scenario's `execute:` block)")
     x.add_argument(
         "--executor", help="how case groups run: subprocess (default), inline, gpus, submitit-local, slurm"
@@ -46,6 +62,10 @@ def _execution(args: argparse.Namespace, scenario) -> tuple[str, object]:
 
     block = scenario.execute
     name = args.executor or block.executor or "subprocess"
+    if args.raise_errors:  # the failure must surface in this process
+        if args.executor not in (None, "inline"):
+            raise UsageError(f"--raise runs the cases in this process; not with --executor {name}")
+        name = "inline"
     EXECUTORS.get(name)  # unknown names fail with a did-you-mean before anything runs
     gpus = block.gpus
     if args.gpus is not None:
@@ -71,14 +91,35 @@ def _execution(args: argparse.Namespace, scenario) -> tuple[str, object]:
         time_min=pick("time_min", 60),
         gpus_per_task=pick("gpus_per_task", 0),
         max_jobs=pick("max_jobs", None),
+        raise_errors=args.raise_errors,
     )
     return name, options
 
 
+def _check_selection(scenario, device: str, args: argparse.Namespace) -> None:
+    """A filter (`--only`, `--case`) that selects no case is bad input: name what exists."""
+    from harness.config.sweep import expand
+    from harness.execute.plan import select_cases
+
+    if not (args.only or args.case) or select_cases(scenario, device, args.only, args.case):
+        return
+    if args.only and not expand(scenario, device, only=args.only):
+        present = ", ".join(dict.fromkeys(e.name for e in scenario.variants))
+        raise UsageError(
+            f"--only {' '.join(args.only)}: no such variant in {args.scenario}; its variants: {present}"
+        )
+    ids = [c.case_id for c in expand(scenario, device, only=args.only)]
+    within = f" among the {len(ids)} cases of --only {' '.join(args.only)}" if args.only else ""
+    raise UsageError(
+        f"--case {' '.join(args.case)}: no case of {args.scenario} on {device} has this id{within}; "
+        f"ids look like {', '.join(ids[:3])}; list them with `run-bench validate {args.scenario} --cases`"
+    )
+
+
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    if args.executor in (None, "subprocess"):  # the likely executor: start its children now, so
-        from harness.execute import warm  # their imports overlap this process's own (warm.py)
+    if args.executor in (None, "subprocess") and not args.raise_errors:  # the likely executor: start
+        from harness.execute import warm  # its children now, so their imports overlap this process's own
 
         warm.prespawn(max(1, args.workers or 1))
     from harness.config.scenario import load_scenario
@@ -86,9 +127,10 @@ def main(argv: list[str]) -> int:
     from harness.execute.runner import default_out_dir, resolve_device, run_scenario
     from harness.plugins.variants import VARIANTS
 
-    scenario = load_scenario(args.scenario)
+    scenario = load_scenario(args.scenario, max_cases=args.max_cases)
     for name in args.only or []:
         VARIANTS.get(name)  # unknown names fail with a did-you-mean
+    _check_selection(scenario, resolve_device(scenario, args.device), args)
     executor, options = _execution(args, scenario)
     device = resolve_device(scenario, args.device)
     if args.retry_crashed and not args.resume:
@@ -113,6 +155,14 @@ def main(argv: list[str]) -> int:
         options=options,
         retry_crashed=args.retry_crashed,
     )
+    if not args.quiet:  # what the run found, at a glance (results/digest.py)
+        from rich.console import Console
+
+        from harness.results.digest import run_digest
+
+        table = run_digest(out_dir)
+        if table is not None:
+            Console().print(table)
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.statuses.items())) or "nothing new"
     print(
         f"{summary.ran} cases run ({counts}); {summary.already_done} already recorded; results in {out_dir}"
@@ -122,4 +172,19 @@ def main(argv: list[str]) -> int:
     if summary.interrupted:
         print(f"interrupted: continue with  python run_bench.py {args.scenario} --out {out_dir} --resume")
         return 130
-    return 0
+    return failed_exit(out_dir)
+
+
+def failed_exit(out_dir: Path) -> int:
+    """3 when a case of the run ended `error` or `crashed` (a failure of the harness or the variant,
+    not a measured result like oom, skipped, nan, timeout or leak), naming how many; else 0."""
+    from harness.results.run_records import read_run_records
+
+    failed = [r for r in read_run_records(out_dir) if r.get("status") in ("error", "crashed")]
+    if not failed:
+        return 0
+    print(
+        f"{len(failed)} case(s) ended error or crashed (see the footnotes of the report); exit 3",
+        file=sys.stderr,
+    )
+    return 3

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from harness.config import validate as v
-from harness.inputs import FIXABLE_AXES, SOURCES, InputSource, InputSpec, knob_owners
+from harness.inputs import FIXABLE_AXES, SOURCES, InputSource, InputSpec, knob_owners, regime_name
 from harness.plugins.checks import non_negative_int, positive
 from harness.plugins.registry import PluginLoadError
 
@@ -26,7 +26,8 @@ def input_regimes(raw: Any, problem: Mapping[str, tuple[Any, ...]]) -> tuple[Inp
     """`inputs:` (a mapping or a non-empty list of mappings) -> one InputSpec per regime.
 
     problem: the validated problem axes (name -> values). Regimes of one scenario must differ in
-    dist or scale: reports group cases by those two.
+    dist (with the knobs its source names regimes by, `regime_knobs`: captured's layer) or scale:
+    reports group cases by those two.
     """
     if not isinstance(raw, list):
         return (input_spec(raw, "inputs", problem),)
@@ -35,11 +36,12 @@ def input_regimes(raw: Any, problem: Mapping[str, tuple[Any, ...]]) -> tuple[Inp
     specs = tuple(input_spec(item, f"inputs[{i}]", problem) for i, item in enumerate(raw))
     seen: dict[tuple[str, float], int] = {}
     for i, spec in enumerate(specs):
-        first = seen.setdefault((spec.dist, spec.scale), i)
+        name = regime_name(spec)  # the dist, plus the knobs its source names regimes by (regime_knobs)
+        first = seen.setdefault((name, spec.scale), i)
         if first != i:
             raise v.Invalid(
                 f"inputs[{i}]",
-                f"same dist and scale as inputs[{first}] ({spec.dist}, {spec.scale:g}); regimes of one "
+                f"same dist and scale as inputs[{first}] ({name}, {spec.scale:g}); regimes of one "
                 "scenario must differ in dist or scale (put other knob sweeps in separate scenarios)",
             )
     return specs

@@ -3,19 +3,32 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from harness.execute.executors import EXECUTORS
 from harness.inputs import SOURCES
-from harness.measure.metrics import all_metrics
+from harness.measure.metrics import _ORDER, METRICS
 from harness.plugins.kinds import KINDS
+from harness.plugins.registry import PluginLoadError, Registry
 from harness.plugins.variants import VARIANTS
 
 
+def _loaded(registry: Registry, lines: list[str]) -> Iterator[tuple[str, Any]]:
+    """(name, entry) of every entry that loads; a broken one (a third-party entry point that
+    fails to import or is of the wrong kind) is listed in `lines` as broken, with its reason."""
+    for name in registry.names():
+        try:
+            entry = registry.get(name)
+        except PluginLoadError as err:
+            lines.append(f"{name}: BROKEN, cannot be used: {' '.join(str(err).split())}")
+            continue
+        yield name, entry
+
+
 def _variants() -> list[str]:
-    lines = []
-    for name in VARIANTS.names():
-        cls = VARIANTS.get(name)
+    lines: list[str] = []
+    for name, cls in _loaded(VARIANTS, lines):
         caps = cls.capabilities
         params = ", ".join(
             f"{f.name}={f.default!r}"
@@ -35,9 +48,8 @@ def _variants() -> list[str]:
 
 
 def _inputs() -> list[str]:
-    lines = []
-    for name in SOURCES.names():
-        source = SOURCES.get(name)
+    lines: list[str] = []
+    for name, source in _loaded(SOURCES, lines):
         knobs = ", ".join(f"{k}={knob.default!r}" for k, knob in source.knobs.items()) or "-"
         lines += [
             f"{name}: {source.description}",
@@ -47,8 +59,8 @@ def _inputs() -> list[str]:
 
 
 def _metrics() -> list[str]:
-    lines = []
-    for m in all_metrics():
+    lines: list[str] = []
+    for _, m in sorted(_loaded(METRICS, lines), key=lambda item: (_ORDER.get(item[0], len(_ORDER)), item[0])):
         better = {"lower": "lower is better", "higher": "higher is better"}.get(
             m.direction or "", "descriptive"
         )
@@ -58,11 +70,13 @@ def _metrics() -> list[str]:
 
 
 def _executors() -> list[str]:
-    return [f"{name}: {EXECUTORS.get(name).description}" for name in EXECUTORS.names()]
+    lines: list[str] = []
+    return [f"{name}: {ex.description}" for name, ex in _loaded(EXECUTORS, lines)] + lines
 
 
 def _kinds() -> list[str]:
-    return [f"{name}: {KINDS.get(name).description}" for name in KINDS.names()]
+    lines: list[str] = []
+    return [f"{name}: {kind.description}" for name, kind in _loaded(KINDS, lines)] + lines
 
 
 SECTIONS: dict[str, Callable[[], list[str]]] = {

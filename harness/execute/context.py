@@ -44,6 +44,7 @@ class CaseContext:
         # held around the timed and memory passes; workers sharing a device set a device lock
         # (execute/devicelock.py) so they never time two cases at once
         self.measure_lock: Callable[[], AbstractContextManager] = contextlib.nullcontext
+        self.raise_errors = False  # `--raise`: a failing case re-raises instead of being recorded
 
     def set_provenance(self, worker: str, env_id: str) -> None:
         """Name this worker and its environment, and read host and device from this process

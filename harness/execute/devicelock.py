@@ -15,6 +15,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from harness.measure.safe_files import ensure_dir, open_append
+
 
 def device_key(device: str, uuid: str = "", visible: str = "") -> str:
     """A file-name-safe name of the physical device: `cpu`, or `cuda-<uuid or visible ids>`."""
@@ -27,9 +29,8 @@ def device_key(device: str, uuid: str = "", visible: str = "") -> str:
 @contextlib.contextmanager
 def device_lock(run_dir: Path, key: str) -> Iterator[None]:
     """Hold the run's lock of device `key` (blocking until free)."""
-    folder = Path(run_dir) / "locks"
-    folder.mkdir(exist_ok=True)
-    with open(folder / f"{key}.lock", "a+") as fh:
+    folder = ensure_dir(Path(run_dir) / "locks")
+    with open_append(folder / f"{key}.lock") as fh:  # never through a planted symlink
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         try:
             yield

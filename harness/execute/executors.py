@@ -44,6 +44,7 @@ class ExecutorOptions:
     time_min: int = 60  # slurm / submitit job time limit, minutes
     gpus_per_task: int = 0  # slurm
     max_jobs: int | None = None  # slurm: jobs running at once (default: workers)
+    raise_errors: bool = False  # `--raise` (inline only): the first failing case re-raises
 
 
 @dataclass
@@ -83,6 +84,7 @@ class InlineExecutor(Executor):
         from harness.execute.worker import Worker
 
         worker = Worker(run.run_dir, run.device, "main")
+        worker.ctx.raise_errors = run.options.raise_errors
         ids = [c.case_id for g in run.groups for c in g.cases]
         worker.run(
             ids,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 
 import torch
 from torch import Tensor
@@ -21,59 +20,17 @@ from harness import inputs
 from harness.config.scenario import Scenario
 from harness.config.sweep import Case, static_skip_reasons
 from harness.execute.context import CaseContext
-from harness.execute.failures import hard_timeout, is_oom, one_line
 from harness.execute.fitting import fit_variant
-from harness.measure import accuracy, hygiene, memory, timing
+from harness.measure import accuracy, hygiene, memory, output_contract, timing
 from harness.measure.costs import exact_attention_flops
+from harness.measure.failures import hard_timeout, is_oom, one_line, trace_tail
 from harness.measure.roofline import Roofline
+from harness.measure.weights_kl import weights_kl
 from harness.plugins.contract import AttentionVariant
 from harness.plugins.kinds import BenchmarkKind
 from harness.plugins.variants import VARIANTS
+from harness.results.case_record import new_record
 from harness.results.records import Record
-
-
-def new_record(case: Case, ctx: CaseContext) -> Record:
-    """The record of `case` before it runs: identity, problem and provenance."""
-    if not ctx.host:
-        ctx.set_provenance(ctx.worker, ctx.env_id)
-    cls = VARIANTS.get(case.variant)
-    p = case.problem
-    sc = ctx.scenario
-    return Record(
-        case_id=case.case_id,
-        run_id=ctx.run_id,
-        scenario=sc.name,
-        scenario_version=sc.version,
-        variant=case.variant,
-        variant_version=cls.version,
-        impl=case.impl,
-        params=case.params,
-        label=case.label,
-        config_key=case.config_key,
-        batch=p.batch,
-        heads=p.heads,
-        seq_len=p.seq_len,
-        head_dim=p.head_dim,
-        feature_dim=cls.feature_dim(p, cls.make_params(case.params)),
-        dtype=p.dtype,
-        device=p.device,
-        causal=p.causal,
-        mode=p.mode,
-        input_dist=case.inputs.dist,
-        input_scale=case.inputs.scale,
-        input_seed=case.inputs.seed,
-        git_sha=ctx.git_sha,
-        host=ctx.host,
-        worker=ctx.worker,
-        device_name=ctx.device_name,
-        device_uuid=ctx.device_uuid,
-        visible_devices=ctx.visible_devices,
-        env_id=ctx.env_id,
-        threads=torch.get_num_threads(),
-        cores=hygiene.cores(),
-        started_at=datetime.now(timezone.utc).isoformat(timespec="microseconds"),
-        repro=f"python run_bench.py {ctx.scenario_arg} --device {p.device} --case {case.case_id}",
-    )
 
 
 def _cost_model(rec: Record, case: Case) -> None:
@@ -99,27 +56,43 @@ def _roofline_floor(rec: Record, roofline: Roofline | None) -> None:
 
 
 def _canonical_forward(
-    variant: AttentionVariant, layout: str, causal: bool, mask: Tensor | None = None
+    variant: AttentionVariant, layout: str, causal: bool, mask: Tensor | None = None, checked: bool = False
 ) -> Callable[..., Tensor]:
-    """forward on canonical (B, H, N, d) tensors, whatever the variant's layout (mask: (B, N) bool)."""
+    """forward on canonical (B, H, N, d) tensors, whatever the variant's layout (mask: (B, N) bool);
+    `checked`: each call is held to the output contract (measure/output_contract.py)."""
     kw = {} if mask is None else {"key_padding_mask": mask}
+
+    def call(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return variant(q, k, v, causal, **kw)
 
     def fwd(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         if layout == "bnhd":
             q, k, v = (x.transpose(1, 2).contiguous() for x in (q, k, v))
-        return inputs.to_canonical(variant(q, k, v, causal, **kw), layout)
+        out = output_contract.checked_call(call, (q, k, v)) if checked else call(q, k, v)
+        return inputs.to_canonical(out, layout)
 
     return fwd
 
 
 def _measure_accuracy(
-    rec: Record, fwd: Callable[..., Tensor], qkv: tuple[Tensor, Tensor, Tensor], mask: Tensor | None, ctx
+    rec: Record,
+    fwd: Callable[..., Tensor],
+    qkv: tuple[Tensor, Tensor, Tensor],
+    pristine: list[output_contract.Fingerprint],
+    mask: Tensor | None,
+    ctx: CaseContext,
 ) -> bool:
-    """Fill the accuracy metrics; returns False (status nan) when the output is not finite."""
+    """Fill the accuracy metrics; returns False (status nan) when the output is not finite. `fwd`
+    is contract-checked (a wrong output or modified inputs raise ContractError: status error)."""
     spec = ctx.scenario.accuracy
     q, k, v = qkv
     with torch.no_grad():
         out = fwd(q, k, v)
+    changed = output_contract.modified(pristine, qkv, "qkv")  # since the inputs were made (fit too)
+    if changed:
+        raise output_contract.ContractError(
+            f"the variant modified its inputs in place ({', '.join(changed)})"
+        )
     real = out if mask is None else out.transpose(1, 2)[mask.to(out.device)]  # padded rows: unspecified
     if not accuracy.is_finite(real):
         bad = int((~torch.isfinite(real)).sum())
@@ -175,13 +148,20 @@ def _execute(rec: Record, case: Case, ctx: CaseContext) -> None:
     kw = {} if mask is None else {"key_padding_mask": mask}
     qkv = tuple(inputs.to_canonical(x.detach(), layout) for x in (q, k, v))
     rec.set("input_bytes", sum(x.numel() * x.element_size() for x in (q, k, v)))
+    rec.info.update(batch.info)  # what the source says about its data (captured: model, texts hash)
     fwd = _canonical_forward(variant, layout, problem.causal, mask)
+    pristine = [output_contract.fingerprint(x) for x in qkv]  # the reference needs them unmodified
 
     if case.fit is not None:
         fit_variant(rec, variant, case, fwd, qkv, mask, sc.accuracy, ctx.fit_cache)
-    if not _measure_accuracy(rec, fwd, qkv, mask, ctx):
+    checked = _canonical_forward(variant, layout, problem.causal, mask, checked=True)
+    if not _measure_accuracy(rec, checked, qkv, pristine, mask, ctx):
         return
     _run_checks(rec, fwd, qkv, ctx)
+    if sc.accuracy.enabled and inputs.get_source(case.inputs.dist).probe_weights:  # small, real inputs
+        found = weights_kl(fwd, *qkv, problem.causal, mask)  # KL(softmax || the variant's weights)
+        rec.set("weights_kl", found.kl)
+        rec.info.update({"weights_kl": found.reason} if found.reason else {})
     rec.info.update(variant.info())
 
     params = [p for p in variant.parameters() if p.requires_grad]
@@ -226,7 +206,7 @@ def run_case(case: Case, ctx: CaseContext, oom_at: dict[str, int]) -> Record:
     t0 = time.perf_counter()
     hygiene.apply_threads(ctx.scenario.measure, case.problem.device)  # before new_record reads threads
     rec = new_record(case, ctx)
-    reasons = static_skip_reasons(case)
+    reasons = static_skip_reasons(case) + inputs.get_source(case.inputs.dist).unavailable(case.inputs.options)
     if case.config_key in oom_at and case.problem.seq_len > oom_at[case.config_key]:
         reasons.append(
             f"{case.label} ran out of memory at seq_len {oom_at[case.config_key]}; longer lengths skipped"
@@ -240,11 +220,13 @@ def run_case(case: Case, ctx: CaseContext, oom_at: dict[str, int]) -> Record:
     except timing.CaseTimeout as exc:
         rec.status, rec.reason = "timeout", str(exc)
     except Exception as exc:  # a failing case must never stop the sweep: record it
+        if ctx.raise_errors:  # --raise: the first failure propagates with its traceback
+            raise
         if is_oom(exc):
             rec.status, rec.reason = "oom", one_line(exc)
             oom_at[case.config_key] = min(oom_at.get(case.config_key, math.inf), case.problem.seq_len)
         else:
-            rec.status, rec.reason = "error", one_line(exc)
+            rec.status, rec.reason, rec.error_trace = "error", one_line(exc), trace_tail(exc)
     finally:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -5,6 +5,7 @@ scenario.json     the validated scenario (workers plan from it)
 writer.lock       pid, host and start of the process writing the run (absent when none)
 env.json          the first machine fingerprint; envs/<env_id>.json one per worker environment
 records.<w>.jsonl / started.<w>.jsonl   each worker's records and start markers
+canary.<w>.jsonl  the drift canary's timings (measure/canary.py), read by `compare`
 records.jsonl     every case once (merged by finalize), records.parquet, report.md, plots/
 """
 
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from harness.config.identity import NOT_PLANNED, body_hash, changed_keys, scenario_body
 from harness.config.scenario import Scenario, scenario_to_dict
+from harness.measure.safe_files import write_atomic
 from harness.results.run_records import read_run_records, repair_run
 
 LOCK = "writer.lock"
@@ -135,8 +137,8 @@ def open_run_dir(
         "started_at": _now(),
         "argv": argv,
     }
-    run_json.write_text(json.dumps(meta, indent=2) + "\n")
-    (out_dir / "scenario.json").write_text(
-        json.dumps(scenario_to_dict(scenario), indent=2, default=str) + "\n"
+    write_atomic(run_json, json.dumps(meta, indent=2) + "\n")
+    write_atomic(
+        out_dir / "scenario.json", json.dumps(scenario_to_dict(scenario), indent=2, default=str) + "\n"
     )
     return run_id

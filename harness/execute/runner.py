@@ -9,6 +9,7 @@ unrecorded is recorded `crashed` on resume and not run again, unless `--retry-cr
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,17 +20,26 @@ import torch
 from harness.config.scenario import Scenario, ScenarioError
 from harness.config.sweep import Case
 from harness.execute.context import CaseContext
+from harness.execute.devicelock import device_key, device_lock
 from harness.execute.executors import EXECUTORS, Execution, ExecutorOptions
-from harness.execute.pipeline import new_record
 from harness.execute.plan import group_cases, select_cases
 from harness.execute.progress import Reporter, make_reporter
 from harness.execute.rundir import open_run_dir, writer_lock
 from harness.execute.worker import failure_records
 from harness.measure import env as env_mod
+from harness.measure.canary import record_canary
 from harness.measure.hygiene import apply_threads
 from harness.measure.roofline import Roofline, measure_roofline
+from harness.measure.safe_files import write_atomic
+from harness.results.case_record import new_record
 from harness.results.records import Record, write_parquet
-from harness.results.run_records import add_record, merge_run, read_run_records, started_case_ids
+from harness.results.run_records import (
+    add_record,
+    corrupt_record_ids,
+    merge_run,
+    read_run_records,
+    started_case_ids,
+)
 
 PARENT = "main"  # the worker id under which the runner itself records (inline cases, crashes found on resume)
 
@@ -59,8 +69,11 @@ def resolve_device(scenario: Scenario, override: str | None) -> str:
 
 
 def default_out_dir(scenario: Scenario) -> Path:
+    """runs/<slug of the scenario name>-<time>: always one folder directly under runs/, whatever
+    the name holds (`../x`, `/abs`, separators, dots or a very long name)."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", scenario.name).strip(".-")[:80].strip(".-") or "scenario"
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{scenario.name}-{stamp}"
+    return Path("runs") / f"{slug}-{stamp}"
 
 
 def _record_stale_starts(out_dir: Path, ctx: CaseContext, cases: dict[str, Case], retry: bool) -> set[str]:
@@ -70,10 +83,11 @@ def _record_stale_starts(out_dir: Path, ctx: CaseContext, cases: dict[str, Case]
     `retry`. Returns the ids to run again (and, with `retry`, the crashed ones)."""
     recorded = {r["case_id"]: r for r in read_run_records(out_dir)}
     again = {cid for cid, r in recorded.items() if r.get("status") == "crashed"} if retry else set()
+    corrupt = corrupt_record_ids(out_dir)  # their record line is unreadable: run them again
     for case_id, mark in started_case_ids(out_dir).items():
         if case_id in recorded or case_id not in cases:
             continue
-        if retry or mark.get("supervised"):
+        if retry or mark.get("supervised") or case_id in corrupt:
             again.add(case_id)
             continue
         rec = new_record(cases[case_id], ctx)
@@ -118,7 +132,7 @@ def run_scenario(
             out_dir, scenario, resume, argv, env.get("git_sha", ""), scenario_arg or scenario.path
         )
         if not (out_dir / "env.json").exists():  # the first environment; every worker's in envs/
-            (out_dir / "env.json").write_text(json.dumps(env, indent=2, default=str) + "\n")
+            write_atomic(out_dir / "env.json", json.dumps(env, indent=2, default=str) + "\n")
         ctx = CaseContext(scenario, run_id, env.get("git_sha", ""), scenario_arg or scenario.path, device)
         ctx.set_provenance(PARENT, env_mod.write_env(out_dir, env))
         cases = select_cases(scenario, device, only, case_ids)
@@ -149,8 +163,15 @@ def run_scenario(
         )
         interrupted = False
         reporter.start(len(cases), len(cases) - todo)
+        lock = device_key(device, ctx.device_uuid, ctx.visible_devices)
         try:
+            if todo:  # the canary brackets the cases (workers time it between them): drift evidence
+                with device_lock(out_dir, lock):
+                    record_canary(out_dir, PARENT, device, "start")
             executor_cls().execute(run)
+            if todo:
+                with device_lock(out_dir, lock):
+                    record_canary(out_dir, PARENT, device, "end")
         except KeyboardInterrupt:
             interrupted = True
         finally:
@@ -168,7 +189,7 @@ def _roofline(out_dir: Path, device: str, dtypes: list[str]) -> Roofline:
         if known.device == device and set(dtypes) <= set(known.matmul_tflops):
             return known
     roofline = measure_roofline(device, dtypes)
-    path.write_text(json.dumps(roofline.to_dict(), indent=2) + "\n")
+    write_atomic(path, json.dumps(roofline.to_dict(), indent=2) + "\n")
     return roofline
 
 

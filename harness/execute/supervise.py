@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.execute import warm
+from harness.measure.safe_files import ensure_dir
 from harness.results.records import Record
 from harness.results.run_records import Follower, add_record, started_path, worker_records_path
 
@@ -116,8 +117,7 @@ class ChildWorker:
     # ----- the child ------------------------------------------------------------------------
     def _start(self) -> None:
         """Adopt a warm child (execute/warm.py) or start one, and tell it which run it works on."""
-        logs = self.run_dir / "logs"
-        logs.mkdir(exist_ok=True)
+        logs = ensure_dir(self.run_dir / "logs")
         child = warm.take(self.env)
         if child is None:
             child = warm.spawn(self.env, str(logs / f"{self.worker}.stderr.log"))

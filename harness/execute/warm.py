@@ -16,6 +16,9 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
+
+from harness.measure.safe_files import open_append
 
 
 @dataclass
@@ -25,6 +28,15 @@ class WarmChild:
 
 
 _POOL: list[WarmChild] = []
+# The folder holding this `harness` package: first on the child's PYTHONPATH, so the child runs
+# the same code as its parent from any working directory (`run-bench quick` outside a checkout).
+CODE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+def _child_env(env: dict[str, str] | None) -> dict[str, str]:
+    merged = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+    merged["PYTHONPATH"] = os.pathsep.join(filter(None, [CODE_ROOT, merged.get("PYTHONPATH")]))
+    return merged
 
 
 def spawn(env: dict[str, str] | None = None, stderr_path: str | None = None) -> WarmChild:
@@ -32,13 +44,13 @@ def spawn(env: dict[str, str] | None = None, stderr_path: str | None = None) -> 
     if stderr_path is None:
         fd, stderr_path = tempfile.mkstemp(prefix="attnbench-worker-", suffix=".stderr.log")
         os.close(fd)
-    with open(stderr_path, "ab") as err:
+    with open_append(Path(stderr_path)) as err:  # never through a symlink planted in logs/
         proc = subprocess.Popen(
             [sys.executable, "-m", "harness.execute.worker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=err,
-            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
+            env=_child_env(env),
             start_new_session=True,  # its own process group: a kill takes its children too
             text=True,
         )

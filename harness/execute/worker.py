@@ -10,8 +10,10 @@ have started, and the supervising parent records it as `crashed`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
@@ -21,12 +23,13 @@ from harness.config.scenario import Scenario, scenario_from_dict
 from harness.config.sweep import Case, expand
 from harness.execute.context import CaseContext
 from harness.execute.devicelock import device_key, device_lock
-from harness.execute.pipeline import new_record
 from harness.execute.supervise import FailureRecord
 from harness.measure import env as env_mod
+from harness.measure.canary import CanaryClock
 from harness.measure.hygiene import apply_threads
 from harness.measure.roofline import Roofline
 from harness.plugins.kinds import KINDS
+from harness.results.case_record import new_record
 from harness.results.records import Record
 from harness.results.run_records import add_record, mark_aborted, mark_started, read_run_records
 
@@ -79,6 +82,7 @@ class Worker:
         self.ctx.measure_lock = lambda: device_lock(self.run_dir, key)
         self.cases = {c.case_id: c for c in expand(self.scenario, device)}
         self.kind = KINDS.get(self.scenario.kind)()
+        self.canary = CanaryClock(self.run_dir, worker, device)  # drift evidence for `compare`
 
     def run(
         self,
@@ -90,15 +94,24 @@ class Worker:
         oom_at = oom_lengths(read_run_records(self.run_dir))
         for case_id in case_ids:
             case = self.cases[case_id]
+            if self.canary.due():  # between cases, never during one's timing (same device lock)
+                with self.ctx.measure_lock():
+                    self.canary.tick()
             mark_started(self.run_dir, self.worker, case_id, now(), self.supervised)
             if on_start is not None:
                 on_start(case)
             try:
                 record = self.kind.run_case(case, self.ctx, oom_at)
-            except KeyboardInterrupt:
-                mark_aborted(self.run_dir, self.worker, case_id)  # the user stopped it: no crash
+            except (KeyboardInterrupt, Exception) as exc:
+                if isinstance(exc, KeyboardInterrupt) or self.ctx.raise_errors:  # Ctrl-C or --raise:
+                    mark_aborted(self.run_dir, self.worker, case_id)  # not a crash (sys.exit is one)
                 raise
-            add_record(self.run_dir, self.worker, record)
+            try:
+                add_record(self.run_dir, self.worker, record)
+            except OSError:  # disk full or a file-size limit: not recorded, so it runs again on --resume
+                with contextlib.suppress(OSError):
+                    mark_aborted(self.run_dir, self.worker, case_id)
+                raise
             if on_record is not None:
                 on_record(case, record)
 
@@ -141,6 +154,8 @@ def main() -> int:
     ({"run_dir", "device", "worker"}), each further line is a group ({"case_ids": [...]}) answered
     with `done` on stdout. It may be started before its run exists (execute/warm.py)."""
     _die_with_parent()
+    if hasattr(signal, "SIGXFSZ"):  # past a file-size limit a write fails (EFBIG), not the process
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     first = sys.stdin.readline()
     if not first.strip():
         return 0  # a warm child nobody needed

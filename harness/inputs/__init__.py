@@ -37,6 +37,7 @@ __all__ = [
     "knob_owners",
     "make_inputs",
     "make_qkv",
+    "regime_name",
     "softmax_row_entropy",
     "to_canonical",
 ]
@@ -51,6 +52,15 @@ def get_source(name: str) -> InputSource:
     if name not in SOURCES:
         raise ValueError(str(SOURCES.unknown(name)))
     return SOURCES.get(name)()
+
+
+def regime_name(spec: InputSpec) -> str:
+    """The regime's name in records (`input_dist`) and reports: the dist, plus the knobs its source
+    lists in `regime_knobs` when set, e.g. `captured[layer=3]`."""
+    source = SOURCES.get(spec.dist)()
+    options = source.options(spec.options)
+    named = [f"{k}={options[k]}" for k in source.regime_knobs]
+    return spec.dist + (f"[{','.join(named)}]" if named else "")
 
 
 def knob_owners() -> dict[str, list[str]]:
@@ -119,7 +129,7 @@ def make_inputs(
         if layout == "bnhd":
             x = x.transpose(1, 2).contiguous()
         out.append(x.requires_grad_(requires_grad))
-    return InputBatch(out[0], out[1], out[2], raw.key_padding_mask)
+    return InputBatch(out[0], out[1], out[2], raw.key_padding_mask, raw.info)
 
 
 def calibration_batches(problem: Problem, spec: InputSpec, fit: FitSpec) -> list[InputBatch]:

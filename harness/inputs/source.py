@@ -15,7 +15,7 @@ Tensor shapes (canonical "bhnd" layout):
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from torch import Tensor
@@ -57,6 +57,7 @@ class InputBatch:
     k: Tensor
     v: Tensor
     key_padding_mask: Tensor | None = None
+    info: dict[str, Any] = field(default_factory=dict)  # facts for the record's `info` (captured: texts hash)
 
     @property
     def qkv(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -77,6 +78,13 @@ class InputSource:
     description: ClassVar[str] = ""
     knobs: ClassVar[dict[str, Knob]] = {}
     pads: ClassVar[bool] = False  # its batches may carry a key padding mask (variable-length inputs)
+    regime_knobs: ClassVar[tuple[str, ...]] = ()  # knobs that name a regime of their own (captured: layer)
+    probe_weights: ClassVar[bool] = False  # kernel cases also record KL(softmax || variant weights)
+
+    def unavailable(self, options: Mapping[str, Any]) -> list[str]:
+        """Why this source cannot run here (a missing optional package, with the install command);
+        a case with reasons is `skipped`. [] (the default) when it can."""
+        return []
 
     def options(self, given: Mapping[str, Any] | Iterable[tuple[str, Any]] = ()) -> dict[str, Any]:
         """Every knob: its default updated by `given`. Unknown names raise ValueError."""

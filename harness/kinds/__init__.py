@@ -7,3 +7,5 @@ something else (a model with its attention swapped, a trained task) get a module
 from harness.plugins.kinds import KINDS
 
 KINDS.register("kernel", "harness.execute.pipeline:KernelKind")
+KINDS.register("mqar", "harness.kinds.mqar.kind:MQARKind")
+KINDS.register("e2e", "harness.kinds.e2e:E2EKind")

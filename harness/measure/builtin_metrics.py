@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from harness.measure.metrics import MIB, Gate, Metric, finite, rate, register_metric
+from harness.measure.mqar_metrics import MQAR
+from harness.measure.quality_metrics import QUALITY
 
 
 def _ratio(num: str, den: str):
@@ -107,5 +109,6 @@ BUILTIN: tuple[Metric, ...] = (
            compute=_ratio("time_ms_median", "floor_ms"), title="time over floor"),
 )  # fmt: skip
 
-for _m in BUILTIN:
+# QUALITY: harness/measure/quality_metrics.py (captured inputs, e2e); MQAR: mqar_metrics.py (kind mqar)
+for _m in BUILTIN + QUALITY + MQAR:
     register_metric(_m)

@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from harness.measure.safe_files import ensure_dir, write_atomic
+
 OPTIONAL_PACKAGES = (
     "performer-pytorch",
     "nystrom-attention",
@@ -166,13 +168,9 @@ def write_env(run_dir: Path, env: dict[str, Any]) -> str:
     path = folder / f"{ident}.json"
     if path.exists():
         return ident
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{ident}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({**env, "env_id": ident}, indent=2, default=str) + "\n", encoding="utf-8")
-    if path.exists():  # another worker wrote it meanwhile: keep theirs
-        tmp.unlink()
-    else:
-        os.replace(tmp, path)
+    ensure_dir(folder)
+    if not path.exists():  # another worker may write it meanwhile: the same content, renamed whole
+        write_atomic(path, json.dumps({**env, "env_id": ident}, indent=2, default=str) + "\n")
     return ident
 
 

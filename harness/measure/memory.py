@@ -5,7 +5,13 @@ CUDA ("cuda_caching_allocator"): synchronize, `empty_cache`, `reset_peak_memory_
 synchronize, read `max_memory_allocated()` as the peak. These are bytes of live tensors as the
 caching allocator sees them (block-rounded), not the reserved pool.
 
-CPU ("torch_profiler_memory_timeline"): there are no allocator peak counters on CPU, so one call
+CPU ("storage_tracker", the default): `memtrack.StorageTracker`, a dispatch-level hook counting
+the bytes of tensor storages created and freed during the step (see memtrack.py for what it sees
+and what not); its memory is one dict entry per live storage.
+
+CPU ("torch_profiler_memory_timeline", `measure_memory_profiler`, the method before it, kept to
+check the tracker against in tests/test_memory.py; it holds the whole trace with stacks, about
+1.5 GB resident for one LUNA chunked fwd_bwd call at N = 2048): one call
 runs under `torch.profiler.profile(profile_memory=True, record_shapes=True, with_stack=True)` and
 the profiler's memory timeline (`prof._memory_profile().timeline`, entries
 `(time_ns, action, (key, version), size_bytes)`) is replayed in time order:
@@ -38,6 +44,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from harness.measure.memtrack import tracked_peak
 
 # Errors the private profiler API is known to raise on unsupported or unexpected traces.
 _PROFILER_ERRORS = (
@@ -113,7 +121,8 @@ def measure_memory(
     if kind == "cuda":
         return _measure_cuda(step, torch.device(device))
     if kind == "cpu":
-        return _measure_cpu(step)
+        peak, extra = tracked_peak(step, "cpu")
+        return MemoryResult(peak_bytes=int(peak), extra_bytes=int(extra), method="storage_tracker")
     raise ValueError(f"no memory measurement for device {device!r}; expected 'cpu' or 'cuda[:index]'")
 
 
@@ -131,7 +140,10 @@ def _measure_cuda(step: Callable[[], None], device: torch.device) -> MemoryResul
     return MemoryResult(peak_bytes=int(peak), extra_bytes=int(peak - base), method="cuda_caching_allocator")
 
 
-def _measure_cpu(step: Callable[[], None]) -> MemoryResult:
+def measure_memory_profiler(step: Callable[[], None], reset_grads: Sequence[Tensor] = ()) -> MemoryResult:
+    """The CPU peak of one call of `step` from the profiler's memory timeline (see the module doc)."""
+    for t in reset_grads:
+        t.grad = None
     try:
         from torch.profiler import ProfilerActivity
         from torch.profiler._memory_profiler import Action

@@ -23,7 +23,7 @@ from typing import Any
 from harness.plugins.registry import Registry
 
 DIRECTIONS = ("lower", "higher", None)
-GROUPS = ("time", "memory", "accuracy", "cost", "check", "fit", "input", "environment")
+GROUPS = ("time", "memory", "accuracy", "cost", "check", "fit", "input", "environment", "task")
 GATE_KINDS = ("exact", "samples")
 ARROWS = {"lower": "↓", "higher": "↑", None: ""}
 MIB = float(1 << 20)

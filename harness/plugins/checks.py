@@ -51,20 +51,47 @@ def is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
+MAX_INT = 2**53  # every int of a scenario: exact as a float and in JSON, fits int64 in parquet
+
+
+def yaml_float(x: float) -> str:
+    """`x` written so YAML 1.1 (PyYAML) reads it as a float: a dot in the mantissa and a signed
+    exponent (`1.0e+6`, `1.0e-2`), or plain decimals (`0.01`, `1000000.0`)."""
+    text = repr(float(x))
+    if "e" not in text:
+        return text if "." in text else text + ".0"
+    mantissa, exponent = text.split("e")
+    mantissa = mantissa if "." in mantissa else mantissa + ".0"
+    return f"{mantissa}e{exponent if exponent[0] in '+-' else '+' + exponent}"
+
+
 def float_hint(v: Any) -> str:
-    """YAML 1.1 reads `1e-2` (no dot) as text; say so when a float was clearly meant."""
-    try:
-        float(v)
-    except (TypeError, ValueError):
+    """YAML 1.1 reads `1e-2` or `1.0e6` (no dot, or no exponent sign) as text; when a number was
+    clearly meant, say how to write this one so that it reads as a number."""
+    if not isinstance(v, str):
         return ""
-    return "; YAML reads a number like 1e-2 as text, write 1.0e-2" if isinstance(v, str) else ""
+    try:
+        x = float(v)
+    except ValueError:
+        return ""
+    if not math.isfinite(x):
+        return ""
+    return f"; YAML reads {v.strip()} as text, write {yaml_float(x)}"
 
 
-def as_int(raw: Any, where: str, minimum: int | None = None) -> int:
-    """An int (bool not accepted) `>= minimum`."""
+def as_int(raw: Any, where: str, minimum: int | None = None, maximum: int = MAX_INT) -> int:
+    """An int (bool not accepted) `>= minimum` and `<= maximum`."""
     desc = {None: "an int", 0: "an int >= 0", 1: "a positive int"}.get(minimum, f"an int >= {minimum}")
     if not is_int(raw) or (minimum is not None and raw < minimum):
-        raise Invalid(where, f"expected {desc}, found {show(raw)}")
+        hint = ""
+        if isinstance(raw, str) and float_hint(raw):
+            try:
+                hint = f"; YAML reads {raw.strip()} as text, write {int(float(raw))}"
+            except (ValueError, OverflowError):
+                hint = ""
+        raise Invalid(where, f"expected {desc}, found {show(raw)}{hint}")
+    if raw > maximum:
+        raise Invalid(where, f"expected {desc} <= {maximum}, found {show(raw)}")
     return raw
 
 

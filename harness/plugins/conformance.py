@@ -196,25 +196,25 @@ def check_low_precision(cls: type[AttentionVariant], impl: str, dtype: str, caus
     _compare(f"{cls.name}/{impl} in {dtype} vs fp32", out, ref, tolerance(cls, dtype))
 
 
-def check_causality(cls: type[AttentionVariant], impl: str) -> None:
-    """Replacing q, k, v after position t (with larger values) leaves outputs 0..t unchanged."""
+def check_causality(cls: type[AttentionVariant], impl: str, **where: Any) -> None:
+    """Replacing q, k, v after t (by larger values) leaves outputs 0..t unchanged. where: device, dtype."""
     n = 200  # crosses a chunk of 128 tokens
-    prob = problem(n, 32, causal=True, mode="fwd")
+    prob = problem(n, 32, causal=True, mode="fwd", **where)
     var = build(cls, impl, prob)
     q, k, v = make_qkv(prob)
     fresh = [3.0 * x for x in make_qkv(prob, seed_offset=1)]
     with torch.no_grad():
         out = call(var, q, k, v, True)
         for t in (0, 63, 127, 128, n - 2):
-            past = (torch.arange(n) <= t)[:, None]  # (N, 1): positions 0..t keep their tokens
+            past = (torch.arange(n, device=prob.device) <= t)[:, None]  # (N, 1): 0..t keep their tokens
             mixed = [torch.where(past, x, y) for x, y in zip((q, k, v), fresh, strict=True)]
             err = rel_err(call(var, *mixed, True)[:, :, : t + 1], out[:, :, : t + 1])
             assert err <= CAUSAL_RTOL, f"outputs 0..{t} moved by {err:.2e} when later tokens changed"
 
 
-def check_batch_independence(cls: type[AttentionVariant], impl: str, causal: bool) -> None:
-    """Sample 0 computed alone equals its output within a batch of 3."""
-    prob = problem(63, 32, causal, batch=3, mode="fwd")
+def check_batch_independence(cls: type[AttentionVariant], impl: str, causal: bool, **where: Any) -> None:
+    """Sample 0 computed alone equals its output within a batch of 3. where: device, dtype."""
+    prob = problem(63, 32, causal, batch=3, mode="fwd", **where)
     var = build(cls, impl, prob)
     q, k, v = make_qkv(prob)
     with torch.no_grad():
@@ -222,9 +222,9 @@ def check_batch_independence(cls: type[AttentionVariant], impl: str, causal: boo
     assert err <= BATCH_RTOL, f"sample 0 alone differs by {err:.2e} from sample 0 in a batch"
 
 
-def check_deterministic_construction(cls: type[AttentionVariant], impl: str, seed: int) -> None:
+def check_deterministic_construction(cls: type[AttentionVariant], impl: str, seed: int, **where: Any) -> None:
     """Two builds after torch.manual_seed(seed) hold the same state and give identical outputs."""
-    prob = problem(63, 32, mode="fwd")
+    prob = problem(63, 32, mode="fwd", **where)
     first, second = build(cls, impl, prob, seed), build(cls, impl, prob, seed)
     state_1, state_2 = first.state_dict(), second.state_dict()
     assert state_1.keys() == state_2.keys() and all(map(torch.equal, state_1.values(), state_2.values()))
@@ -235,18 +235,18 @@ def check_deterministic_construction(cls: type[AttentionVariant], impl: str, see
 
 def right_padded(prob: Problem, lengths: list[int]) -> tuple[list[Tensor], Tensor]:
     """q, k, v (B, H, N, d) whose padded positions hold 3x larger values, and the mask (B, N)."""
-    mask = torch.arange(prob.seq_len)[None, :] < torch.tensor(lengths)[:, None]
+    mask = (torch.arange(prob.seq_len)[None, :] < torch.tensor(lengths)[:, None]).to(prob.device)
     noise = make_qkv(prob, seed_offset=2)
     qkv = [torch.where(mask[:, None, :, None], x, 3 * y) for x, y in zip(make_qkv(prob), noise, strict=True)]
     return qkv, mask.to(prob.device)
 
 
-def check_masking(cls: type[AttentionVariant], impl: str, causal: bool) -> None:
+def check_masking(cls: type[AttentionVariant], impl: str, causal: bool, **where: Any) -> None:
     """With masking: right padding changes no real row (equal to the call on the truncated sequence)
     and matches the reference with the mask (outputs at real rows, all gradients). Without: a masked
     case is declined with a reason, and forward refuses a mask instead of ignoring it."""
     lengths = [63, 40, 17]
-    prob = problem(63, 32, causal, batch=len(lengths), masked=True)
+    prob = problem(63, 32, causal, batch=len(lengths), masked=True, **where)  # where: device, dtype
     if not cls.capabilities_for(impl).masking:
         reasons = cls.not_supported_reasons(prob, cls.make_params({}), impl)
         assert any("mask" in r for r in reasons), f"a masked case needs a reason naming the mask: {reasons}"
@@ -259,7 +259,7 @@ def check_masking(cls: type[AttentionVariant], impl: str, causal: bool) -> None:
             return
         raise AssertionError(f"{cls.name}/{impl} declares no masking but accepted a key_padding_mask")
     var = build(cls, impl, prob)
-    tol = tolerance(cls, "fp32")
+    tol = tolerance(cls, prob.dtype)
     (q, k, v), mask = right_padded(prob, lengths)
     with torch.no_grad():
         out = call(var, q, k, v, causal, mask)

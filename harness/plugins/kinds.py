@@ -32,6 +32,19 @@ class BenchmarkKind(abc.ABC):
             raise ValueError(f"{where}: kind {cls.name!r} takes no task options, found {sorted(raw)}")
         return {}
 
+    @classmethod
+    def task_axes(cls, options: dict[str, Any]) -> tuple[str, ...]:
+        """The task options that are sweep axes (their validated value is a tuple of points): the
+        sweep makes one case per point, and `case.task` holds the options with that point's value
+        (MQAR's `pairs`). Default: none."""
+        return ()
+
+    @classmethod
+    def skip_reasons(cls, case: Any) -> list[str] | None:
+        """Why `case` will be skipped before it runs, when the kind decides that itself (`validate`
+        shows them); None (the default): the variant's capabilities on the case's problem."""
+        return None
+
     @abc.abstractmethod
     def run_case(self, case: Any, ctx: Any, oom_at: dict[str, int]) -> Any: ...
 

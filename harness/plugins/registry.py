@@ -123,8 +123,10 @@ class Registry(Generic[T]):
         if isinstance(target, str):
             try:
                 loaded = load_target(target)
-            except (ImportError, AttributeError) as err:
-                raise PluginLoadError(f"{self.kind} {name!r} ({target}) cannot be imported: {err}") from err
+            except Exception as err:  # noqa: BLE001 - a third-party module may fail to import any way
+                raise PluginLoadError(
+                    f"{self.kind} {name!r} ({target}) cannot be imported: {type(err).__name__}: {err}"
+                ) from err
             self.validate(name, loaded)
             self._entries[name] = target = loaded
         return target

@@ -10,19 +10,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from statistics import median
 
+from harness.config.shipped import resolve_scenario
+from harness.config.validate import Invalid
+from harness.measure.canary import CANARY_GLOB
 from harness.measure.metrics import derive, gated_metrics
+from harness.measure.safe_files import write_atomic
 from harness.measure.timing import summarize
 from harness.regress import compare, compare_markdown
 from harness.results.run_records import read_run_records
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # harness/regress/ab.py -> the checkout
+PROGRESS_LINE = re.compile(r"^\[\d+/\d+[\] ]")  # a run's per-case line (execute/progress.PlainReporter)
 
 
 class AbError(ValueError):
@@ -45,14 +52,12 @@ def _finish(result: compare.ComparisonResult, markdown_path: Path | None) -> int
     text = compare_markdown.render_verdict_markdown(result)
     print(text)
     if markdown_path:
-        markdown_path.write_text(text + "\n")
+        write_atomic(markdown_path, text + "\n")  # never through a symlink, never torn
     return compare.exit_code(result)
 
 
 def compare_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="run-bench compare", description="Per-case verdicts between two runs."
-    )
+    p = argparse.ArgumentParser(prog="run-bench compare", description="Per-case verdicts between two runs.")
     p.add_argument("base_run", type=Path)
     p.add_argument("head_run", type=Path)
     _compare_args(p)
@@ -102,9 +107,11 @@ def merge_rounds(round_dirs: list[Path], out_dir: Path) -> None:
     for name in ("env.json", "scenario.json", "run.json"):
         if (round_dirs[0] / name).exists():
             shutil.copy(round_dirs[0] / name, out_dir / name)
-    for d in round_dirs:  # every round's environments (never overwritten: ids are content hashes)
+    for i, d in enumerate(round_dirs):  # every round's environments (never overwritten: content hashes)
         if (d / "envs").is_dir():
             shutil.copytree(d / "envs", out_dir / "envs", dirs_exist_ok=True)
+        for canary in d.glob(CANARY_GLOB):  # every round's canary: its wander includes round-to-round drift
+            shutil.copy(canary, out_dir / canary.name.replace("canary.", f"canary.round{i}-", 1))
     samples = [m.gate for m in gated_metrics() if m.gate.kind == "samples"]
     merged: dict[str, dict] = {}
     for d in round_dirs:
@@ -136,6 +143,22 @@ def merge_rounds(round_dirs: list[Path], out_dir: Path) -> None:
             fh.write(json.dumps(rec) + "\n")
 
 
+def _run_relaying(cmd: list[str], cwd: Path, tag: str) -> int:
+    """Run one round; relay its per-case progress lines (`[i/n elapsed eta ...] case: result`) to
+    stderr behind `tag`, so a round is never silent; its other output is dropped (stdout stays
+    the verdict's). Returns the exit code."""
+    t0 = time.monotonic()
+    with subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, text=True, bufsize=1) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if PROGRESS_LINE.match(line):
+                print(f"{tag}: {line.rstrip()}", file=sys.stderr, flush=True)
+    print(
+        f"{tag}: done in {time.monotonic() - t0:.0f} s (exit {proc.returncode})", file=sys.stderr, flush=True
+    )
+    return proc.returncode
+
+
 def ab_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="run-bench ab", description="Run a scenario at two revisions, interleaved, and compare."
@@ -152,9 +175,10 @@ def ab_main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.rounds < 1:
         raise AbError(f"--rounds: expected an integer >= 1, found {args.rounds}")
-    scenario = args.scenario.resolve()
-    if not scenario.exists():
-        raise AbError(f"{args.scenario}: no such scenario file")
+    try:  # a file, or a shipped scenario by name (`ab quick`)
+        scenario = Path(resolve_scenario(str(args.scenario))).resolve()
+    except Invalid as err:
+        raise AbError(f"{args.scenario}: {err.message}") from None
     work = Path(tempfile.mkdtemp(prefix="attnbench-ab-"))
     out = args.out or work / "runs"
     trees: list[Path] = []
@@ -176,15 +200,15 @@ def ab_main(argv: list[str]) -> int:
                     str(scenario),
                     "--out",
                     str(run_dir),
-                    "--quiet",
                     "--no-plots",
                 ]
                 if args.device:
                     cmd += ["--device", args.device]
-                print(f"ab: round {r + 1}/{args.rounds}: {side}", file=sys.stderr, flush=True)
-                res = subprocess.run(cmd, cwd=sides[side])
-                if res.returncode != 0:
-                    raise AbError(f"{side} run failed with exit code {res.returncode} ({' '.join(cmd)})")
+                tag = f"ab: round {r + 1}/{args.rounds} {side}"
+                print(tag, file=sys.stderr, flush=True)
+                res = _run_relaying(cmd, sides[side], tag)
+                if res != 0:
+                    raise AbError(f"{side} run failed with exit code {res} ({' '.join(cmd)})")
                 rounds[side].append(run_dir)
         for side in ("base", "head"):
             merge_rounds(rounds[side], out / side)

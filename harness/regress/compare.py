@@ -5,10 +5,12 @@ problem, inputs, fit and accuracy settings; never the run id), so the same case 
 in every run. Each metric is judged as its `gate` in the metric registry says: deterministic ones
 tightly (rel_err, CUDA peak memory, cost-model FLOPs), time on the raw samples with a bootstrap
 CI of the median ratio plus a Mann-Whitney U test (only a confident change beyond the threshold
-counts). A case that was
-ok in base and is not in head is STATUS-CHANGED and counts as a regression. Only a confirmed
-regression fails (`exit_code` 1); AMBIGUOUS never does. Bad input raises `CompareInputError`
-(one line; the CLI maps it to exit 2).
+counts), on drift-corrected samples (harness/regress/drift.py: head times divided by the canary's
+head/base ratio; AMBIGUOUS when the canary moved more than half the threshold; a shift shared by
+most cases is one finding, "machine drift or a global change: confirm with `ab`"). A case ok in
+base and not in head is STATUS-CHANGED and counts as a regression. Only a confirmed regression
+fails (`exit_code` 1); AMBIGUOUS never does, nor heads the verdict. Bad input raises
+`CompareInputError` (one line; the CLI maps it to exit 2).
 """
 
 from __future__ import annotations
@@ -18,13 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from harness.measure.metrics import Gate, Metric, gated_metrics
-from harness.measure.stats import AMBIGUOUS, IMPROVED, REGRESSED, SAME, geomean, time_verdict
-from harness.regress.runs import CompareInputError, RunData, load_run
+from harness.measure.stats import AMBIGUOUS, IMPROVED, REGRESSED, SAME, time_verdict
+from harness.regress import drift as dr
+from harness.regress import runs
+from harness.regress.runs import ENV_KEYS, CompareInputError, RunData, env_warnings, load_run
 
+VariantTime = dr.VariantTime
 NEW, MISSING, STATUS_CHANGED = "NEW", "MISSING", "STATUS-CHANGED"
+NOTHING_COMPARED = "NOTHING-COMPARED"  # a run-level verdict only (exit 2), never a case's
 VERDICTS = (REGRESSED, STATUS_CHANGED, IMPROVED, AMBIGUOUS, SAME, NEW, MISSING)
-ENV_KEYS = ("cpu", "gpu", "gpu_driver", "cuda", "torch", "threads")  # = harness.measure.env.FINGERPRINT_KEYS
-__all__ = ["AMBIGUOUS", "IMPROVED", "REGRESSED", "SAME", "CompareInputError", "RunData", "load_run"]
+__all__ = ["AMBIGUOUS", "ENV_KEYS", "IMPROVED", "REGRESSED", "SAME", "CompareInputError", "VariantTime"]
 
 
 @dataclass
@@ -73,17 +78,6 @@ class CaseComparison:
 
 
 @dataclass
-class VariantTime:
-    """Geometric mean of head/base median time over one configuration's cases ok in both runs."""
-
-    label: str
-    n: int
-    geomean: float
-    lo: float  # smallest per-case ratio
-    hi: float  # largest per-case ratio
-
-
-@dataclass
 class ComparisonResult:
     base: RunData
     head: RunData
@@ -93,6 +87,8 @@ class ComparisonResult:
     cases: list[CaseComparison]
     variants: list[VariantTime]
     env_warnings: list[str]
+    drift: dr.Drift = field(default_factory=lambda: dr.Drift(None))
+    shift: dr.SharedShift | None = None  # a time change shared by most cases: one finding
 
     @property
     def counts(self) -> dict[str, int]:
@@ -106,12 +102,25 @@ class ComparisonResult:
         return [c for c in self.cases if c.is_regression]
 
     @property
+    def regressed(self) -> bool:
+        """A confirmed regression: a regressed case, or a slowdown shared by most cases."""
+        return bool(self.regressions) or (self.shift is not None and self.shift.verdict == REGRESSED)
+
+    @property
+    def nothing_compared(self) -> str:
+        """Why no case could be judged ('' when some could): see `runs.nothing_compared`."""
+        statuses = [(c.base_status, c.head_status) for c in self.cases]
+        return runs.nothing_compared(statuses, len(self.base.records), len(self.head.records))
+
+    @property
     def verdict(self) -> str:
-        """REGRESSED if any case regressed, else IMPROVED, AMBIGUOUS or SAME (first that occurs)."""
-        if self.regressions:
+        """REGRESSED (confirmed), else NOTHING-COMPARED, IMPROVED (confirmed) or SAME (not AMBIGUOUS)."""
+        if self.regressed:
             return REGRESSED
-        counts = self.counts
-        return next((v for v in (IMPROVED, AMBIGUOUS) if counts[v]), SAME)
+        if self.nothing_compared:
+            return NOTHING_COMPARED
+        shift_up = self.shift is not None and self.shift.verdict == IMPROVED
+        return IMPROVED if self.counts[IMPROVED] or shift_up else SAME
 
     def by_verdict(self, verdict: str) -> list[CaseComparison]:
         return [c for c in self.cases if c.verdict == verdict]
@@ -139,6 +148,11 @@ def _samples_finding(m: Metric, b: dict, h: dict, opts: dict[str, Any]) -> Findi
     bm, hm = _num(b.get(m.name)), _num(h.get(m.name))
     if not (bs or hs or bm or hm):
         return None  # not measured in either run
+    if bs and list(bs) == list(hs):  # the same samples (a run compared with itself): nothing moved
+        return Finding(m.name, SAME, bm, hm, 1.0, (1.0, 1.0), 1.0, opts["gate_time"], "identical samples")
+    scale = opts["drift"].scale * opts["shift"]  # the run-level shift, removed before judging
+    hs = [x / scale for x in hs]
+    h_rounds = h.get(g.rounds) if g.rounds else None
     st = time_verdict(
         bs,
         hs,
@@ -148,13 +162,16 @@ def _samples_finding(m: Metric, b: dict, h: dict, opts: dict[str, Any]) -> Findi
         opts["n_boot"],
         opts["seed"],
         base_rounds=b.get(g.rounds) if g.rounds else None,
-        head_rounds=h.get(g.rounds) if g.rounds else None,
+        head_rounds=[[x / scale for x in r] for r in h_rounds] if h_rounds else None,
     )
-    ratio = st.ratio
+    ratio, verdict, reason = st.ratio, st.verdict, st.reason
+    why = dr.overrule(verdict, ratio, opts["drift"])
+    if why:
+        verdict, reason = AMBIGUOUS, why
     if ratio is None and bm and hm:  # no raw samples: the medians' ratio, but never a verdict on it
         ratio = hm / bm
     ci = (st.ci_lo, st.ci_hi) if st.ci_lo is not None and st.ci_hi is not None else None
-    return Finding(m.name, st.verdict, bm, hm, ratio, ci, st.p_value, opts["gate_time"], st.reason)
+    return Finding(m.name, verdict, bm, hm, ratio, ci, st.p_value, opts["gate_time"], reason)
 
 
 def gate_finding(m: Metric, b: dict, h: dict, opts: dict[str, Any]) -> Finding | None:
@@ -207,32 +224,6 @@ def time_metric() -> Metric | None:
     return next((m for m in gated_metrics() if m.gate is not None and m.gate.kind == "samples"), None)
 
 
-def _variant_times(cases: list[CaseComparison]) -> list[VariantTime]:
-    ratios: dict[str, list[float]] = {}
-    timed = time_metric()
-    for c in cases:
-        f = c.finding(timed.name) if timed else None
-        if f is not None and f.ratio is not None and f.ratio > 0:
-            ratios.setdefault(c.label, []).append(f.ratio)
-    return [VariantTime(lab, len(r), geomean(r), min(r), max(r)) for lab, r in ratios.items()]
-
-
-def _env_warnings(base: RunData, head: RunData) -> list[str]:
-    out = []
-    for side in (base, head):
-        if not side.env:
-            out.append(f"{side.path}: no env.json; cannot check that the machines match")
-    if base.env and head.env:
-        diffs = [
-            f"{k}: {base.env.get(k)!r} -> {head.env.get(k)!r}"
-            for k in ENV_KEYS
-            if base.env.get(k) != head.env.get(k)
-        ]
-        if diffs:
-            out.append(f"environments differ ({'; '.join(diffs)}): time verdicts may reflect the machine")
-    return out
-
-
 def compare_runs(
     base_dir: Path,
     head_dir: Path,
@@ -265,7 +256,31 @@ def compare_runs(
         "n_boot": n_boot,
         "seed": seed,
         "budget": {"rel_err": dict(rel_err_budget or {})},
+        "drift": dr.canary_drift(base.path, head.path, threshold),
+        "shift": 1.0,
     }
+    cases = _judge_all(base, head, opts)
+    timed = [(f.verdict, f.ratio) for c in cases if (f := _time_finding(c)) is not None and f.ratio]
+    shift = dr.shared_shift(timed, opts["drift"].ratio)
+    opts["shift"] = shift.factor if shift is not None else 1.0  # one finding; cases judged relative to it
+    opts["drift"] = dr.with_floor(opts["drift"], [r / opts["shift"] for _, r in timed])
+    if shift is not None or opts["drift"].floor > 1.0:
+        cases = _judge_all(base, head, opts)
+    dr.lone_changes(cases, _time_finding, opts["drift"].center)  # a burst of load hits one case
+    warnings = env_warnings(base, head)
+    variants = dr.variant_times([(c.label, f.ratio) for c in cases if (f := _time_finding(c)) and f.ratio])
+    return ComparisonResult(
+        base, head, threshold, alpha, gate_time, cases, variants, warnings, opts["drift"], shift
+    )
+
+
+def _time_finding(case: CaseComparison) -> Finding | None:
+    timed = time_metric()
+    return case.finding(timed.name) if timed else None
+
+
+def _judge_all(base: RunData, head: RunData, opts: dict[str, Any]) -> list[CaseComparison]:
+    """Every head case against the same base case, then the base cases missing from head."""
     cases = []
     for cid, h in head.records.items():
         b = base.records.get(cid)
@@ -275,12 +290,10 @@ def compare_runs(
         for cid, b in base.records.items()
         if cid not in head.records
     ]
-    warnings = _env_warnings(base, head)
-    if not any(c.verdict not in (NEW, MISSING) for c in cases):
-        warnings.append("no case in common (different scenarios?): nothing was compared")
-    return ComparisonResult(base, head, threshold, alpha, gate_time, cases, _variant_times(cases), warnings)
+    return cases
 
 
 def exit_code(result: ComparisonResult) -> int:
-    """1 on a confirmed regression (incl. ok -> failing status), else 0; AMBIGUOUS never fails."""
-    return 1 if result.regressions else 0
+    """1 on a confirmed regression (incl. ok -> failing status, and a slowdown shared by most
+    cases), else 2 when nothing could be compared (`nothing_compared`), else 0; AMBIGUOUS never fails."""
+    return 1 if result.regressed else 2 if result.nothing_compared else 0  # a wrong baseline fails a gate

@@ -118,15 +118,26 @@ def _details(summary: str, body: str) -> list[str]:
 
 
 def verdict_line(result: ComparisonResult) -> str:
-    """First line of the report: the verdict and the count of every verdict."""
+    """First line of the report: the verdict from confirmed findings only (a shared shift is one
+    finding, AMBIGUOUS never heads it), then the count of every verdict."""
     counts = result.counts
     n_reg = len(result.regressions)
     compared = sum(counts[v] for v in VERDICTS if v not in (NEW, MISSING))
-    head = (
-        f"**{REGRESSED}**: {n_reg} of {compared} compared cases regressed"
-        if n_reg
-        else f"**{result.verdict}**: no confirmed regression in {compared} compared cases"
-    )
+    shift = result.shift
+    if not n_reg and result.nothing_compared:  # exit 2: a gate against a wrong baseline must not pass
+        head = f"**NOTHING COMPARED**: {result.nothing_compared}"
+    elif n_reg:
+        head = f"**{REGRESSED}**: {n_reg} of {compared} compared cases regressed"
+        head += f", and a shared shift: {shift.describe()}" if shift is not None else ""
+    elif shift is not None:
+        head = f"**{result.verdict}**: one shift shared by most cases: {shift.describe()}"
+    elif counts[IMPROVED]:
+        head = f"**{IMPROVED}**: {counts[IMPROVED]} of {compared} compared cases improved, none regressed"
+    else:
+        head = f"**{result.verdict}**: no confirmed change in {compared} compared cases"
+    if result.drift.moved:
+        moved = f"{result.drift.ratio:.3f}×"
+        head += f" (the canary moved {moved}: machine drift or a global change: confirm with `ab`)"
     return head + " · " + " · ".join(f"{v} {counts[v]}" for v in VERDICTS)
 
 
@@ -136,7 +147,8 @@ def render_verdict_markdown(result: ComparisonResult) -> str:
     time_rule = (
         f"{timed}: median ratio beyond ±{result.threshold:.0%}, its {1 - result.alpha:.0%} bootstrap CI "
         f"beyond ±{result.threshold / 2:.1%} (rounds resampled when runs were interleaved) and Mann-Whitney "
-        f"p < {result.alpha:g}" + ("" if result.gate_time else " (reported, not gated)")
+        f"p < {result.alpha:g}, on head times divided by the canary ratio"
+        + ("" if result.gate_time else " (reported, not gated)")
     )
     gates = "; ".join(
         f"{m.name} regresses {m.gate_rule()}" for m in gated_metrics() if m.gate.kind == "exact"
@@ -146,6 +158,8 @@ def render_verdict_markdown(result: ComparisonResult) -> str:
         "",
         f"base `{result.base.run_id}` → head `{result.head.run_id}` · {time_rule}; {gates}; "
         "a status that leaves ok counts as a regression",
+        "",
+        f"Drift: {_md(result.drift.describe())}",
     ]
     lines += [""] + [f"> **Warning:** {_md(w)}" for w in result.env_warnings] if result.env_warnings else []
     columns = _columns(result)

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.measure.metrics import gated_metrics
 from harness.results.records import READABLE_SCHEMAS, read_records
 
+ENV_KEYS = ("cpu", "gpu", "gpu_driver", "cuda", "torch", "threads")  # = harness.measure.env.FINGERPRINT_KEYS
 REQUIRED_KEYS = ("case_id", "status", "variant", "label", "seq_len", "dtype", "causal", "mode")
 
 
@@ -37,7 +39,8 @@ def load_run(run_dir: Path) -> RunData:
     except (OSError, ValueError) as exc:
         raise CompareInputError(f"{path}: unreadable: {' '.join(str(exc).split())}") from exc
     if not rows:
-        raise CompareInputError(f"{path}: no complete records")
+        unreadable = path.stat().st_size > 0  # corrupt lines are skipped, each with a warning
+        raise CompareInputError(f"{path}: {'unreadable: ' if unreadable else ''}no complete records")
     records: dict[str, dict[str, Any]] = {}
     for i, rec in enumerate(rows, 1):
         if not isinstance(rec, dict) or rec.get("schema_version") not in READABLE_SCHEMAS:
@@ -49,6 +52,9 @@ def load_run(run_dir: Path) -> RunData:
         missing = [k for k in REQUIRED_KEYS if k not in rec]
         if missing:
             raise CompareInputError(f"{path}: record {i}: missing field(s) {', '.join(missing)}")
+        bad = malformed_field(rec)
+        if bad:
+            raise CompareInputError(f"{path}: record {i} (case {str(rec['case_id'])[:40]!r}): {bad}")
         records[rec["case_id"]] = rec
     env: dict[str, Any] = {}
     if (run_dir / "env.json").is_file():
@@ -59,3 +65,72 @@ def load_run(run_dir: Path) -> RunData:
         env = loaded if isinstance(loaded, dict) else {}
     run_id = str(rows[-1].get("run_id") or run_dir.name)
     return RunData(run_dir, run_id, env, records)
+
+
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "case_id": (str,),
+    "status": (str,),
+    "variant": (str,),
+    "label": (str,),
+    "seq_len": (int,),
+    "dtype": (str,),
+    "causal": (bool,),
+    "mode": (str,),
+}
+
+
+def _numbers(value: Any, depth: int) -> bool:
+    """A number (bool excluded), or (depth > 0) a list of such, nested `depth` deep."""
+    if depth == 0:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, list) and all(_numbers(x, depth - 1) for x in value)
+
+
+def malformed_field(rec: dict[str, Any]) -> str:
+    """'' when every field compare reads has its type, else `field NAME: expected ..., found ...`."""
+    for name, types in FIELD_TYPES.items():
+        value = rec[name]
+        ok = isinstance(value, types) and (name == "causal" or not isinstance(value, bool))
+        if not ok:
+            return f"field {name}: expected {' or '.join(t.__name__ for t in types)}, found {value!r:.60}"
+    for m in gated_metrics():
+        fields = [(m.name, 0)]
+        if m.gate is not None and m.gate.samples:
+            fields.append((m.gate.samples, 1))
+        if m.gate is not None and m.gate.rounds:
+            fields.append((m.gate.rounds, 2))
+        for name, depth in fields:
+            value = rec.get(name)
+            if value is not None and not _numbers(value, depth):
+                want = ("a number", "a list of numbers", "a list of lists of numbers")[depth]
+                return f"field {name}: expected null or {want}, found {value!r:.60}"
+    return ""
+
+
+def nothing_compared(statuses: list[tuple[str | None, str | None]], n_base: int, n_head: int) -> str:
+    """Why no case could be judged, from each case's (base status, head status) (None: absent
+    there); '' when some case is ok in both. No case in common means a stale or wrong baseline;
+    none ok in both means every common case failed in one run or the other."""
+    common = [(b, h) for b, h in statuses if b is not None and h is not None]
+    if any(b == h == "ok" for b, h in common):
+        return ""
+    if common:
+        return f"none of the {len(common)} cases in common is ok in both runs"
+    return f"no case in common ({n_base} in base, {n_head} in head; different scenarios?)"
+
+
+def env_warnings(base: RunData, head: RunData) -> list[str]:
+    """Warnings that the two runs' machines may differ (or cannot be checked)."""
+    out = []
+    for side in (base, head):
+        if not side.env:
+            out.append(f"{side.path}: no env.json; cannot check that the machines match")
+    if base.env and head.env:
+        diffs = [
+            f"{k}: {base.env.get(k)!r} -> {head.env.get(k)!r}"
+            for k in ENV_KEYS
+            if base.env.get(k) != head.env.get(k)
+        ]
+        if diffs:
+            out.append(f"environments differ ({'; '.join(diffs)}): time verdicts may reflect the machine")
+    return out

@@ -34,13 +34,15 @@ FIELD_DOCS = {
     "device": "cpu | cuda",
     "causal": "causal masking",
     "mode": "fwd | bwd | fwd_bwd: the timed pass",
-    "input_dist": "input distribution (gaussian, peaked, clustered, local)",
+    "input_dist": "input regime: the source name, with its regime knobs (captured[layer=3])",
     "input_scale": "scale of q and k",
     "input_seed": "seed of the inputs",
     "exact": "the variant class has `capabilities.exact` (computes exact softmax attention): the accuracy "
     "reference and the default speed baseline; read from the class for schema-1 records",
     "status": "ok | skipped | oom | error | nan | timeout | leak | crashed (its worker process died)",
     "reason": "why the status is not ok (one line)",
+    "error_trace": "status error: the last lines of the case's traceback, shown in the report's footnote "
+    '(`--raise` re-raises the failure instead); "" otherwise',
     "mem_method": "how memory was measured (cuda_caching_allocator, torch_profiler_memory_timeline, ...)",
     "info": "variant facts (e.g. performer-pytorch's causal path, fit_reused)",
     "git_sha": "revision of the harness that ran the case",
@@ -63,6 +65,7 @@ COMMAND = "python -m harness.results.fields_doc > docs/record-fields.md"
 DATAFRAME_ONLY = {
     "params_str": "`params` as `k=v,k=v` (sorted)",
     "param.<name>": "one column per variant parameter (null where a variant has no such parameter)",
+    "info.<key>": "one column per key of `info` (lists and dicts as JSON text), as in `export --format csv`",
 }
 
 

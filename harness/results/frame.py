@@ -65,7 +65,22 @@ def _footnotes(df: pd.DataFrame) -> tuple[pd.Series, list[str]]:
     marks = pd.Series(
         [f"{STATUS_TEXT.get(s, s)}[^{ids[(s, r)]}]" for s, r in pairs], index=bad.index, dtype=object
     )
-    return marks.reindex(df.index), [f"[^{n}]: {s}: {r}" for (s, r), n in ids.items()]
+    traces: dict[tuple[str, str], str] = {}  # the first traceback tail recorded for each footnote
+    column = bad["error_trace"] if "error_trace" in bad else pd.Series([""] * len(bad), index=bad.index)
+    for pair, trace in zip(pairs, column.fillna(""), strict=True):
+        if trace and pair not in traces:
+            traces[pair] = str(trace)
+    return marks.reindex(df.index), [_note(n, s, r, traces.get((s, r), "")) for (s, r), n in ids.items()]
+
+
+def _note(n: int, status: str, reason: str, trace: str) -> str:
+    """Footnote `n`; a failed case's traceback tail follows it as an indented code block."""
+    if not trace:
+        return f"[^{n}]: {status}: {reason}"
+    fence = "```"
+    lines = [fence, *trace.replace(fence, "'''").splitlines(), fence]
+    body = "\n".join(f"    {line}" for line in lines)
+    return f"[^{n}]: {status}: {reason} (last lines of the traceback:)\n\n{body}\n"
 
 
 def prepare(df: pd.DataFrame, spec: ReportSpec | None = None) -> tuple[pd.DataFrame, list[str]]:

@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator  # noqa: E402
 
 from harness.measure.metrics import metric  # noqa: E402
+from harness.measure.safe_files import atomic_path, ensure_dir  # noqa: E402
 from harness.results.rows import (  # noqa: E402
     Row,
     feature_dim_rows,
@@ -71,9 +72,12 @@ def _finish(fig, ax, title: str, path: Path, legend: bool = True) -> Path:
     ax.grid(True, which="major", alpha=0.3)
     if legend:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
+    ensure_dir(path.parent)
+    try:
+        with atomic_path(path) as tmp:  # a full disk never leaves a torn PNG
+            fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -282,4 +286,8 @@ def make_plots(df, out_dir: Path) -> dict[str, Path]:
             "frontier": _frontier(rows, title, out_dir / f"frontier_{slug}.png"),
         }
         made.update({f"{kind}:{slug}": path for kind, path in drawn.items() if path is not None})
+    from harness.results.slide import slide_plot  # the run's one picture: skill vs time per regime
+
+    slide = slide_plot(df, out_dir)
+    made.update({"slide": slide} if slide is not None else {})
     return made

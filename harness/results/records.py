@@ -16,12 +16,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
+import re
+import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from harness.measure.metrics import METRICS, all_metrics, derive
+from harness.measure.safe_files import append_line, atomic_path, open_append
 from harness.plugins.variants import VARIANTS
 
 SCHEMA_VERSION = 3
@@ -69,6 +71,7 @@ class Record:
     # outcome
     status: str = "ok"
     reason: str = ""
+    error_trace: str = ""  # status error: the last lines of the traceback, for the variant's author
     metrics: dict[str, Any] = field(default_factory=dict)  # metric name -> value (see METRICS)
     # provenance
     mem_method: str = ""
@@ -170,25 +173,58 @@ def to_json_line(record: Record) -> str:
 
 def append_record(path: Path, record: Record) -> None:
     """Append one JSON line and make it durable before returning."""
-    line = to_json_line(record) + "\n"
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(line)
-        fh.flush()
-        os.fsync(fh.fileno())
+    append_line(path, to_json_line(record) + "\n")  # O_NOFOLLOW, fsynced
+
+
+_WARNED: set[tuple[str, int]] = set()  # (file, line) already reported: readers run often
+
+
+def parse_line(raw: bytes, path: Path, number: int) -> dict[str, Any] | None:
+    """One JSON-lines record, or None for a blank line or a corrupt one (not UTF-8, not JSON, not
+    an object), which is reported once on stderr naming the file and its line number."""
+    text = raw.strip()
+    if not text:
+        return None
+    try:
+        row = json.loads(text.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        why = " ".join(str(err).split())[:80]
+    else:
+        if isinstance(row, dict):
+            return row
+        why = f"a JSON {type(row).__name__}, not a record"
+    if (str(path), number) not in _WARNED:
+        _WARNED.add((str(path), number))
+        where = f"line {number}" if number > 0 else "a line"
+        print(f"warning: {path}: {where}: corrupt record skipped ({why})", file=sys.stderr)
+    return None
+
+
+def corrupt_case_ids(path: Path) -> set[str]:
+    """The case ids still legible in the corrupt lines of `path` (their cases run again on resume)."""
+    found: set[str] = set()
+    if Path(path).exists():
+        with open(path, "rb") as fh:
+            for number, line in enumerate(fh, 1):
+                if line.endswith(b"\n") and line.strip() and parse_line(line, path, number) is None:
+                    match = re.search(rb'"case_id"\s*:\s*"([0-9a-zA-Z_-]+)"', line)
+                    found.update([match.group(1).decode()] if match else [])
+    return found
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """All complete records in `path` as flat dicts; a torn last line (killed mid-write) is ignored."""
+    """All complete records in `path` as flat dicts. A torn last line (killed mid-write) is ignored;
+    a corrupt line elsewhere is skipped with a warning naming its line (`--resume` reruns its case)."""
     if not Path(path).exists():
         return []
     out: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if not line.endswith("\n"):
+    with open(path, "rb") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.endswith(b"\n"):
                 break  # torn write from a killed run
-            line = line.strip()
-            if line:
-                out.append(json.loads(line))
+            row = parse_line(line, path, number)
+            if row is not None:
+                out.append(row)
     return out
 
 
@@ -200,8 +236,8 @@ def repair_torn_tail(path: Path) -> None:
     data = path.read_bytes()
     if data and not data.endswith(b"\n"):
         cut = data.rfind(b"\n") + 1
-        with open(path, "r+b") as fh:
-            fh.truncate(cut)
+        with open_append(path) as fh:  # never truncates through a planted symlink
+            fh.buffer.truncate(cut)
 
 
 def normalize(row: dict[str, Any]) -> dict[str, Any]:
@@ -218,7 +254,8 @@ def normalize(row: dict[str, Any]) -> dict[str, Any]:
 
 def to_dataframe(records: list[dict[str, Any]]):
     """Records as a pandas DataFrame: one column per field and metric, `params` kept as dicts plus
-    `params_str` and one flat `param.<name>` column per variant parameter."""
+    `params_str` and one flat `param.<name>` column per variant parameter, and one `info.<key>`
+    column per key of `info` (lists and dicts as JSON text)."""
     import pandas as pd
 
     rows = [normalize(r) for r in records]
@@ -227,17 +264,26 @@ def to_dataframe(records: list[dict[str, Any]]):
     df["params_str"] = [",".join(f"{k}={v}" for k, v in sorted(p.items())) for p in params]
     for name in sorted({k for p in params for k in p}):
         df[f"param.{name}"] = [p.get(name) for p in params]
+    infos = [dict(i or {}) for i in df["info"]] if len(df) else []
+    for name in sorted({k for i in infos for k in i}):  # one flat column per info key (csv, parquet)
+        df[f"info.{name}"] = [_scalar(i.get(name)) for i in infos]
     return df
 
 
+def _scalar(value: Any) -> Any:
+    """A value for a flat column: scalars as they are, lists and dicts as JSON text."""
+    return json.dumps(value, sort_keys=True, default=str) if isinstance(value, list | dict) else value
+
+
 def write_parquet(records: list[dict[str, Any]], path: Path) -> None:
-    """Write records to parquet; nested fields (params, info) are JSON-encoded, and a `param.*`
-    column whose values mix types is stored as text."""
+    """Write records to parquet; nested fields (params, info) are JSON-encoded, and a `param.*` or
+    `info.*` column whose values mix types is stored as text."""
     df = to_dataframe(records).copy()
     for col in ("params", "info"):
         df[col] = [json.dumps(x, sort_keys=True, default=str) for x in df[col]]
-    for col in [c for c in df.columns if c.startswith("param.")]:
+    for col in [c for c in df.columns if c.startswith(("param.", "info."))]:
         kinds = {type(v) for v in df[col] if v is not None and v == v}
         if len(kinds) > 1 and not kinds <= {int, float}:
             df[col] = [None if v is None or v != v else str(v) for v in df[col]]
-    df.to_parquet(path, index=False)
+    with atomic_path(path) as tmp:  # a crash or full disk never leaves a torn parquet
+        df.to_parquet(tmp, index=False)

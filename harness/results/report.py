@@ -15,8 +15,11 @@ from pathlib import Path
 import pandas as pd
 
 from harness.measure.metrics import ReportSpec, metric
+from harness.measure.safe_files import write_atomic
 from harness.results import tables
 from harness.results.frame import groups, load_legend, noise_legend, prepare
+from harness.results.mqar_report import is_mqar, mqar_plot, mqar_section
+from harness.results.quality_report import e2e_section, is_e2e, quality_sections
 from harness.results.records import read_records, to_dataframe
 from harness.results.rows import fmt_sig, md_cell
 from harness.results.spec import read_report_spec
@@ -170,10 +173,20 @@ def render_report(
     `envs` maps env_id to the fingerprints of `envs/` (listed when there are several)."""
     spec: ReportSpec = read_report_spec(scenario)
     lines = _header(df, env or {}, scenario, run, envs)
+    mqar = is_mqar(df)
+    if mqar.any():  # trained-task records: their own section; the kernel sections get the rest
+        lines += [""] + mqar_section(df[mqar], scenario, plot_files)
+        df = df[~mqar]
+    e2e = is_e2e(df, scenario)
+    if e2e.any():  # post-hoc swap records (kind e2e): their own section, nothing timed
+        lines += [""] + e2e_section(prepare(df[e2e], spec)[0])
+        df = df[~e2e]
     if not len(df):
         return "\n".join(lines) + "\n"
     frame, notes = prepare(df, spec)
     lines += [""] + summary(frame, spec)
+    if "slide" in plot_files:  # results/slide.py: skill vs time at the longest N, per input regime
+        lines += ["", f"![skill vs time per configuration and input regime]({plot_files['slide']})"]
     legend = "; ".join(x for x in (noise_legend(spec), load_legend(frame)) if x)
     lines += ["", "## Performance by group", "", f"_Click a line to unfold its table. {legend}._"]
     for title, rows in groups(frame, "perf"):
@@ -198,6 +211,7 @@ def render_report(
         table = tables.error(rows)
         lines += ["", f"### {title}"] + _details("Error", caption, table) if table else []
     lines += [""] + _accuracy_notes(frame)
+    lines += quality_sections(frame)  # kernel cases on captured model attention, when the run has them
     if notes:
         lines += ["", "## Cases that did not finish ok", ""] + notes
     return "\n".join(lines) + "\n"
@@ -236,7 +250,7 @@ def write_report(run_dir: Path, plots: bool = True) -> Path:
     if plots and len(df):
         from harness.results.plots import make_plots
 
-        made = make_plots(df, run_dir / "plots")
+        made = make_plots(df[~is_mqar(df)], run_dir / "plots") | mqar_plot(df, run_dir / "plots")
         plot_files = {k: p.relative_to(run_dir).as_posix() for k, p in made.items()}
     envs = {p.stem: _read_json(p) for p in sorted((run_dir / "envs").glob("*.json"))}
     env = _main_env(df, envs) or _read_json(run_dir / "env.json")  # env.json: runs before envs/
@@ -252,5 +266,5 @@ def write_report(run_dir: Path, plots: bool = True) -> Path:
         envs=envs,
     )
     out = run_dir / "report.md"
-    out.write_text(text, encoding="utf-8")
+    write_atomic(out, text)  # temp file renamed over it: never torn, never through a planted link
     return out

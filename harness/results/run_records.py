@@ -15,11 +15,17 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from harness.results.records import append_record, read_records, repair_torn_tail
+from harness.measure.safe_files import append_line, atomic_path
+from harness.results.records import (
+    append_record,
+    corrupt_case_ids,
+    parse_line,
+    read_records,
+    repair_torn_tail,
+)
 
 MERGED = "records.jsonl"
 
@@ -51,11 +57,7 @@ def mark_aborted(run_dir: Path, worker: str, case_id: str) -> None:
 
 
 def _append(path: Path, row: dict[str, Any]) -> None:
-    line = json.dumps(row) + "\n"
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(line)
-        fh.flush()
-        os.fsync(fh.fileno())
+    append_line(path, json.dumps(row) + "\n")  # O_NOFOLLOW, fsynced
 
 
 def add_record(run_dir: Path, worker: str, record: Any) -> None:
@@ -79,7 +81,8 @@ class Follower:
             data = fh.read()
         end = data.rfind(b"\n") + 1
         self.offset += end
-        return [json.loads(line) for line in data[:end].decode("utf-8").splitlines() if line.strip()]
+        rows = [parse_line(line, self.path, -1) for line in data[:end].splitlines()]
+        return [row for row in rows if row is not None]
 
 
 def _rank(row: dict[str, Any], index: int) -> tuple[bool, str, int]:
@@ -108,6 +111,14 @@ def read_run_records(run_dir: Path) -> list[dict[str, Any]]:
     return merge_records(rows)
 
 
+def corrupt_record_ids(run_dir: Path) -> set[str]:
+    """Case ids legible in corrupt lines of the run's record files (none of their records is read)."""
+    found: set[str] = set()
+    for path in [Path(run_dir) / MERGED, *_files(run_dir, "records")]:
+        found |= corrupt_case_ids(path)
+    return found
+
+
 def started_case_ids(run_dir: Path) -> dict[str, dict[str, Any]]:
     """case_id -> its last start marker, over every worker of the run (aborted starts left out)."""
     marks: dict[str, dict[str, Any]] = {}
@@ -129,11 +140,7 @@ def repair_run(run_dir: Path) -> None:
 def merge_run(run_dir: Path) -> list[dict[str, Any]]:
     """Rewrite `records.jsonl` from every record file (atomic: a temp file renamed over it)."""
     rows = read_run_records(run_dir)
-    fd, tmp = tempfile.mkstemp(prefix=".records-", suffix=".jsonl", dir=run_dir)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+    with atomic_path(Path(run_dir) / MERGED) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for row in rows:
             fh.write(json.dumps(row, allow_nan=False, default=str) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, Path(run_dir) / MERGED)
     return rows

@@ -5,11 +5,12 @@
       -> norm -> head (B, N, vocab) logits
 
 nanoGPT-shaped (Karpathy, github.com/karpathy/nanoGPT model.py: pre-norm blocks, GELU MLP of
-width 4C, learned positions), without dropout or weight tying. `shift` (off by default) adds the
-previous token's embedding to each token's, a one-token causal convolution like the short
-convolutions Zoology puts in front of its sequence mixers: it hands each value the key before
-it, so one attention layer can do the lookup. The variant's learnable parameters (LUNA's feature
-maps, Luna nested's pack queries) are parameters of this model and train with it, end to end.
+width 4C, learned positions), without dropout or weight tying. `shift` (off here by default, on
+in the `task:` block's defaults) adds an embedding of the previous token (a table of its own) to
+each token's: a causal convolution of width 2 over the tokens, like the short convolutions
+Zoology puts in front of its sequence mixers. It hands each value the key before it, so one
+attention layer can do the lookup. The variant's learnable parameters (LUNA's feature maps, Luna
+nested's pack queries) are parameters of this model and train with it, end to end.
 """
 
 from __future__ import annotations
@@ -75,8 +76,10 @@ class TinyLM(nn.Module):
         super().__init__()
         width = heads * head_dim
         self.tok, self.pos = nn.Embedding(vocab, width), nn.Embedding(max_len, width)
-        self.shift = shift
-        self.blocks = nn.ModuleList(Block(VariantAttention(v, layout, heads, head_dim), width) for v in variants)
+        self.prev = nn.Embedding(vocab, width) if shift else None  # the previous token, its own embedding
+        self.blocks = nn.ModuleList(
+            Block(VariantAttention(v, layout, heads, head_dim), width) for v in variants
+        )
         self.norm, self.head = nn.LayerNorm(width), nn.Linear(width, vocab)
         for name, p in self.named_parameters():  # nanoGPT's init; the variants keep their own
             if ".variant." not in name and p.dim() >= 2:
@@ -87,8 +90,8 @@ class TinyLM(nn.Module):
     def forward(self, tokens: Tensor) -> Tensor:
         """tokens (B, N) int64 -> logits (B, N, vocab)."""
         x = self.tok(tokens)
-        if self.shift:
-            x = x + nn.functional.pad(x[:, :-1], (0, 0, 1, 0))  # token t also sees token t-1
+        if self.prev is not None:  # token t also sees token t-1 (position 0 sees nothing)
+            x = x + nn.functional.pad(self.prev(tokens[:, :-1]), (0, 0, 1, 0))
         x = x + self.pos(torch.arange(tokens.shape[1], device=tokens.device))
         for block in self.blocks:
             x = block(x)

@@ -1,0 +1,44 @@
+"""Metrics of the `mqar` kind (harness/kinds/mqar): the task point, the accuracy the tiny model
+reaches on held-out sequences at the best learning rate, and how it was trained.
+
+Registered with the built-ins (`harness.measure.builtin_metrics` registers `MQAR`). Each has
+`table=False`: the report's MQAR section (`harness.results.mqar_report`) shows them.
+"""
+
+from __future__ import annotations
+
+from harness.measure.metrics import Metric
+
+MQAR: tuple[Metric, ...] = (
+    # ----- the task point -----
+    Metric("mqar_pairs", "1", None, "MQAR key-value pairs per sequence (each key is queried once)", "task",
+           measured_by="mqar", title="key-value pairs", digits=4, table=False),
+    Metric("mqar_vocab", "1", None, "MQAR vocabulary size (keys from the lower half, values from the upper)",
+           "task", measured_by="mqar", title="vocabulary", digits=6, table=False),
+    Metric("mqar_chance", "1", None, "accuracy of a uniform guess among the value tokens", "task",
+           measured_by="mqar", title="chance accuracy", decimals=3, table=False),
+    # ----- the result -----
+    Metric("mqar_accuracy", "1", "higher", "fraction of held-out query positions whose argmax prediction is "
+           "the right value, mean over seeds at the best learning rate", "task", measured_by="mqar",
+           title="MQAR accuracy", decimals=3, table=False),
+    Metric("mqar_accuracy_min", "1", "higher", "the worst seed's accuracy at the best learning rate", "task",
+           measured_by="mqar", title="MQAR accuracy, worst seed", decimals=3, table=False),
+    Metric("mqar_seed_accuracy", "1", None, "accuracy of each seed at the best learning rate, in `seeds` "
+           "order", "task", measured_by="mqar", title="accuracy per seed", table=False),
+    Metric("mqar_best_lr", "1", None, "the learning rate of the grid with the best mean accuracy", "task",
+           measured_by="mqar", title="best learning rate", table=False),
+    Metric("mqar_lr_accuracy", "1", None, "mean accuracy over seeds of each learning rate, in `lrs` order",
+           "task", measured_by="mqar", title="accuracy per learning rate", table=False),
+    Metric("mqar_final_loss", "1", "lower", "last training loss (cross-entropy on query positions) of the "
+           "best rate, mean over seeds", "task", measured_by="mqar", title="final training loss",
+           table=False),
+    # ----- how it was trained -----
+    Metric("mqar_steps", "1", None, "optimizer steps of each training run", "task", measured_by="mqar",
+           title="training steps", digits=6, table=False),
+    Metric("mqar_runs", "1", None, "training runs of the case (learning rates x seeds)", "task",
+           measured_by="mqar", title="training runs", digits=4, table=False),
+    Metric("mqar_train_s", "s", None, "wall time of all the case's training runs and evaluations", "task",
+           measured_by="mqar", title="training time", table=False),
+    Metric("mqar_model_params", "1", None, "trainable parameters of the model, the variant's included",
+           "task", measured_by="mqar", title="model parameters", digits=4, table=False),
+)  # fmt: skip

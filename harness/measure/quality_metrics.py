@@ -1,0 +1,36 @@
+"""Metrics of the quality evidence from a real model: the weights KL of kernel cases on captured
+attention, and the end-to-end fidelity of the `e2e` kind (harness/kinds/e2e.py). Registered by
+`harness.measure.builtin_metrics` after the built-ins."""
+
+from __future__ import annotations
+
+from harness.measure.metrics import Metric
+
+QUALITY: tuple[Metric, ...] = (
+    Metric("weights_kl", "nats", "lower", "mean row KL(softmax weights || the variant's weights) on real "
+           "query rows; only where the variant's weights are a distribution (harness/measure/weights_kl.py)",
+           "accuracy", measured_by="accuracy", title="weights KL", table=False),
+    Metric("e2e_cos_mean", "1", "higher", "mean cosine of the swapped model's sentence embeddings to the "
+           "original's (mean pooling, normalized) on the evaluation texts", "accuracy", measured_by="e2e",
+           title="embedding cosine", decimals=4, table=False),
+    Metric("e2e_cos_p5", "1", "higher", "5th percentile of that cosine over the evaluation texts",
+           "accuracy", measured_by="e2e", title="cosine p5", decimals=4, table=False),
+    Metric("e2e_spearman", "1", "higher", "Spearman correlation of the pairwise cosine similarities of the "
+           "evaluation texts with the original model's", "accuracy", measured_by="e2e", title="Spearman",
+           decimals=4, table=False),
+    Metric("e2e_max_abs_diff", "1", "lower", "largest absolute difference of a normalized embedding "
+           "coordinate to the original model's", "accuracy", measured_by="e2e", title="max |Δ embedding|",
+           table=False),
+    Metric("e2e_floor_cos_mean", "1", None, "e2e_cos_mean of uniform attention (every layer swapped for the "
+           "mean of the real values): the floor", "accuracy", measured_by="e2e", title="uniform floor cosine",
+           decimals=4, table=False),
+    Metric("e2e_floor_spearman", "1", None, "e2e_spearman of uniform attention (the floor)", "accuracy",
+           measured_by="e2e", title="uniform floor Spearman", decimals=4, table=False),
+    Metric("e2e_fit_s", "s", None, "seconds spent fitting the per-layer variants (learnable ones)", "fit",
+           measured_by="e2e", title="fit time, all layers", table=False),
+    Metric("e2e_fit_loss", "1", "lower", "mean over layers of the final distillation loss", "fit",
+           measured_by="e2e", title="fit loss, mean over layers", table=False),
+    Metric("e2e_s", "s", None, "seconds of the swapped model's forward over the evaluation texts (untimed "
+           "harness measure: wall clock, one pass)", "time", measured_by="e2e", title="swapped forward",
+           table=False),
+)  # fmt: skip

@@ -1,0 +1,227 @@
+"""Drift between two runs: what the canary says, and a shift shared by every case.
+
+Most of the time difference between two runs on a shared machine is drift between them (other
+load, clocks, thermal state), which no statistic inside one run sees. Each run times a fixed
+canary workload at intervals (harness/measure/canary.py); here:
+
+- `canary_drift`: the head/base ratio of the canary's median times (geometric mean over its
+  workloads), and how far the canary strays from its own run's median while the runs go on
+  (`wander`: WANDER_SIGMAS robust standard deviations, from the median absolute log deviation of
+  every canary point of both runs).
+- `compare` divides the head run's case times by that ratio before judging a case, and
+  `overrule` downgrades a confirmed time verdict to AMBIGUOUS when the canary moved more than half
+  the threshold between the runs (the correction itself is then too large to trust), or when the
+  case's change is inside the noise floor: `with_floor`'s, FLOOR_SIGMAS robust standard
+  deviations of every case's change around their median (from >= FLOOR_MIN_CASES cases: the
+  direct measure of how far unchanged cases move between the runs), else the canary's wander.
+- `lone_changes`: a confirmed change of one case that the other cases of its configuration do
+  not share is AMBIGUOUS (a burst of load during that case's timing looks the same).
+- `shared_shift`: when at least `SHARED_FRACTION` of the timed cases moved the same way, that is
+  one finding, "machine drift or a global change: confirm with `ab`", never many regressions;
+  cases are then judged relative to the shift.
+- `variant_times`: the per-configuration geometric mean of the (corrected) time ratios.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+import numpy as np
+
+from harness.measure.canary import WORKLOADS, read_canary
+from harness.measure.stats import AMBIGUOUS, IMPROVED, REGRESSED, SAME, geomean
+
+SHARED_FRACTION = 0.75  # of the timed cases, moving the same way, make a shared shift
+SHARED_MIN_CASES = 4  # fewer timed cases never make a shared shift
+FLOOR_MIN_CASES = 6  # fewer timed cases give no cross-case noise floor (too few to estimate it)
+FLOOR_SIGMAS = 3.0
+WANDER_SIGMAS = 2.0  # the wander band: this many robust standard deviations of the canary points
+
+
+@dataclass(frozen=True)
+class Drift:
+    """The canary's head/base ratio (> 1: the head run's machine was slower) and its wander."""
+
+    ratio: float | None  # None: a run has no canary (recorded before it existed)
+    workloads: dict[str, float] = field(default_factory=dict)  # workload -> head/base median ratio
+    wander: float = 1.0  # >= 1: the band the canary strays within around its run's median
+    n_base: int = 0  # canary points in each run
+    n_head: int = 0
+    threshold: float = 0.05
+    floor: float = 1.0  # >= 1: the spread of every case's change between the runs (`with_floor`)
+    center: float = 1.0  # the median case change the floor is centred on
+    floor_cases: int = 0  # cases the floor was measured on (0: too few; the wander stands in for it)
+
+    @property
+    def scale(self) -> float:
+        """What head times are divided by before judging a case (1 without a canary)."""
+        return self.ratio if self.ratio is not None else 1.0
+
+    @property
+    def moved(self) -> bool:
+        """The canary moved more than half the threshold between the runs."""
+        return self.ratio is not None and abs(math.log(self.ratio)) > math.log1p(self.threshold / 2)
+
+    def describe(self) -> str:
+        if self.ratio is None:
+            side = "base" if not self.n_base else "head"
+            return f"no canary in the {side} run: drift between the runs is not corrected"
+        parts = ", ".join(f"{k.removesuffix('_ms')} {v:.3f}×" for k, v in self.workloads.items())
+        text = (
+            f"canary head/base {self.ratio:.3f}× ({parts}; {self.n_base} and {self.n_head} points), "
+            f"wander ±{self.wander - 1:.1%}"
+        )
+        if self.floor > 1.0:
+            text += f"; every case's change spread ±{self.floor - 1:.1%} around {self.center:.3f}×"
+        if self.moved:
+            text += (
+                f": the machine moved more than half the threshold ({self.threshold / 2:.1%}) between the "
+                "runs; time verdicts beyond the band are AMBIGUOUS: machine drift or a global change: "
+                "confirm with `ab`"
+            )
+        return text
+
+
+def _point_index(point: dict, medians: dict[str, float]) -> float:
+    """A canary point's speed relative to its run's medians (geometric mean over workloads)."""
+    return geomean([float(point[w]) / medians[w] for w in WORKLOADS])
+
+
+def canary_drift(base_dir: Path, head_dir: Path, threshold: float) -> Drift:
+    """The canary drift between two run directories (their `canary.*.jsonl`)."""
+    base, head = read_canary(Path(base_dir)), read_canary(Path(head_dir))
+    if not base or not head:
+        return Drift(None, {}, 1.0, len(base), len(head), threshold)
+    meds = [{w: median(float(p[w]) for p in pts) for w in WORKLOADS} for pts in (base, head)]
+    workloads = {w: meds[1][w] / meds[0][w] for w in WORKLOADS}
+    devs = [abs(math.log(_point_index(p, m))) for pts, m in zip((base, head), meds, strict=True) for p in pts]
+    sigma = float(np.median(devs)) / 0.6745  # robust: one preempted canary point does not set the band
+    wander = math.exp(WANDER_SIGMAS * sigma)
+    return Drift(geomean(list(workloads.values())), workloads, wander, len(base), len(head), threshold)
+
+
+def overrule(verdict: str, ratio: float | None, drift: Drift) -> str | None:
+    """The reason a confirmed time verdict (REGRESSED/IMPROVED, on canary-corrected times) is
+    AMBIGUOUS instead, or None when it stands."""
+    if verdict not in (REGRESSED, IMPROVED) or ratio is None or ratio <= 0:
+        return None
+    if drift.moved:
+        return (
+            f"the canary moved {drift.ratio:.3f}× between the runs (more than half the threshold; this case "
+            f"{ratio * drift.ratio:.3f}× uncorrected): machine drift or a global change: confirm with `ab`"
+        )
+    if not drift.floor_cases and abs(math.log(ratio)) <= math.log(drift.wander):
+        return f"within the machine's own drift during the runs (the canary wandered ±{drift.wander - 1:.1%})"
+    if drift.floor_cases and abs(math.log(ratio / drift.center)) <= math.log(drift.floor):
+        return (
+            f"within the spread of every case's change between the runs (±{drift.floor - 1:.1%} around "
+            f"{drift.center:.3f}×): not distinguishable from run-to-run noise"
+        )
+    return None
+
+
+def with_floor(drift: Drift, ratios: list[float]) -> Drift:
+    """`drift` with the cross-case noise floor of these (canary-corrected) head/base time ratios:
+    FLOOR_SIGMAS robust standard deviations (MAD) of their logs around their median, from at least
+    FLOOR_MIN_CASES cases. Unchanged code changes most cases' times by run-to-run noise alone
+    (measured here: 0.66-1.65x between two serial runs on a loaded 2-core CPU, canary steady), so
+    a case whose change sits inside that spread is not evidence; a regression of one configuration
+    among many stands out of it. The median makes it robust to fewer than half the cases moving."""
+    logs = np.log([r for r in ratios if r > 0])
+    if logs.size < FLOOR_MIN_CASES:
+        return drift
+    center = float(np.median(logs))
+    sigma = 1.4826 * float(np.median(np.abs(logs - center)))
+    return replace(
+        drift, floor=math.exp(FLOOR_SIGMAS * sigma), center=math.exp(center), floor_cases=logs.size
+    )
+
+
+@dataclass(frozen=True)
+class SharedShift:
+    """A time change shared by most cases: one finding, not many regressions."""
+
+    verdict: str  # REGRESSED (slower) or IMPROVED (faster)
+    factor: float  # geometric mean of the moved cases' head/base ratios (canary-corrected)
+    n: int  # cases that moved this way
+    of: int  # cases with a time ratio
+    canary: float | None
+
+    def describe(self) -> str:
+        way = "slower" if self.factor > 1 else "faster"
+        canary = "no canary" if self.canary is None else f"canary {self.canary:.3f}×"
+        return (
+            f"{self.n} of {self.of} timed cases {self.factor:.3f}× {way} together ({canary}): machine drift "
+            "or a global change: confirm with `ab` (cases are judged relative to this shift)"
+        )
+
+
+def shared_shift(timed: list[tuple[str, float]], canary: float | None) -> SharedShift | None:
+    """A shift shared by at least SHARED_FRACTION of the timed cases ((verdict, ratio) pairs from a
+    first pass), or None."""
+    if len(timed) < SHARED_MIN_CASES:
+        return None
+    for verdict in (REGRESSED, IMPROVED):
+        moved = [r for v, r in timed if v == verdict and r > 0]
+        if len(moved) >= SHARED_FRACTION * len(timed):
+            return SharedShift(verdict, geomean(moved), len(moved), len(timed), canary)
+    return None
+
+
+@dataclass
+class VariantTime:
+    """Geometric mean of head/base median time over one configuration's cases ok in both runs."""
+
+    label: str
+    n: int
+    geomean: float
+    lo: float  # smallest per-case ratio
+    hi: float  # largest per-case ratio
+
+
+def variant_times(ratios: list[tuple[str, float]]) -> list[VariantTime]:
+    """(label, head/base time ratio) per case -> one VariantTime per label, in first-seen order."""
+    by_label: dict[str, list[float]] = {}
+    for label, ratio in ratios:
+        if ratio > 0:
+            by_label.setdefault(label, []).append(ratio)
+    return [VariantTime(lab, len(r), geomean(r), min(r), max(r)) for lab, r in by_label.items()]
+
+
+def lone_changes(cases: list, time_finding: Callable[[Any], Any], center: float = 1.0) -> None:
+    """Downgrade, in place, a confirmed time change of one case that the other cases of its
+    configuration (same label: other lengths, modes, dtypes) do not share, to AMBIGUOUS.
+
+    A code change to a configuration moves its cases together; a burst of load on a shared
+    machine moves the one case timed during it (measured here: one case of two serial A/A runs
+    26% slower, its fastest sample too, every other case within 9%). `cases`: CaseComparison
+    objects (`label`, `findings`, `verdict`), `time_finding(case)` their time Finding or None;
+    ratios are taken relative to `center` (the median change of every case). A configuration with
+    one case is left alone."""
+    by_label: dict[str, list] = {}
+    for c in cases:
+        f = time_finding(c)
+        if f is not None and f.ratio is not None and f.ratio > 0:
+            by_label.setdefault(c.label, []).append((c, f))
+    for items in by_label.values():
+        for c, f in items:
+            others = [math.log(g.ratio / center) for d, g in items if d is not c]
+            if f.verdict not in (REGRESSED, IMPROVED) or not others:
+                continue
+            mine, theirs = math.log(f.ratio / center), float(np.median(others))
+            if theirs * math.copysign(1.0, mine) >= abs(mine) / 2:
+                continue  # the configuration moved with it
+            f.verdict = AMBIGUOUS
+            f.reason = (
+                f"only this case of {c.label} moved ({f.ratio:.3f}×; its {len(others)} other case(s) "
+                f"{math.exp(theirs) * center:.3f}×): a burst of load during its timing looks the same; "
+                "confirm with `ab`"
+            )
+            if f.gated:
+                gated = {x.verdict for x in c.findings if x.gated}
+                c.verdict = next((v for v in (REGRESSED, IMPROVED, AMBIGUOUS) if v in gated), SAME)

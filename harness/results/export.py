@@ -1,0 +1,144 @@
+"""Exports of a run directory in formats other tools read: pytest-benchmark JSON, CSV, parquet.
+
+- `pytest-benchmark`: the JSON that `pytest-benchmark compare` and GitHub's benchmark-tracking
+  actions (benchmark-action/github-action-benchmark, `tool: pytest`) read. One benchmark per ok
+  case with raw time samples: `name` is the configuration and problem
+  (`linear[N=256,fp32,non-causal,fwd]`), `fullname` prefixes the scenario, `group` is the problem,
+  `stats` are computed by pytest-benchmark's own `Stats` class from the samples (in seconds, as
+  pytest-benchmark stores them), so every derived field (iqr, outliers, ops) means what it means
+  there. `extra_info` carries the case id, rel_err and memory. Cases that did not finish ok have no
+  time and are left out (counted in the returned summary).
+- `csv` / `parquet`: every record, flat: params and info as `param.<name>` and `info.<key>`
+  columns (harness.results.records.to_dataframe), `params` and `info` as JSON text.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from harness.measure.safe_files import atomic_path, write_atomic
+from harness.results.records import read_records, to_dataframe
+
+FORMATS = ("pytest-benchmark", "csv", "parquet")
+EXTRA_KEYS = ("case_id", "variant", "impl", "seq_len", "dtype", "causal", "mode", "rel_err", "peak_mem_bytes")
+
+
+class ExportError(ValueError):
+    """A run directory that cannot be exported; `str(err)` is one line."""
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"{path}: unreadable: {' '.join(str(exc).split())}") from exc
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def run_records(run_dir: Path) -> list[dict[str, Any]]:
+    """The merged records of a run directory (records.jsonl); ExportError when there are none."""
+    path = Path(run_dir) / "records.jsonl"
+    if not path.is_file():
+        raise ExportError(f"{run_dir}: not a run directory (no records.jsonl)")
+    try:
+        rows = read_records(path)
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"{path}: unreadable: {' '.join(str(exc).split())}") from exc
+    if not rows:
+        raise ExportError(f"{path}: no complete records")
+    return rows
+
+
+def case_name(rec: dict[str, Any]) -> str:
+    """`label[N=256,fp32,causal,fwd]`: the configuration and the problem of a case."""
+    causal = "causal" if rec.get("causal") else "non-causal"
+    return f"{rec['label']}[N={rec['seq_len']},{rec['dtype']},{causal},{rec['mode']}]"
+
+
+def _machine_info(env: dict[str, Any]) -> dict[str, Any]:
+    """pytest-benchmark's machine_info keys, filled from the run's env.json (plus the rest of it)."""
+    info = {
+        "node": env.get("hostname", ""),
+        "processor": env.get("cpu", ""),
+        "machine": env.get("platform", ""),
+        "python_implementation": "CPython",
+        "python_version": env.get("python", ""),
+        "system": env.get("platform", ""),
+        "release": "",
+        "cpu": {"brand_raw": env.get("cpu", ""), "count": env.get("cpu_count")},
+    }
+    return info | {f"attnbench_{k}": v for k, v in env.items() if isinstance(v, str | int | float | bool)}
+
+
+def to_pytest_benchmark(run_dir: Path) -> tuple[dict[str, Any], int]:
+    """(the pytest-benchmark JSON document of a run, the number of cases left out: not ok or
+    without samples)."""
+    from pytest_benchmark import __version__
+    from pytest_benchmark.stats import Stats
+
+    run_dir = Path(run_dir)
+    rows = run_records(run_dir)
+    env, meta = _read_json(run_dir / "env.json"), _read_json(run_dir / "run.json")
+    benchmarks, skipped = [], 0
+    for rec in rows:
+        samples = rec.get("time_ms_samples") or []
+        if rec.get("status") != "ok" or not samples:
+            skipped += 1
+            continue
+        stats = Stats()
+        for ms in samples:
+            stats.update(float(ms) / 1e3)
+        name = case_name(rec)
+        benchmarks.append(
+            {
+                "group": name[name.index("[") :],
+                "name": name,
+                "fullname": f"{rec.get('scenario', 'attnbench')}::{name}",
+                "params": dict(rec.get("params") or {}),
+                "param": ",".join(f"{k}={v}" for k, v in sorted((rec.get("params") or {}).items())) or None,
+                "extra_info": {k: rec.get(k) for k in EXTRA_KEYS if rec.get(k) is not None},
+                "options": {"timer": "perf_counter" if rec.get("device") == "cpu" else "cuda events"},
+                "stats": stats.as_dict() | {"data": stats.data, "iterations": 1},
+            }
+        )
+    sha = str(meta.get("git_sha") or env.get("git_sha") or "")
+    started = str(meta.get("started_at") or datetime.now(timezone.utc).isoformat())
+    doc = {
+        "machine_info": _machine_info(env),
+        "commit_info": {
+            "id": sha,
+            "time": started,
+            "dirty": bool(env.get("git_dirty")),
+            "project": "attnbench",
+        },
+        "benchmarks": benchmarks,
+        "datetime": started,
+        "version": __version__,
+    }
+    return doc, skipped
+
+
+def export_run(run_dir: Path, fmt: str, out: Path) -> str:
+    """Write `run_dir` to `out` in `fmt` (one of FORMATS); returns a one-line summary."""
+    if fmt not in FORMATS:
+        raise ExportError(f"--format: expected one of {', '.join(FORMATS)}, found {fmt!r}")
+    out = Path(out)
+    if fmt == "pytest-benchmark":
+        doc, skipped = to_pytest_benchmark(run_dir)
+        write_atomic(out, json.dumps(doc, indent=2, default=str) + "\n")
+        note = f" ({skipped} without a time left out)" if skipped else ""
+        return f"{len(doc['benchmarks'])} benchmarks{note} -> {out}"
+    df = to_dataframe(run_records(run_dir))
+    for col in ("params", "info"):
+        df[col] = [json.dumps(x, sort_keys=True, default=str) for x in df[col]]
+    with atomic_path(out) as tmp:
+        if fmt == "csv":
+            df.to_csv(tmp, index=False)
+        else:
+            df.astype({c: str for c in df.columns if c.startswith(("param.", "info."))}).to_parquet(tmp)
+    return f"{len(df)} records, {len(df.columns)} columns -> {out}"

@@ -1,0 +1,203 @@
+"""The report's MQAR section (records of `kind: mqar`, harness/kinds/mqar) and its plot.
+
+Accuracy on held-out sequences per variant configuration and (length, pairs) point, with the
+best learning rate and the accuracy per seed; accuracy against the feature dimension D per
+variant; and the two claims the task exists for: the exact configurations' accuracy, and how far
+apart the linear-cost (non-exact) configurations are at each point. Shown only when the run has
+MQAR records (`is_mqar`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness.measure.metrics import finite
+from harness.results.rows import md_cell
+
+SPREAD_TARGET = 0.10  # the linear-cost configurations differ by at least this much somewhere
+EXACT_TARGET = 0.99  # exact attention solves the task
+PLOT = "mqar:accuracy_vs_d"
+
+
+def is_mqar(df: pd.DataFrame) -> pd.Series:
+    """Which rows are MQAR records (their inputs are MQAR sequences)."""
+    return df["input_dist"] == "mqar" if "input_dist" in df else pd.Series(False, index=df.index)
+
+
+def _points(df: pd.DataFrame) -> list[tuple[int, int]]:
+    """The (seq_len, pairs) points of the run, in order."""
+    pts = {
+        (int(n), int(p))
+        for n, p in zip(df["seq_len"], df["mqar_pairs"], strict=True)
+        if finite(p) is not None
+    }
+    return sorted(pts)
+
+
+def _order(df: pd.DataFrame) -> list[str]:
+    """Labels: exact configurations first, then by variant and D, in run order otherwise."""
+    first = df.assign(_d=pd.to_numeric(df["feature_dim"], errors="coerce").fillna(-1))
+    first = first.drop_duplicates("label").sort_values(
+        ["exact", "_d"], ascending=[False, True], kind="stable"
+    )
+    return list(first["label"])
+
+
+def _acc(row: dict[str, Any]) -> float | None:
+    return finite(row.get("mqar_accuracy")) if row.get("status") == "ok" else None
+
+
+def _cell(row: dict[str, Any], notes: dict[str, int]) -> str:
+    """`0.984 (lr 3e-3; seeds 0.98/0.99)`, or the status with a footnote."""
+    acc = _acc(row)
+    if acc is None:
+        key = f"{row['status']}: {row.get('reason') or ''}"
+        notes.setdefault(key, len(notes) + 1)
+        return f"{row['status']}[^m{notes[key]}]"
+    extras = [f"lr {lr:g}"] if (lr := finite(row.get("mqar_best_lr"))) is not None else []
+    seeds = row.get("mqar_seed_accuracy")
+    if isinstance(seeds, list | tuple) and len(seeds) > 1:
+        extras.append("seeds " + "/".join(f"{s:.2f}" for s in seeds))
+    return f"**{acc:.3f}**" + (f" ({'; '.join(extras)})" if extras else "")
+
+
+def _accuracy_table(df: pd.DataFrame, notes: dict[str, int]) -> str:
+    """Rows: configurations (with D); columns: (N, pairs)."""
+    out = []
+    for label in _order(df):
+        rows = df[df["label"] == label]
+        first = rows.iloc[0]
+        d = finite(first["feature_dim"])
+        line = {
+            "configuration": f"`{md_cell(label)}`",
+            "D": "exact" if first["exact"] else str(int(d)) if d else "—",
+        }
+        for n, p in _points(df):
+            hit = rows[(rows["seq_len"] == n) & (rows["mqar_pairs"] == p)]
+            line[f"N={n}, pairs={p}"] = _cell(hit.iloc[0].to_dict(), notes) if len(hit) else ""
+        out.append(line)
+    return pd.DataFrame(out).to_markdown(index=False, disable_numparse=True)
+
+
+def _by_d_table(df: pd.DataFrame) -> str:
+    """Rows: (variant, N, pairs); columns: D; cells: accuracy (exact variants: one column)."""
+    ok = df[df["status"] == "ok"].assign(_d=pd.to_numeric(df["feature_dim"], errors="coerce"))
+    dims = sorted({int(d) for d in ok["_d"].dropna()})
+    out = []
+    for (variant, n, p), rows in ok.groupby(["variant", "seq_len", "mqar_pairs"], sort=False):
+        line = {"variant": f"`{variant}`", "N, pairs": f"{n}, {int(p)}"}
+        for d in dims:
+            at = rows[rows["_d"] == d]["mqar_accuracy"]
+            line[f"D={d}"] = f"{at.max():.3f}" if len(at) else ""
+        if rows["exact"].all():
+            line["exact"] = f"{rows['mqar_accuracy'].max():.3f}"
+        out.append(line)
+    frame = pd.DataFrame(out).fillna("")
+    return frame.to_markdown(index=False, disable_numparse=True) if len(frame) else ""
+
+
+def claims(df: pd.DataFrame) -> list[str]:
+    """The targets, measured: exact accuracy >= 99%; non-exact configurations >= 10 points apart."""
+    ok = df[df["status"] == "ok"]
+    lines = []
+    exact = ok[ok["exact"]]
+    if len(exact):
+        worst = exact.loc[exact["mqar_accuracy"].idxmin()]
+        met = "met" if worst["mqar_accuracy"] >= EXACT_TARGET else "NOT met"
+        lines.append(
+            f"- Exact attention: lowest accuracy {worst['mqar_accuracy']:.3f} (`{worst['label']}`, "
+            f"N={worst['seq_len']}, pairs={int(worst['mqar_pairs'])}); target >= {EXACT_TARGET:.2f}: {met}."
+        )
+    best_gap = 0.0
+    for n, p in _points(ok):
+        approx = ok[(~ok["exact"]) & (ok["seq_len"] == n) & (ok["mqar_pairs"] == p)]
+        if len(approx) < 2:
+            continue
+        hi, lo = approx.loc[approx["mqar_accuracy"].idxmax()], approx.loc[approx["mqar_accuracy"].idxmin()]
+        gap = hi["mqar_accuracy"] - lo["mqar_accuracy"]
+        best_gap = max(best_gap, gap)
+        lines.append(
+            f"- N={n}, pairs={p}: linear-cost configurations from {lo['mqar_accuracy']:.3f} "
+            f"(`{lo['label']}`) to {hi['mqar_accuracy']:.3f} (`{hi['label']}`): {100 * gap:.1f} points apart."
+        )
+    if len(ok[~ok["exact"]]):
+        met = "met" if best_gap >= SPREAD_TARGET else "NOT met"
+        lines.append(
+            f"- Largest spread {100 * best_gap:.1f} points; target >= {100 * SPREAD_TARGET:.0f}: {met}."
+        )
+    return lines
+
+
+def mqar_section(df: pd.DataFrame, scenario: dict | None, plot_files: dict[str, str]) -> list[str]:
+    """The `## MQAR` section of the report (df: the MQAR rows only)."""
+    task = (scenario or {}).get("task") or {}
+    facts = [f"{k} {v}" for k, v in task.items() if k in ("vocab", "layers", "train_steps", "lrs", "seeds")]
+    chance = finite(df["mqar_chance"].dropna().iloc[0]) if df["mqar_chance"].notna().any() else None
+    lines = [
+        "## MQAR",
+        "",
+        "_Multi-query associative recall (Zoology, arXiv 2312.04927): accuracy of a tiny causal model "
+        "with the variant as its attention, trained per (learning rate, seed) and measured on held-out "
+        "sequences; the best learning rate's mean over seeds is shown. Learnable variants train end to end "
+        "with the model (no distillation fit). D = the variant's feature dimension._",
+        "",
+        f"Task: {', '.join(facts) or 'defaults'}"
+        + (f"; chance accuracy {chance:.3f}" if chance is not None else "")
+        + ".",
+        "",
+    ]
+    lines += claims(df) + [""]
+    if PLOT in plot_files:
+        lines += [f"![accuracy vs D]({plot_files[PLOT]})", ""]
+    notes: dict[str, int] = {}
+    lines += ["### Accuracy per configuration and (length, pairs)", "", _accuracy_table(df, notes), ""]
+    by_d = _by_d_table(df)
+    if by_d:
+        lines += ["### Accuracy against D", "", by_d, ""]
+    lines += [f"[^m{i}]: {md_cell(text)}" for text, i in notes.items()]
+    return lines
+
+
+def mqar_plot(df: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
+    """plots/mqar_accuracy_vs_d.png: accuracy against D, a panel per (N, pairs), a line per variant
+    (exact variants as a dashed level); {} when no MQAR record is ok."""
+    ok = df[is_mqar(df) & (df["status"] == "ok")] if len(df) else df
+    if not len(ok):
+        return {}
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = _points(ok)
+    fig, axes = plt.subplots(1, len(points), figsize=(4.2 * len(points), 3.6), squeeze=False, sharey=True)
+    colors = {v: plt.get_cmap("tab10")(i % 10) for i, v in enumerate(dict.fromkeys(ok["variant"]))}
+    for ax, (n, p) in zip(axes[0], points, strict=True):
+        at = ok[(ok["seq_len"] == n) & (ok["mqar_pairs"] == p)]
+        dims = pd.to_numeric(at["feature_dim"], errors="coerce")
+        for variant, rows in at.groupby("variant", sort=False):
+            if rows["exact"].all():
+                ax.axhline(rows["mqar_accuracy"].max(), ls="--", color=colors[variant], label=variant)
+                continue
+            line = rows.assign(_d=dims[rows.index]).groupby("_d")["mqar_accuracy"].max().sort_index()
+            ax.plot(line.index, line.values, marker="o", color=colors[variant], label=variant)
+        if at["mqar_chance"].notna().any():
+            ax.axhline(at["mqar_chance"].dropna().iloc[0], ls=":", color="grey", label="chance")
+        ax.set_xscale("log", base=2)
+        ticks = sorted({float(d) for d in dims.dropna()})
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
+        ax.set_title(f"N={n}, pairs={p}")
+        ax.set_xlabel("feature dimension D")
+    axes[0][0].set_ylabel("MQAR accuracy (held out)")
+    axes[0][0].set_ylim(0, 1.02)
+    axes[0][-1].legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "mqar_accuracy_vs_d.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return {PLOT: path}
