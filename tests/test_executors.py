@@ -56,8 +56,9 @@ def statuses(out: Path) -> dict[tuple[str, int], dict]:
     "crash,needle",
     [
         ("segv", "killed by signal 11 (SIGSEGV)"),
-        ("kill", "killed by signal 9 (SIGKILL)"),
-        ("exit", "exited with code 3"),
+        # the same path as segv (a child killed by a signal), three full runs each: the slow pass
+        pytest.param("kill", "killed by signal 9 (SIGKILL)", marks=pytest.mark.slow),
+        pytest.param("exit", "exited with code 3", marks=pytest.mark.slow),
     ],
 )
 def test_a_dying_case_is_recorded_crashed_and_the_sweep_goes_on(
@@ -156,6 +157,7 @@ def test_a_stale_lock_is_taken_over_by_resume_only(tmp_path: Path) -> None:
     assert not (out / "writer.lock").exists()
 
 
+@pytest.mark.slow  # two submitit jobs and an inline run, each starting torch: ~20 s
 def test_submitit_local_with_two_workers_gives_the_same_cases_as_inline(tmp_path: Path) -> None:
     pytest.importorskip("submitit")
     path = scenario(tmp_path, "none")

@@ -101,37 +101,38 @@ def help_command(argv: list[str]) -> int:
     return COMMANDS[name].load()(["--help"])
 
 
-def main(argv: list[str] | None = None) -> int:
-    from harness.config.scenario import ScenarioError
-    from harness.execute.executors import ExecutorError
-    from harness.execute.rundir import RunDirError
-    from harness.plugins.registry import PluginLoadError, UnknownPluginError
-    from harness.regress.ab import AbError
+# Exceptions that mean bad input from the user (one line, exit 2), by module: looked up only in
+# modules already imported when one is raised (an exception of a module never imported cannot have
+# been raised), so `main` does not import scipy and the regress stage for every command.
+BAD_INPUT: tuple[tuple[str, str], ...] = (
+    ("harness.config.scenario", "ScenarioError"),
+    ("harness.execute.rundir", "RunDirError"),
+    ("harness.cli.errors", "UsageError"),
+    ("harness.plugins.registry", "UnknownPluginError"),
+    ("harness.plugins.registry", "PluginLoadError"),
+    ("harness.regress.ab", "AbError"),
+    ("harness.execute.executors", "ExecutorError"),
+)
 
+
+def _is_bad_input(exc: BaseException) -> bool:
+    loaded = (getattr(sys.modules.get(module), name, None) for module, name in BAD_INPUT)
+    return isinstance(exc, tuple(cls for cls in loaded if isinstance(cls, type)))
+
+
+def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = "run"
     if argv and argv[0] in COMMANDS:
         command, argv = argv[0], argv[1:]
     elif argv and argv[0] in ("-h", "--help"):
         command, argv = "help", []
-    bad_input = (
-        ScenarioError,
-        RunDirError,
-        UsageError,
-        UnknownPluginError,
-        PluginLoadError,
-        AbError,
-        ExecutorError,
-    )
     if hasattr(signal, "SIGXFSZ"):  # past a file-size limit a write fails (EFBIG) instead of killing us
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         code = COMMANDS[command].load()(argv)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
         return code
-    except bad_input as exc:
-        print(f"error: {one_line(str(exc))}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -142,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
         from harness.measure.safe_files import describe_os_error
 
         print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if not _is_bad_input(exc):
+            raise
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return 2
 
 
