@@ -38,17 +38,8 @@ import torch
 
 triton = pytest.importorskip("triton")
 from attentions.luna import triton_launch as tk  # noqa: E402  (after the importorskip)
-from attentions.luna.triton_configs import candidates  # noqa: E402
+from attentions.luna.triton_configs import KERNELS, candidates  # noqa: E402
 
-KERNELS = (
-    "_state_kernel",
-    "_query_kernel",
-    "_causal_kernel",
-    "_bwd_query_kernel",
-    "_bwd_key_kernel",
-    "_causal_bwd_query_kernel",
-    "_causal_bwd_key_kernel",
-)
 # Realistic sizes: m=8, L=8 (D=64), hidden=64, head_dim=64, block_n=64; N=4096 and 16 programs per
 # head in the non-causal passes (blocks_per_split=4, as the wrappers pick on a 132-SM H100 at B*H=32).
 SIZES = dict(B=4, H=8, N=4096, d=64, m=8, L=8, hidden=64)
