@@ -68,6 +68,9 @@ class Capabilities:
     layout: str = "bhnd"  # input/output layout, one of LAYOUTS
     exact: bool = False  # computes exact softmax attention (up to rounding)
     masking: bool = False  # forward honours key_padding_mask (padded keys receive no attention)
+    # False for a mixer that is not an approximation of softmax attention (DeltaNet): kernel cases
+    # record time and memory, and the error columns are marked not applicable with the reason
+    approximates_softmax: bool = True
 
 
 @dataclass(frozen=True)
@@ -238,6 +241,15 @@ class AttentionVariant(nn.Module):
     @classmethod
     def feature_dim(cls, problem: Problem, params: Any) -> int | None:
         """The feature dimension D the variant works at; None for exact attention."""
+        return None
+
+    @classmethod
+    def state_bytes(cls, problem: Problem, params: Any, impl: str) -> float | None:
+        """Bytes of the state a causal decoder of this variant keeps per sequence after
+        `problem.seq_len` tokens, all heads of one layer, in the dtype it keeps it in (linear
+        attention: the D x d state and D normalizer per head, fp32; exact attention: the K and V
+        cache, 2 N d per head); None where no causal recurrent form exists. MQAR's
+        accuracy-vs-state chart plots it."""
         return None
 
     @classmethod
