@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness.config.scenario import ScenarioError, load_scenario
-from harness.measure.metrics import metric
+from harness.plugins.metrics import metric
 from harness.results.records import Record, to_dataframe
 from harness.results.report import render_report, write_report
 from tests.test_compare import CPU_ENV, LENGTHS, edit, make_records, write_run
