@@ -112,6 +112,9 @@ def _train(rec: Record, case: Case, spec: MQARSpec) -> None:
         )  # fmt: skip
 
     rec.set("mqar_model_params", sum(x.numel() for x in make_model().parameters() if x.requires_grad))
+    one = dataclasses.replace(p, batch=1, causal=True, mode="fwd", dtype="fp32", masked=False)
+    state = cls.state_bytes(one, params, case.impl)  # per layer, one sequence of seq_len tokens
+    rec.set("mqar_state_bytes", None if state is None else float(state) * task["layers"])
     runs = []
     for lr in task["lrs"]:
         for seed in task["seeds"]:

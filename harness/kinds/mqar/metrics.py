@@ -36,6 +36,10 @@ MQAR: tuple[Metric, ...] = (
            measured_by="mqar", title="training runs", digits=4, table=False),
     Metric("mqar_train_s", "s", None, "wall time of all the case's training runs and evaluations", "task",
            measured_by="mqar", title="training time", table=False),
+    Metric("mqar_state_bytes", "bytes", None, "bytes of the state the model's attention keeps per sequence "
+           "at seq_len, all layers (the variant's `state_bytes`: a linear variant's fixed state, exact "
+           "attention's K and V cache)", "task", measured_by="mqar", title="recurrent state",
+           display_unit="KiB", scale=1 / 1024, table=False),
     Metric("mqar_model_params", "1", None, "trainable parameters of the model, the variant's included",
            "task", measured_by="mqar", title="model parameters", digits=4, table=False),
 )  # fmt: skip

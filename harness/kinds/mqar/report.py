@@ -21,6 +21,7 @@ from harness.results.markdown import md_cell
 SPREAD_TARGET = 0.10  # the linear-cost configurations differ by at least this much somewhere
 EXACT_TARGET = 0.99  # exact attention solves the task
 PLOT = "mqar:accuracy_vs_d"
+STATE_PLOT = "mqar:accuracy_vs_state"
 
 
 def with_pairs(df: pd.DataFrame) -> pd.DataFrame:
@@ -159,6 +160,14 @@ def mqar_section(df: pd.DataFrame, scenario: dict | None, plot_files: dict[str, 
         "",
     ]
     lines += claims(df) + [""]
+    if STATE_PLOT in plot_files:
+        lines += [
+            "Accuracy against the recurrent state each configuration keeps per sequence (Zoology / Based "
+            "style; exact attention's state is its K and V cache, which grows with N):",
+            "",
+            f"![accuracy vs state size]({plot_files[STATE_PLOT]})",
+            "",
+        ]
     if PLOT in plot_files:
         lines += [f"![accuracy vs D]({plot_files[PLOT]})", ""]
     notes: dict[str, int] = {}
@@ -209,4 +218,36 @@ def mqar_plot(df: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "mqar_accuracy_vs_d.png"
     fig.savefig(path, dpi=120)
-    return {PLOT: path}
+    return {PLOT: path} | _state_plot(ok, points, colors, out_dir)
+
+
+def _state_plot(ok: pd.DataFrame, points: list, colors: dict, out_dir: Path) -> dict[str, Path]:
+    """plots/mqar_accuracy_vs_state.png: accuracy against the recurrent state in bytes, a panel per
+    (N, pairs), a line per variant over its configurations, exact attention as its K/V-cache point
+    with a dashed level; {} when no record carries a state size."""
+    from matplotlib.figure import Figure
+
+    if "mqar_state_bytes" not in ok or not ok["mqar_state_bytes"].notna().any():
+        return {}
+    fig = Figure(figsize=(4.4 * len(points), 3.8))
+    axes = fig.subplots(1, len(points), squeeze=False, sharey=True)
+    for ax, (n, p) in zip(axes[0], points, strict=True):
+        at = ok[(ok["seq_len"] == n) & (ok["pairs"] == p) & ok["mqar_state_bytes"].notna()]
+        for variant, rows in at.groupby("variant", sort=False):
+            line = rows.groupby("mqar_state_bytes")["mqar_accuracy"].max().sort_index()
+            exact = bool(rows["exact"].all())
+            ax.plot(line.index, line.values, marker="*" if exact else "o", ms=9 if exact else 5,
+                    ls="none" if exact else "-", color=colors[variant], label=variant)  # fmt: skip
+            if exact:
+                ax.axhline(line.max(), ls="--", lw=0.8, color=colors[variant])
+        ax.axhline(1.0 / p, ls="-.", color="grey", lw=0.8, label="copy baseline (1/pairs)")
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"N={n}, pairs={p}")
+        ax.set_xlabel("recurrent state per sequence (bytes)")
+    axes[0][0].set_ylabel("MQAR accuracy (held out)")
+    axes[0][0].set_ylim(0, 1.02)
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path = out_dir / "mqar_accuracy_vs_state.png"
+    fig.savefig(path, dpi=120)
+    return {STATE_PLOT: path}
