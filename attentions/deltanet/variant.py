@@ -194,17 +194,17 @@ class DeltaNetAttention(AttentionVariant):
         return io_bytes_for_mode(problem) + problem.batch * problem.heads * per_head
 
     def _beta_and_gate(
-        self, mask: Tensor | None, shape: tuple[int, int, int]
+        self, mask: Tensor | None, shape: tuple[int, int, int], acc: torch.dtype = torch.float32
     ) -> tuple[Tensor, Tensor | None]:
-        """beta (B, H, N) in [0, 1] and log decay g (B, H, N) <= 0 (None ungated), fp32; padded
-        tokens: beta 0, g 0. shape: (B, H, N)."""
+        """beta (B, H, N) in [0, 1] and log decay g (B, H, N) <= 0 (None ungated), in `acc` (fp32, or
+        fp64 for fp64 inputs); padded tokens: beta 0, g 0. shape: (B, H, N)."""
         B, H, N = shape
-        beta = torch.sigmoid(self.beta_logit.float())[None, :, None].expand(B, H, N)
+        beta = torch.sigmoid(self.beta_logit.to(acc))[None, :, None].expand(B, H, N)
         g = None
         if self.params.gated:
-            g = (-torch.exp(self.A_log.float()))[None, :, None].expand(B, H, N)
+            g = (-torch.exp(self.A_log.to(acc)))[None, :, None].expand(B, H, N)
         if mask is not None:
-            real = mask[:, None, :].float()  # (B, 1, N)
+            real = mask[:, None, :].to(acc)  # (B, 1, N)
             beta = beta * real
             g = None if g is None else g * real
         return beta, g
@@ -219,11 +219,10 @@ class DeltaNetAttention(AttentionVariant):
             return self._fla(q, k, v, key_padding_mask)
         acc = torch.promote_types(q.dtype, torch.float32)
         B, H, N, d = q.shape
-        beta, g = self._beta_and_gate(key_padding_mask, (B, H, N))
+        beta, g = self._beta_and_gate(key_padding_mask, (B, H, N), acc)
         qn = l2_normalize(q.to(acc)) * d**-0.5
         kn = l2_normalize(k.to(acc))
-        g = None if g is None else g.to(acc)
-        out = delta_rule_chunked(qn, kn, v.to(acc), beta.to(acc), g, self.params.chunk)
+        out = delta_rule_chunked(qn, kn, v.to(acc), beta, g, self.params.chunk)
         return out.to(q.dtype)
 
     def _fla(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
