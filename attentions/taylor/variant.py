@@ -101,7 +101,10 @@ class TaylorAttention(AttentionVariant):
         "linear_attention.py); fla-org/flash-linear-attention fla/ops/based/naive.py (naive_parallel_based)"
     )
     reference = "attentions.taylor.naive:reference"
-    # Worst relative Frobenius errors measured (conformance inputs; CPU, torch 2.13): see README.md.
+    # Worst relative Frobenius errors measured (conformance inputs; CPU, torch 2.13): fp32 vs naive.py
+    # over N 63/1000, d 32..128, causal and not: 6.8e-7 outputs, 6.5e-7 gradients; bf16 vs fp32 on the
+    # rounded inputs (N 63, d 64): 1.7e-3 / 2.4e-3 (fp16 2.1e-4 / 3.0e-4, not declared: fla's fp16 kernels
+    # are unmeasured here).
     tolerances: ClassVar[dict[str, Tolerance]] = {
         "fp32": Tolerance(output=1e-5, grad=1e-4),
         "bf16": Tolerance(output=2e-2, grad=6e-2),

@@ -69,7 +69,9 @@ class WindowAttention(AttentionVariant):
         "flash_attn_func(window_size=(left, right)), whose window this follows"
     )
     reference = "attentions.window.naive:reference"
-    # Worst relative Frobenius errors measured (conformance inputs; CPU, torch 2.13): see README.md.
+    # Worst relative Frobenius errors measured (conformance inputs; CPU, torch 2.13): fp32 vs naive.py
+    # over N 63/1000, d 32..128, causal and not: 2.4e-7 outputs, 3.0e-7 gradients; vs the same impl in fp32
+    # on the rounded inputs (N 63, d 64): bf16 3.7e-3 / 4.2e-3, fp16 4.5e-4 / 5.4e-4.
     tolerances: ClassVar[dict[str, Tolerance]] = {
         "fp32": Tolerance(output=1e-5, grad=1e-4),
         "bf16": Tolerance(output=2e-2, grad=6e-2),
