@@ -97,8 +97,9 @@ class TaylorAttention(AttentionVariant):
         "Taylor Expansion (the same second-order map)"
     )
     reference_impl = (
-        "attentions/taylor/naive.py; HazyResearch/based TaylorExp feature map (based/models/mixers/"
-        "linear_attention.py); fla-org/flash-linear-attention fla/ops/based/naive.py (naive_parallel_based)"
+        "attentions/taylor/naive.py; the Zoology/Based TaylorExp feature map (HazyResearch); "
+        "fla-org/flash-linear-attention fla/modules/feature_map.py (TaylorFeatureMap) and "
+        "fla/ops/based/naive.py (naive_parallel_based)"
     )
     reference = "attentions.taylor.naive:reference"
     # Worst relative Frobenius errors measured (conformance inputs; CPU, torch 2.13): fp32 vs naive.py
