@@ -39,16 +39,23 @@ def delta_rule_recurrent(
     B, H, N, dk = q.shape
     q = unit(q) / dk**0.5
     k = unit(k)
+    betas = beta.to(acc)[None, :, None].expand(B, H, N)  # (B, H, N): beta_t of every token
+    alphas = torch.ones_like(betas) if alpha is None else alpha.to(acc)[None, :, None].expand(B, H, N)
+    if key_padding_mask is not None:
+        real = key_padding_mask[:, None, :].to(acc)  # (B, 1, N)
+        betas = betas * real  # a padded token writes nothing ...
+        alphas = alphas * real + (1 - real)  # ... and does not decay the state
+    steps = zip(
+        q[..., None].unbind(2),  # q_t, k_t, v_t as column vectors (B, H, d, 1)
+        k[..., None].unbind(2),
+        v[..., None].unbind(2),
+        betas[..., None, None].unbind(2),  # (B, H, 1, 1)
+        alphas[..., None, None].unbind(2),
+        strict=True,
+    )
     S = torch.zeros(B, H, v.shape[-1], dk, dtype=acc, device=q.device)
     outs = []
-    for t in range(N):
-        b_t = beta.to(acc)[None, :, None, None].expand(B, H, 1, 1)
-        a_t = torch.ones_like(b_t) if alpha is None else alpha.to(acc)[None, :, None, None].expand(B, H, 1, 1)
-        if key_padding_mask is not None:
-            real = key_padding_mask[:, t].to(acc)[:, None, None, None]  # (B, 1, 1, 1)
-            b_t = b_t * real  # a padded token writes nothing ...
-            a_t = a_t * real + (1 - real)  # ... and does not decay the state
-        k_t, v_t, q_t = k[:, :, t, :, None], v[:, :, t, :, None], q[:, :, t, :, None]  # column vectors
+    for q_t, k_t, v_t, b_t, a_t in steps:
         S = a_t * (S - b_t * (S @ k_t) @ k_t.transpose(-1, -2)) + b_t * v_t @ k_t.transpose(-1, -2)
         outs.append((S @ q_t)[..., 0])
     return torch.stack(outs, dim=2)
