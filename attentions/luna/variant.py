@@ -183,6 +183,12 @@ class LunaAttention(AttentionVariant):
         return params.m * params.L
 
     @classmethod
+    def state_bytes(cls, problem: Problem, params: LunaParams, impl: str) -> float | None:
+        """The fp32 state S (D x d) and normalizer z (D) per head, D = m L."""
+        D = cls.feature_dim(problem, params)
+        return float(problem.heads * (D * problem.head_dim + D) * 4)
+
+    @classmethod
     def flop_terms(cls, problem: Problem, params: LunaParams, impl: str) -> dict[str, float]:
         """Features of q and k (projection, scalar MLP, envelope) + linear attention, per impl, as
         `cost_model.luna_flop_terms` counts what each executes (checkpoint recomputation included)."""
