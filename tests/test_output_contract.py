@@ -90,7 +90,7 @@ def test_every_wrong_output_is_an_error_and_the_sweep_goes_on(faulty, tmp_path: 
     assert recs["none"]["status"] == "ok" and recs["none"]["rel_err"] < 1e-5
     for fault in FAULTS[1:]:
         assert recs[fault]["status"] == "error", (fault, recs[fault]["reason"])
-        assert recs[fault]["time_ms_median"] is None, fault  # never timed
+        assert recs[fault].get("time_ms_median") is None, fault  # never timed: not written
     assert "modified its inputs" in recs["scale_q"]["reason"] and "(q)" in recs["scale_q"]["reason"]
     assert "modified its inputs" in recs["restore_q"]["reason"]
     assert "shape (2, 2, 32, 1), expected (2, 2, 32, 8)" in recs["last_dim_1"]["reason"]

@@ -127,7 +127,7 @@ def test_records_carry_provenance_load_cores_and_one_thread(tmp_path: Path, monk
     assert (rec.host, rec.worker, rec.env_id) == (socket.gethostname(), "main", "")
     assert (rec.device_name, rec.device_uuid) == (env.cpu_name(), "")
     row = json.loads(json.dumps(rec.flat()))
-    assert row["schema_version"] == 3 and row["load_before"] == 5.0 and row["host"] == rec.host
+    assert row["schema_version"] == 4 and row["load_before"] == 5.0 and row["host"] == rec.host
 
 
 def test_real_load_average_is_recorded(tmp_path: Path) -> None:
@@ -168,7 +168,7 @@ def test_old_records_read_with_empty_provenance(tmp_path: Path) -> None:
     assert Record.from_dict(old).host == "" and Record.from_dict(old).cores is None
     df = to_dataframe([old])
     assert df.loc[0, "host"] == "" and df.loc[0, "env_id"] == "" and df.loc[0, "worker"] == ""
-    assert READABLE_SCHEMAS == (1, 2, 3)
+    assert READABLE_SCHEMAS == (1, 2, 3, 4)
     run = write_run(tmp_path / "old", make_records())
     lines = [json.dumps({**json.loads(x), "schema_version": 2}) for x in (run / "records.jsonl").open()]
     (run / "records.jsonl").write_text("\n".join(lines) + "\n")

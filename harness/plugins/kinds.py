@@ -71,12 +71,13 @@ class BenchmarkKind:
         depend on the measurement succeeding (the kernel kind's cost model). Default: nothing."""
 
     def non_finite(self, record: Any) -> str | None:
-        """The first measured metric with a direction (a result, not a description) whose value is
-        NaN or infinite, as `name=value`; None when every result is finite."""
+        """The first measured metric with a gate (a result `compare` judges, not a description or
+        a score that may be undefined, like a skill against a zero floor) whose value is NaN or
+        infinite, as `name=value`; None when every such result is finite."""
         for name, value in record.metrics.items():
             values = value if isinstance(value, list | tuple) else [value]
             bad = [v for v in values if isinstance(v, float) and not math.isfinite(v)]
-            if bad and _directed(self, name):
+            if bad and _gated(self, name):
                 return f"{name}={bad[0]}"
         return None
 
@@ -105,9 +106,9 @@ class BenchmarkKind:
         return {}
 
 
-def _directed(kind: BenchmarkKind, name: str) -> bool:
-    """Whether `name` is one of the kind's metrics with a better direction (a result)."""
-    return any(m.name == name and m.direction is not None for m in kind.metrics)
+def _gated(kind: BenchmarkKind, name: str) -> bool:
+    """Whether `name` is one of the kind's gated metrics (a result compare judges)."""
+    return any(m.name == name and m.gate is not None for m in kind.metrics)
 
 
 KINDS: Registry[type[BenchmarkKind]] = Registry(
