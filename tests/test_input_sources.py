@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from harness.common.checks import non_negative, positive_int
 from harness.config.scenario import ScenarioError, load_scenario, scenario_to_dict
 from harness.config.sweep import expand
 from harness.execute.progress import QuietReporter
@@ -29,7 +30,6 @@ from harness.inputs import (
     softmax_row_entropy,
 )
 from harness.plugins import registry as registry_mod
-from harness.common.checks import non_negative, positive_int
 from harness.plugins.contract import AttentionVariant, Capabilities, FitSpec, Problem
 from harness.plugins.registry import Registry
 from harness.plugins.variants import VARIANTS

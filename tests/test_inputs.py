@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from harness.common.checks import Invalid
 from harness.inputs import (
     SOURCES,
     InputBatch,
@@ -21,7 +22,6 @@ from harness.inputs import (
     to_canonical,
 )
 from harness.measure.rowsample import row_weights, sample_rows
-from harness.common.checks import Invalid
 from harness.plugins.contract import FitSpec, Problem
 
 DISTS = ["clustered", "gaussian", "local", "peaked"]

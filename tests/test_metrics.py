@@ -40,7 +40,8 @@ def test_every_metric_states_unit_direction_and_meaning() -> None:
         assert (m.compute is not None) != bool(m.measured_by), m.name  # derived, or measured by a step
     assert metric("time_ms_median").header() == "median time per call (ms, ↓ better)"
     assert metric("peak_mem_bytes").format(3 << 20, unit=True) == "3.00 MiB"
-    assert [m.name for m in gated_metrics("kernel")] == ["time_ms_median", "peak_mem_bytes", "rel_err", "flops"]
+    kernel = ["time_ms_median", "peak_mem_bytes", "rel_err", "flops"]
+    assert [m.name for m in gated_metrics("kernel")] == kernel
     assert [m.name for m in gated_metrics("mqar")] == ["mqar_accuracy"]  # scoped by kind
     assert metric("rel_err").gate_rule() == "above base × 1.1 + 1e-06"
     assert metric("peak_mem_bytes").gate_rule() == "above base × 1.01 + 1 MiB (on cuda only)"

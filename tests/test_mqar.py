@@ -13,7 +13,6 @@ import torch
 
 from harness.config.scenario import ScenarioError, load_scenario
 from harness.config.sweep import expand
-from harness.results.export import export_run
 from harness.execute.lifecycle import run_case
 from harness.execute.progress import QuietReporter
 from harness.execute.runner import run_scenario
@@ -24,6 +23,7 @@ from harness.kinds.mqar.train import TrainSpec, masked_loss, train_one
 from harness.plugins.contract import Problem
 from harness.plugins.kinds import KINDS
 from harness.plugins.variants import VARIANTS
+from harness.results.export import export_run
 
 SPEC = MQARSpec(vocab=64, seq_len=48, pairs=6)
 

@@ -73,7 +73,12 @@ def _install(tmp: Path) -> Path:
 
 def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "run_bench.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240
+        [sys.executable, "run_bench.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
 
 
