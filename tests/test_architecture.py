@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # harness stages, lowest first: a module may import its own stage and the ones before it.
-STAGES = ("plugins", "measure", "inputs", "config", "results", "regress", "kinds", "execute", "cli")
+STAGES = ("common", "plugins", "measure", "inputs", "config", "results", "regress", "kinds", "execute", "cli")
 MAX_LINES = 300
 
 

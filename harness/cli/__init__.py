@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from harness.cli.errors import UsageError
+from harness.common.errors import UserError
 
 __all__ = ["COMMANDS", "Command", "UsageError", "main"]
 
@@ -101,7 +102,8 @@ def help_command(argv: list[str]) -> int:
     return COMMANDS[name].load()(["--help"])
 
 
-# Exceptions that mean bad input from the user (one line, exit 2), by module: looked up only in
+# Exceptions that mean bad input from the user (one line, exit 2): every `UserError`, and these
+# older classes by module (to be converted to UserError subclasses): looked up only in
 # modules already imported when one is raised (an exception of a module never imported cannot have
 # been raised), so `main` does not import scipy and the regress stage for every command.
 BAD_INPUT: tuple[tuple[str, str], ...] = (
@@ -116,6 +118,8 @@ BAD_INPUT: tuple[tuple[str, str], ...] = (
 
 
 def _is_bad_input(exc: BaseException) -> bool:
+    if isinstance(exc, UserError):
+        return True
     loaded = (getattr(sys.modules.get(module), name, None) for module, name in BAD_INPUT)
     return isinstance(exc, tuple(cls for cls in loaded if isinstance(cls, type)))
 

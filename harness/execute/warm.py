@@ -3,8 +3,10 @@
 A child worker's start-up is mostly importing torch and the harness (about 1.3 s on a 2-core
 CPU). `run_bench.py` starts the children it will need (`prespawn`) before it imports anything
 heavy, so both imports overlap; `ChildWorker` then adopts a warm child (`take`) instead of
-starting one, and tells it which run to work on. Warm children nobody takes are ended at exit.
-This module imports nothing heavy on purpose.
+starting one, and tells it which run to work on. Warm children nobody takes are ended at exit
+(the hook is registered by the first `prespawn`, not at import). Only a run whose scenario and
+options are valid prespawns: bad input never starts an interpreter. This module imports nothing
+heavy on purpose.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class WarmChild:
 
 
 _POOL: list[WarmChild] = []
+_HOOKED = False  # _discard registered with atexit
 # The folder holding this `harness` package: first on the child's PYTHONPATH, so the child runs
 # the same code as its parent from any working directory (`run-bench quick` outside a checkout).
 CODE_ROOT = str(Path(__file__).resolve().parents[2])
@@ -59,6 +62,10 @@ def spawn(env: dict[str, str] | None = None, stderr_path: str | None = None) -> 
 
 def prespawn(count: int) -> None:
     """Start `count` children for the default environment (no device pinning)."""
+    global _HOOKED
+    if not _HOOKED:
+        atexit.register(_discard)
+        _HOOKED = True
     for _ in range(count):
         _POOL.append(spawn())
 
@@ -72,7 +79,6 @@ def take(env: dict[str, str]) -> WarmChild | None:
     return None
 
 
-@atexit.register
 def _discard() -> None:
     for child in _POOL:
         if child.proc.poll() is None:

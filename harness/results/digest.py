@@ -17,6 +17,7 @@ import pandas as pd
 from rich.table import Table
 
 from harness.measure.metrics import metric
+from harness.results.record_check import record_problem
 from harness.results.records import read_records, to_dataframe
 
 BEST = "*"
@@ -85,5 +86,5 @@ def run_digest(run_dir: Path) -> Table | None:
     path = Path(run_dir) / "records.jsonl"
     if not path.exists():
         return None
-    rows, where = digest(to_dataframe(read_records(path)))
+    rows, where = digest(to_dataframe(read_records(path, record_problem)))
     return digest_table(rows, where) if len(rows) else None

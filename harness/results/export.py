@@ -19,8 +19,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from harness.measure.safe_files import atomic_path, write_atomic
-from harness.results.records import read_records, to_dataframe
+from harness.measure.safe_files import atomic_path, read_json_file, write_atomic
+from harness.results.record_check import record_problem
+from harness.results.records import parquet_frame, read_records, to_dataframe
 
 FORMATS = ("pytest-benchmark", "csv", "parquet")
 EXTRA_KEYS = ("case_id", "variant", "impl", "seq_len", "dtype", "causal", "mode", "rel_err", "peak_mem_bytes")
@@ -31,10 +32,10 @@ class ExportError(ValueError):
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
+    if not path.exists():
         return {}
     try:
-        loaded = json.loads(path.read_text(encoding="utf-8"))
+        loaded = read_json_file(path)
     except (OSError, ValueError) as exc:
         raise ExportError(f"{path}: unreadable: {' '.join(str(exc).split())}") from exc
     return loaded if isinstance(loaded, dict) else {}
@@ -43,10 +44,10 @@ def _read_json(path: Path) -> dict[str, Any]:
 def run_records(run_dir: Path) -> list[dict[str, Any]]:
     """The merged records of a run directory (records.jsonl); ExportError when there are none."""
     path = Path(run_dir) / "records.jsonl"
-    if not path.is_file():
+    if not path.exists():
         raise ExportError(f"{run_dir}: not a run directory (no records.jsonl)")
     try:
-        rows = read_records(path)
+        rows = read_records(path, record_problem)  # a malformed line is skipped, with a warning
     except (OSError, ValueError) as exc:
         raise ExportError(f"{path}: unreadable: {' '.join(str(exc).split())}") from exc
     if not rows:
@@ -130,15 +131,20 @@ def export_run(run_dir: Path, fmt: str, out: Path) -> str:
     out = Path(out)
     if fmt == "pytest-benchmark":
         doc, skipped = to_pytest_benchmark(run_dir)
-        write_atomic(out, json.dumps(doc, indent=2, default=str) + "\n")
+        write_atomic(out, json.dumps(doc, indent=2, default=str) + "\n", follow=True)
         note = f" ({skipped} without a time left out)" if skipped else ""
         return f"{len(doc['benchmarks'])} benchmarks{note} -> {out}"
-    df = to_dataframe(run_records(run_dir))
-    for col in ("params", "info"):
-        df[col] = [json.dumps(x, sort_keys=True, default=str) for x in df[col]]
-    with atomic_path(out) as tmp:
+    rows = run_records(run_dir)
+    if fmt == "csv":
+        df = to_dataframe(rows)
+        for col in ("params", "info"):
+            df[col] = [json.dumps(x, sort_keys=True, default=str) for x in df[col]]
+    else:
+        df = parquet_frame(rows)
+        df = df.astype({c: str for c in df.columns if c.startswith(("param.", "info."))})
+    with atomic_path(out, follow=True) as tmp:  # a device, FIFO or folder at --out is refused
         if fmt == "csv":
             df.to_csv(tmp, index=False)
         else:
-            df.astype({c: str for c in df.columns if c.startswith(("param.", "info."))}).to_parquet(tmp)
+            df.to_parquet(tmp)
     return f"{len(df)} records, {len(df.columns)} columns -> {out}"

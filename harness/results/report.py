@@ -9,17 +9,17 @@ ok carry their status and a footnote with the reason, never a blank.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
 from harness.measure.metrics import ReportSpec, metric
-from harness.measure.safe_files import write_atomic
+from harness.measure.safe_files import read_json_file, write_atomic
 from harness.results import tables
 from harness.results.frame import groups, load_legend, noise_legend, prepare
 from harness.results.mqar_report import is_mqar, mqar_plot, mqar_section
 from harness.results.quality_report import e2e_section, is_e2e, quality_sections
+from harness.results.record_check import record_problem
 from harness.results.records import read_records, to_dataframe
 from harness.results.rows import fmt_sig, md_cell
 from harness.results.spec import read_report_spec
@@ -227,8 +227,9 @@ PLOT_TITLES = {
 
 
 def _read_json(path: Path) -> dict:
+    """The JSON object in `path`; {} when absent or unreadable (a FIFO or device: UnsafePathError)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json_file(path)
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -245,7 +246,7 @@ def _main_env(df: pd.DataFrame, envs: dict[str, dict]) -> dict:
 def write_report(run_dir: Path, plots: bool = True) -> Path:
     """Write run_dir/report.md (and PNGs under run_dir/plots/) from records.jsonl; return its path."""
     run_dir = Path(run_dir)
-    df = to_dataframe(read_records(run_dir / "records.jsonl"))
+    df = to_dataframe(read_records(run_dir / "records.jsonl", record_problem))
     plot_files: dict[str, str] = {}
     if plots and len(df):
         from harness.results.plots import make_plots
