@@ -305,3 +305,17 @@ def test_every_user_error_is_one_line_exit_2(monkeypatch, capsys) -> None:
     monkeypatch.setattr(inspect, "list_plugins", fail)
     assert main(["list"]) == 2
     assert _one_line(capsys) == "error: a.yaml: planted second line"
+
+
+@pytest.mark.timeout(60)  # today's main waits forever on a FIFO run.json
+@pytest.mark.parametrize("name", ["run.json", "records.main.jsonl", "started.main.jsonl"])
+def test_resume_refuses_a_run_file_that_is_not_regular(name: str, tmp_path: Path, capsys) -> None:
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(SCENARIO)
+    out = tmp_path / "run"
+    assert main([str(scenario), "--out", str(out), *RUN]) == 0
+    capsys.readouterr()
+    (out / name).unlink()
+    os.mkfifo(out / name)
+    assert main([str(scenario), "--out", str(out), *RUN, "--resume"]) == 2
+    assert f"{out / name}: is a FIFO" in _one_line(capsys)

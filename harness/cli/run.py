@@ -190,7 +190,8 @@ def check_run_dir(out_dir: Path) -> None:
     except FileNotFoundError:
         return
     if not stat.S_ISDIR(mode):
-        raise UsageError(f"--out {out_dir}: is {kind_of(mode)}, not a run directory; choose a folder")
+        kind = "a file" if stat.S_ISREG(mode) else kind_of(mode)
+        raise UsageError(f"--out {out_dir}: is {kind}, not a run directory; choose a folder")
 
 
 def failed_exit(out_dir: Path) -> int:

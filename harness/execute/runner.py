@@ -30,7 +30,7 @@ from harness.measure import env as env_mod
 from harness.measure.canary import record_canary
 from harness.measure.hygiene import apply_threads
 from harness.measure.roofline import Roofline, measure_roofline
-from harness.measure.safe_files import write_atomic
+from harness.measure.safe_files import read_json_file, write_atomic
 from harness.results.case_record import new_record
 from harness.results.record_lines import UNATTRIBUTED
 from harness.results.records import Record, write_parquet
@@ -187,7 +187,7 @@ def _roofline(out_dir: Path, device: str, dtypes: list[str]) -> Roofline:
     """The device's measured rates: read from roofline.json on resume, else measured and written."""
     path = out_dir / "roofline.json"
     if path.exists():
-        known = Roofline.from_dict(json.loads(path.read_text()))
+        known = Roofline.from_dict(read_json_file(path))
         if known.device == device and set(dtypes) <= set(known.matmul_tflops):
             return known
     roofline = measure_roofline(device, dtypes)

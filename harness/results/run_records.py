@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from harness.measure.safe_files import append_line, atomic_path
+from harness.measure.safe_files import append_line, atomic_path, open_regular
 from harness.results.record_check import marker_problem, record_problem
 from harness.results.record_lines import corrupt_case_ids, parse_line, read_records, repair_torn_tail
 from harness.results.records import append_record
@@ -72,7 +72,7 @@ class Follower:
     def read(self) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
-        with open(self.path, "rb") as fh:
+        with open_regular(self.path) as fh:  # a FIFO planted here is refused, never waited on
             fh.seek(self.offset)
             data = fh.read()
         end = data.rfind(b"\n") + 1
