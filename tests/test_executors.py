@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -195,12 +194,25 @@ def test_gpus_executor_pins_one_worker_per_device_and_never_overlaps_on_one(tmp_
         assert all(start + wall <= nxt for (start, wall), (nxt, _) in zip(spans, spans[1:], strict=False))
 
 
-def test_warm_children_nobody_needs_are_ended(tmp_path: Path) -> None:
-    """The CLI starts its child before it knows the scenario is valid: a bad scenario leaves none."""
-    before = set(Path(tempfile.gettempdir()).glob("attnbench-worker-*"))
-    res = cli(str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "r"))
-    assert res.returncode == 2 and "missing.yaml" in res.stderr
-    assert set(Path(tempfile.gettempdir()).glob("attnbench-worker-*")) == before  # ended and removed
+def test_bad_input_starts_no_warm_child(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Warm children start only once the scenario and the options are valid (issue 24: a missing
+    scenario with --workers 16 started 16 interpreters before saying so); import registers no hook."""
+    from harness.cli import main
+    from harness.execute import warm
+
+    started: list[object] = []
+    monkeypatch.setattr(warm, "spawn", lambda *a, **k: started.append(a))
+    assert main([str(tmp_path / "missing.yaml"), "--workers", "16", "--out", str(tmp_path / "r")]) == 2
+    assert "missing.yaml" in capsys.readouterr().err
+    path = tmp_path / "ok.yaml"
+    path.write_text(
+        scenario(tmp_path, "none")
+        .read_text()
+        .replace("  - name: crashy\n    params: {crash: none, at: 24}\n", "")
+    )
+    assert main([str(path), "--workers", "100000", "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    assert "--workers 100000: expected 1 to" in capsys.readouterr().err
+    assert started == [] and not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize(

@@ -66,6 +66,10 @@ def report(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if not (args.run_dir / "records.jsonl").exists():
         raise UsageError(f"{args.run_dir}: not a run directory (no records.jsonl)")
+    from harness.results.run_records import read_run_records
+
+    if not read_run_records(args.run_dir):  # empty, or every line corrupt (each named above)
+        raise UsageError(f"{args.run_dir}: no complete record in its record files; nothing to report")
     finish_run_dir(args.run_dir, plots=not args.no_plots)
     print(args.run_dir / "report.md")
     return 0

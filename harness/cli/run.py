@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import stat
 import sys
 from pathlib import Path
 
@@ -66,7 +68,7 @@ def _execution(args: argparse.Namespace, scenario) -> tuple[str, object]:
         if args.executor not in (None, "inline"):
             raise UsageError(f"--raise runs the cases in this process; not with --executor {name}")
         name = "inline"
-    EXECUTORS.get(name)  # unknown names fail with a did-you-mean before anything runs
+    executor_cls = EXECUTORS.get(name)  # unknown names fail with a did-you-mean before anything runs
     gpus = block.gpus
     if args.gpus is not None:
         gpus = tuple(g.strip() for g in args.gpus.split(",") if g.strip())
@@ -93,6 +95,8 @@ def _execution(args: argparse.Namespace, scenario) -> tuple[str, object]:
         max_jobs=pick("max_jobs", None),
         raise_errors=args.raise_errors,
     )
+    options.check(executor_cls.runs_here)  # bounds (--workers by cores and memory), before any worker
+    executor_cls.preflight(options)  # a missing GPU, submitit or Slurm: before any worker or job
     return name, options
 
 
@@ -118,10 +122,6 @@ def _check_selection(scenario, device: str, args: argparse.Namespace) -> None:
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    if args.executor in (None, "subprocess") and not args.raise_errors:  # the likely executor: start
-        from harness.execute import warm  # its children now, so their imports overlap this process's own
-
-        warm.prespawn(max(1, args.workers or 1))
     from harness.config.scenario import load_scenario
     from harness.execute.progress import make_reporter
     from harness.execute.runner import default_out_dir, resolve_device, run_scenario
@@ -140,6 +140,11 @@ def main(argv: list[str]) -> int:
     if args.resume and args.out is None:
         raise UsageError("--resume needs --out RUN_DIR (the directory of the run to continue)")
     out_dir = args.out or default_out_dir(scenario)
+    check_run_dir(out_dir)
+    if executor == "subprocess":  # everything is checked: start its children now, so their imports
+        from harness.execute import warm  # overlap this process's own start of the run
+
+        warm.prespawn(options.workers)
     summary = run_scenario(
         scenario,
         out_dir,
@@ -172,6 +177,20 @@ def main(argv: list[str]) -> int:
         print(f"interrupted: continue with  python run_bench.py {args.scenario} --out {out_dir} --resume")
         return 130
     return failed_exit(out_dir)
+
+
+def check_run_dir(out_dir: Path) -> None:
+    """`--out` must be absent or a folder (a symlink to one is the user's choice): a file, FIFO or
+    device there is refused in one line before anything is written."""
+    from harness.common.files import kind_of
+
+    try:
+        mode = os.stat(out_dir).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(mode):
+        kind = "a file" if stat.S_ISREG(mode) else kind_of(mode)
+        raise UsageError(f"--out {out_dir}: is {kind}, not a run directory; choose a folder")
 
 
 def failed_exit(out_dir: Path) -> int:

@@ -1,0 +1,1 @@
+"""Pieces every stage of the harness shares (imports nothing heavy)."""

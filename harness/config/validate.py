@@ -121,17 +121,14 @@ def _read_text(path: str) -> str:
         raise Invalid("(file)", "file not found") from None
     except OSError as err:
         raise Invalid("(file)", f"cannot read: {err.strerror or one_line(str(err))}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):  # checked before fdopen, which refuses a folder with its own error
+        os.close(fd)
+        kind = (
+            "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+        )
+        raise Invalid("(file)", f"{kind}; expected a scenario YAML file")
     with os.fdopen(fd, "rb") as fh:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = (
-                "a directory"
-                if stat.S_ISDIR(mode)
-                else "a FIFO"
-                if stat.S_ISFIFO(mode)
-                else "not a regular file"
-            )
-            raise Invalid("(file)", f"{kind}; expected a scenario YAML file")
         data = fh.read(MAX_BYTES + 1)
     if len(data) > MAX_BYTES:
         raise Invalid("(file)", f"larger than {MAX_BYTES // 1024} KiB; a scenario is a short YAML file")

@@ -126,6 +126,7 @@ class SubmititLocalExecutor(Executor):
 
 class SlurmExecutor(Executor):
     name = "slurm"
+    runs_here = False  # jobs run on the cluster's nodes: --workers is not bounded by this machine
     description = (
         "one submitit job per case group on Slurm (--partition, --time-min, --gpus-per-task, --max-jobs)"
     )

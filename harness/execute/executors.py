@@ -18,6 +18,7 @@ memory passes, harness.execute.devicelock); fitting, accuracy and other untimed 
 from __future__ import annotations
 
 import abc
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -35,6 +36,41 @@ class ExecutorError(UserError, ValueError):
     """Executor options that cannot work here (no GPU for `gpus`, submitit missing): one line."""
 
 
+# One child worker holds about 225 MiB once torch and the harness are imported (measured on CPU);
+# the estimate leaves room for a small case's tensors. `--workers` above max_workers() is refused.
+WORKER_MEMORY_BYTES = 512 << 20
+WORKERS_PER_CORE = 4
+
+
+def _memory_bytes() -> int:
+    """Physical memory, or the cgroup's limit when lower (a container)."""
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path, encoding="ascii") as fh:
+                limit = fh.read(64).strip()
+        except OSError:
+            continue
+        if limit.isdigit():
+            total = min(total, int(limit))
+    return total
+
+
+def max_workers() -> tuple[int, str]:
+    """(the most workers this machine runs at once, why): min(4 x cores, memory / 512 MiB)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    memory = _memory_bytes()
+    by_cores, by_memory = WORKERS_PER_CORE * cores, max(1, memory // WORKER_MEMORY_BYTES)
+    why = (
+        f"{WORKERS_PER_CORE} x {cores} cores = {by_cores}; {memory / 2**30:.1f} GiB memory / "
+        f"{WORKER_MEMORY_BYTES >> 20} MiB per worker = {by_memory}"
+    )
+    return max(1, min(by_cores, by_memory)), why
+
+
+MAX_TIME_MIN = 365 * 24 * 60
+
+
 @dataclass
 class ExecutorOptions:
     """What the command line (or a scenario's `execute:` block) says about how to run."""
@@ -46,6 +82,22 @@ class ExecutorOptions:
     gpus_per_task: int = 0  # slurm
     max_jobs: int | None = None  # slurm: jobs running at once (default: workers)
     raise_errors: bool = False  # `--raise` (inline only): the first failing case re-raises
+
+    def check(self, runs_here: bool = True) -> None:
+        """Raise ExecutorError (one line) for options no executor can use; run before any worker,
+        job or warm child starts. `runs_here`: the workers run on this machine (not on a cluster's
+        nodes), so their number is bounded by its cores and memory."""
+        most, why = max_workers() if runs_here else (10_000, "jobs at once")
+        if not 1 <= self.workers <= most:
+            raise ExecutorError(f"--workers {self.workers}: expected 1 to {most} on this machine ({why})")
+        if self.max_jobs is not None and self.max_jobs < 1:
+            raise ExecutorError(f"--max-jobs {self.max_jobs}: expected an int >= 1")
+        if not 1 <= self.time_min <= MAX_TIME_MIN:
+            raise ExecutorError(f"--time-min {self.time_min}: expected 1 to {MAX_TIME_MIN} minutes (a year)")
+        if self.gpus_per_task < 0:
+            raise ExecutorError(f"--gpus-per-task {self.gpus_per_task}: expected an int >= 0")
+        if self.gpus is not None and len(set(self.gpus)) != len(self.gpus):
+            raise ExecutorError(f"--gpus {','.join(self.gpus)}: a GPU id is listed twice")
 
 
 @dataclass
@@ -67,6 +119,7 @@ class Executor(abc.ABC):
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    runs_here: ClassVar[bool] = True  # its workers run on this machine (--workers is bounded by it)
 
     @classmethod
     def preflight(cls, options: ExecutorOptions) -> None:

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from harness.common.errors import UserError
-from harness.common.files import write_atomic
+from harness.common.files import read_json_file, write_atomic
 from harness.config.identity import NOT_PLANNED, body_hash, changed_keys, scenario_body
 from harness.config.scenario import Scenario, scenario_to_dict
 from harness.results.run_records import read_run_records, repair_run
@@ -86,8 +86,9 @@ def _now() -> str:
 
 
 def _read_json(path: Path) -> dict:
+    """The JSON object in `path`; {} when absent or unreadable (a FIFO or device: UnsafePathError)."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = read_json_file(Path(path))
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from harness.common.files import write_atomic
+from harness.common.files import read_json_file, write_atomic
 from harness.config.scenario import Scenario, ScenarioError
 from harness.config.sweep import Case
 from harness.execute.context import CaseContext
@@ -32,6 +32,7 @@ from harness.measure.canary import record_canary
 from harness.measure.hygiene import apply_threads
 from harness.measure.roofline import Roofline, measure_roofline
 from harness.results.case_record import new_record
+from harness.results.record_lines import UNATTRIBUTED
 from harness.results.records import Record, write_parquet
 from harness.results.run_records import (
     add_record,
@@ -83,11 +84,12 @@ def _record_stale_starts(out_dir: Path, ctx: CaseContext, cases: dict[str, Case]
     `retry`. Returns the ids to run again (and, with `retry`, the crashed ones)."""
     recorded = {r["case_id"]: r for r in read_run_records(out_dir)}
     again = {cid for cid, r in recorded.items() if r.get("status") == "crashed"} if retry else set()
-    corrupt = corrupt_record_ids(out_dir)  # their record line is unreadable: run them again
+    corrupt = corrupt_record_ids(out_dir)  # their record line is unreadable: run them again (and
+    # when some unreadable line names no case, no case is blamed for a crash: it may be its record)
     for case_id, mark in started_case_ids(out_dir).items():
         if case_id in recorded or case_id not in cases:
             continue
-        if retry or mark.get("supervised") or case_id in corrupt:
+        if retry or mark.get("supervised") or case_id in corrupt or UNATTRIBUTED in corrupt:
             again.add(case_id)
             continue
         rec = new_record(cases[case_id], ctx)
@@ -185,7 +187,7 @@ def _roofline(out_dir: Path, device: str, dtypes: list[str]) -> Roofline:
     """The device's measured rates: read from roofline.json on resume, else measured and written."""
     path = out_dir / "roofline.json"
     if path.exists():
-        known = Roofline.from_dict(json.loads(path.read_text()))
+        known = Roofline.from_dict(read_json_file(path))
         if known.device == device and set(dtypes) <= set(known.matmul_tflops):
             return known
     roofline = measure_roofline(device, dtypes)

@@ -3,8 +3,10 @@
 A child worker's start-up is mostly importing torch and the harness (about 1.3 s on a 2-core
 CPU). `run_bench.py` starts the children it will need (`prespawn`) before it imports anything
 heavy, so both imports overlap; `ChildWorker` then adopts a warm child (`take`) instead of
-starting one, and tells it which run to work on. Warm children nobody takes are ended at exit.
-This module imports nothing heavy on purpose.
+starting one, and tells it which run to work on. Warm children nobody takes are ended at exit
+(the hook is registered by the first `prespawn`, not at import). Only a run whose scenario and
+options are valid prespawns: bad input never starts an interpreter. This module imports nothing
+heavy on purpose.
 """
 
 from __future__ import annotations

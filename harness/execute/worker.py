@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 
+from harness.common.files import read_json_file
 from harness.config.scenario import Scenario, scenario_from_dict
 from harness.config.sweep import Case, expand
 from harness.execute.context import CaseContext
@@ -55,8 +56,8 @@ def oom_lengths(done: Iterable[dict]) -> dict[str, int]:
 def load_run(run_dir: Path) -> tuple[Scenario, dict]:
     """The run's validated scenario (from scenario.json) and its run.json."""
     run_dir = Path(run_dir)
-    meta = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    raw = json.loads((run_dir / "scenario.json").read_text(encoding="utf-8"))
+    meta = read_json_file(run_dir / "run.json")  # a FIFO or device planted here is refused, not read
+    raw = read_json_file(run_dir / "scenario.json")
     return scenario_from_dict(raw, meta.get("scenario_path") or str(run_dir / "scenario.json")), meta
 
 
@@ -66,7 +67,7 @@ def make_context(run_dir: Path, device: str, worker: str, scenario: Scenario, me
     ctx.set_provenance(worker, env_mod.write_env(Path(run_dir), env_mod.collect_env()))
     roofline = Path(run_dir) / "roofline.json"
     if scenario.measure.roofline and roofline.exists():
-        ctx.roofline = Roofline.from_dict(json.loads(roofline.read_text()))
+        ctx.roofline = Roofline.from_dict(read_json_file(roofline))
     return ctx
 
 

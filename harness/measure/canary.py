@@ -124,6 +124,8 @@ def read_canary(run_dir: Path) -> list[dict[str, Any]]:
     (a run killed mid-write, a hand-edited file) are skipped: a canary is evidence, not input."""
     points: list[dict[str, Any]] = []
     for path in sorted(Path(run_dir).glob(CANARY_GLOB)):
+        if not path.is_file():  # a FIFO or device in its place would block or never end
+            continue
         for raw in path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 point = json.loads(raw)

@@ -15,6 +15,7 @@ from rich.table import Table
 from harness.plugins.kinds import KINDS, BenchmarkKind
 from harness.plugins.metrics import METRICS
 from harness.plugins.registry import PluginLoadError, UnknownPluginError
+from harness.results.record_check import record_problem
 from harness.results.records import read_records, to_dataframe
 
 
@@ -46,7 +47,7 @@ def run_digest(run_dir: Path) -> list[Table]:
     path = Path(run_dir) / "records.jsonl"
     if not path.exists():
         return []
-    df = to_dataframe(read_records(path))
+    df = to_dataframe(read_records(path, record_problem))
     tables = []
     for name in dict.fromkeys(str(k) for k in df["kind"]) if len(df) else []:
         try:

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.common.errors import UserError
-from harness.common.files import atomic_path, write_atomic
+from harness.common.files import atomic_path, read_json_file, write_atomic
+from harness.results.record_check import record_problem
 from harness.results.records import export_frame, read_records
 
 FORMATS = ("pytest-benchmark", "csv", "parquet")
@@ -34,10 +35,10 @@ class ExportError(UserError, ValueError):
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
+    if not path.exists():
         return {}
     try:
-        loaded = json.loads(path.read_text(encoding="utf-8"))
+        loaded = read_json_file(path)
     except (OSError, ValueError) as exc:
         raise ExportError(f"{path}: unreadable: {' '.join(str(exc).split())}") from exc
     return loaded if isinstance(loaded, dict) else {}
@@ -46,10 +47,10 @@ def _read_json(path: Path) -> dict[str, Any]:
 def run_records(run_dir: Path) -> list[dict[str, Any]]:
     """The merged records of a run directory (records.jsonl); ExportError when there are none."""
     path = Path(run_dir) / "records.jsonl"
-    if not path.is_file():
+    if not path.exists():
         raise ExportError(f"{run_dir}: not a run directory (no records.jsonl)")
     try:
-        rows = read_records(path)
+        rows = read_records(path, record_problem)  # a malformed line is skipped, with a warning
     except (OSError, ValueError) as exc:
         raise ExportError(f"{path}: unreadable: {' '.join(str(exc).split())}") from exc
     if not rows:
@@ -133,11 +134,11 @@ def export_run(run_dir: Path, fmt: str, out: Path) -> str:
     out = Path(out)
     if fmt == "pytest-benchmark":
         doc, skipped = to_pytest_benchmark(run_dir)
-        write_atomic(out, json.dumps(doc, indent=2, default=str) + "\n")
+        write_atomic(out, json.dumps(doc, indent=2, default=str) + "\n", follow=True)
         note = f" ({skipped} without a time left out)" if skipped else ""
         return f"{len(doc['benchmarks'])} benchmarks{note} -> {out}"
     df = export_frame(run_records(run_dir))
-    with atomic_path(out) as tmp:
+    with atomic_path(out, follow=True) as tmp:  # a device, FIFO or folder at --out is refused
         if fmt == "csv":  # a list (raw time samples, per-seed accuracy) as its values joined by ";"
             lists = [c for c in df.columns if df[c].map(lambda x: isinstance(x, list)).any()]
             flat = df.assign(**{c: [_joined(x) for x in df[c]] for c in lists})

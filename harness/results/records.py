@@ -19,18 +19,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
-import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from harness.common.files import append_line, atomic_path, open_append
+from harness.common.files import append_line, atomic_path
 from harness.common.names import suggest
 from harness.plugins.kinds import KINDS
 from harness.plugins.metrics import METRICS, derive, metrics_of
 from harness.plugins.registry import PluginLoadError, UnknownPluginError
 from harness.plugins.variants import VARIANTS
+from harness.results.record_lines import (  # noqa: F401  (reading lives there; these names stay here)
+    corrupt_case_ids,
+    parse_line,
+    read_records,
+    repair_torn_tail,
+)
 
 SCHEMA_VERSION = 4
 READABLE_SCHEMAS = (1, 2, 3, 4)
@@ -221,70 +225,6 @@ def append_record(path: Path, record: Record) -> None:
     append_line(path, to_json_line(record) + "\n")  # O_NOFOLLOW, fsynced
 
 
-_WARNED: set[tuple[str, int]] = set()  # (file, line) already reported: readers run often
-
-
-def parse_line(raw: bytes, path: Path, number: int) -> dict[str, Any] | None:
-    """One JSON-lines record, or None for a blank line or a corrupt one (not UTF-8, not JSON, not
-    an object), which is reported once on stderr naming the file and its line number."""
-    text = raw.strip()
-    if not text:
-        return None
-    try:
-        row = json.loads(text.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as err:
-        why = " ".join(str(err).split())[:80]
-    else:
-        if isinstance(row, dict):
-            return row
-        why = f"a JSON {type(row).__name__}, not a record"
-    if (str(path), number) not in _WARNED:
-        _WARNED.add((str(path), number))
-        where = f"line {number}" if number > 0 else "a line"
-        print(f"warning: {path}: {where}: corrupt record skipped ({why})", file=sys.stderr)
-    return None
-
-
-def corrupt_case_ids(path: Path) -> set[str]:
-    """The case ids still legible in the corrupt lines of `path` (their cases run again on resume)."""
-    found: set[str] = set()
-    if Path(path).exists():
-        with open(path, "rb") as fh:
-            for number, line in enumerate(fh, 1):
-                if line.endswith(b"\n") and line.strip() and parse_line(line, path, number) is None:
-                    match = re.search(rb'"case_id"\s*:\s*"([0-9a-zA-Z_-]+)"', line)
-                    found.update([match.group(1).decode()] if match else [])
-    return found
-
-
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """All complete records in `path` as flat dicts. A torn last line (killed mid-write) is ignored;
-    a corrupt line elsewhere is skipped with a warning naming its line (`--resume` reruns its case)."""
-    if not Path(path).exists():
-        return []
-    out: list[dict[str, Any]] = []
-    with open(path, "rb") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.endswith(b"\n"):
-                break  # torn write from a killed run
-            row = parse_line(line, path, number)
-            if row is not None:
-                out.append(row)
-    return out
-
-
-def repair_torn_tail(path: Path) -> None:
-    """Cut a partial last line so appends start on a fresh line (used by --resume)."""
-    path = Path(path)
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        cut = data.rfind(b"\n") + 1
-        with open_append(path) as fh:  # never truncates through a planted symlink
-            fh.buffer.truncate(cut)
-
-
 def normalize(row: dict[str, Any]) -> dict[str, Any]:
     """A read record upgraded to the current fields: `kind` and `task` (schema 1-3), `exact` from the
     variant class when absent (schema 1), absent provenance "" (schema 1 and 2), null metrics dropped,
@@ -356,7 +296,9 @@ def export_frame(records: list[dict[str, Any]]):
     df = df[[c for c in df.columns if df[c].map(_present).any()]]
     for col in df.columns:
         types = {type(v) for v in df[col] if _present(v) and not isinstance(v, list)}
-        if len(types) > 1 and not types <= {int, float}:
+        if types and df[col].map(lambda v: isinstance(v, list)).any():  # lists and scalars: hand-edited
+            df[col] = [str(v) if _present(v) else None for v in df[col]]
+        elif len(types) > 1 and not types <= {int, float}:
             df[col] = [str(v) if _present(v) and not isinstance(v, list) else v for v in df[col]]
     return df.reset_index(drop=True)
 

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.common.files import write_atomic
+from harness.common.files import read_json_file, write_atomic
 from harness.common.numbers import fmt_sig
 from harness.plugins.kinds import KINDS, BenchmarkKind
 from harness.plugins.metrics import METRICS
 from harness.plugins.registry import PluginLoadError, UnknownPluginError
 from harness.results.markdown import md_cell, md_table
+from harness.results.record_check import record_problem
 from harness.results.records import FIELDS, read_records, to_dataframe
 
 ENV_FACTS = (("cuda", "CUDA {}"), ("torch", "torch {}"), ("threads", "{} threads"), ("git_sha", "git {:.10}"))
@@ -157,8 +158,9 @@ def render_report(
 
 
 def _read_json(path: Path) -> dict:
+    """The JSON object in `path`; {} when absent or unreadable (a FIFO or device: UnsafePathError)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json_file(path)
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -175,7 +177,7 @@ def _main_env(df: pd.DataFrame, envs: dict[str, dict]) -> dict:
 def write_report(run_dir: Path, plots: bool = True) -> Path:
     """Write run_dir/report.md (and PNGs under run_dir/plots/) from records.jsonl; return its path."""
     run_dir = Path(run_dir)
-    df = to_dataframe(read_records(run_dir / "records.jsonl"))
+    df = to_dataframe(read_records(run_dir / "records.jsonl", record_problem))
     plot_files: dict[str, str] = {}
     if plots and len(df):
         made: dict[str, Path] = {}

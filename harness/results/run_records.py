@@ -18,14 +18,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from harness.common.files import append_line, atomic_path
-from harness.results.records import (
-    append_record,
-    corrupt_case_ids,
-    parse_line,
-    read_records,
-    repair_torn_tail,
-)
+from harness.common.files import append_line, atomic_path, open_regular
+from harness.results.record_check import marker_problem, record_problem
+from harness.results.record_lines import corrupt_case_ids, parse_line, read_records, repair_torn_tail
+from harness.results.records import append_record
 
 MERGED = "records.jsonl"
 
@@ -76,7 +72,7 @@ class Follower:
     def read(self) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
-        with open(self.path, "rb") as fh:
+        with open_regular(self.path) as fh:  # a FIFO planted here is refused, never waited on
             fh.seek(self.offset)
             data = fh.read()
         end = data.rfind(b"\n") + 1
@@ -104,26 +100,29 @@ def merge_records(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def read_run_records(run_dir: Path) -> list[dict[str, Any]]:
-    """Every case's record in `run_dir`: `records.jsonl` plus every worker file, merged."""
-    rows = read_records(Path(run_dir) / MERGED)
+    """Every case's record in `run_dir`: `records.jsonl` plus every worker file, merged. A line that
+    is no usable record (`record_problem`: a missing case_id, a wrong type) is skipped with a warning."""
+    rows = read_records(Path(run_dir) / MERGED, record_problem)
     for path in _files(run_dir, "records"):
-        rows += read_records(path)
+        rows += read_records(path, record_problem)
     return merge_records(rows)
 
 
 def corrupt_record_ids(run_dir: Path) -> set[str]:
-    """Case ids legible in corrupt lines of the run's record files (none of their records is read)."""
+    """Case ids legible in corrupt lines of the run's record files (none of their records is read);
+    UNATTRIBUTED among them when some such line names no legible case."""
     found: set[str] = set()
     for path in [Path(run_dir) / MERGED, *_files(run_dir, "records")]:
-        found |= corrupt_case_ids(path)
+        found |= corrupt_case_ids(path, record_problem)
     return found
 
 
 def started_case_ids(run_dir: Path) -> dict[str, dict[str, Any]]:
-    """case_id -> its last start marker, over every worker of the run (aborted starts left out)."""
+    """case_id -> its last start marker, over every worker of the run (aborted starts left out;
+    a marker without a case_id is skipped with a warning naming its file and line)."""
     marks: dict[str, dict[str, Any]] = {}
     for path in _files(run_dir, "started"):
-        for row in read_records(path):
+        for row in read_records(path, marker_problem):
             if row.get("aborted"):
                 marks.pop(str(row["case_id"]), None)
             else:
