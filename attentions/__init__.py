@@ -9,3 +9,4 @@ VARIANTS.register("performer", "attentions.performer.variant:PerformerAttention"
 VARIANTS.register("nystrom", "attentions.nystrom.variant:NystromAttention")
 VARIANTS.register("luna", "attentions.luna.variant:LunaAttention")
 VARIANTS.register("luna_nested", "attentions.luna_nested.variant:LunaNestedAttention")
+VARIANTS.register("hedgehog", "attentions.hedgehog.variant:HedgehogAttention")
