@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from attentions.hedgehog.features import hedgehog_features
-from attentions.window_linear.chunked import TINY, hybrid_attention_chunked
+from attentions.window_linear.chunked import hybrid_attention_chunked, normalize
 
 
 def _noncausal_linear(phi_q: Tensor, phi_k: Tensor, lk: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
@@ -27,7 +27,7 @@ def _noncausal_linear(phi_q: Tensor, phi_k: Tensor, lk: Tensor, v: Tensor, mask:
     fk = phi_k * torch.exp(lk - lk.amax(dim=-1, keepdim=True))[..., None]
     v1 = torch.cat([v, v.new_ones(v.shape[:-1] + (1,))], dim=-1)
     num1 = phi_q @ (fk.transpose(-1, -2) @ v1)  # (B, H, N, d + 1)
-    return num1[..., :-1] / num1[..., -1:].clamp_min(TINY)
+    return normalize(num1)
 
 
 def hedgehog_attention_chunked(

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from attentions.hedgehog.features import hedgehog_features
-from attentions.window_linear.chunked import TINY
+from attentions.window_linear.chunked import normalize
 
 
 def hedgehog_attention_fla(
@@ -46,4 +46,4 @@ def hedgehog_attention_fla(
         g=g.transpose(1, 2).contiguous().float(), scale=1.0,
     )  # fmt: skip
     o = o.float()
-    return (o[..., :-1] / o[..., -1:].clamp_min(TINY)).to(v.dtype)
+    return normalize(o).to(v.dtype)

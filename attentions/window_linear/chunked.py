@@ -13,11 +13,19 @@ that nothing here ever exponentiates a large number:
 
     keys      K_j = max_{j' <= j} l_j' (running max over real keys; padded keys count as 0) and each key
               is carried as phi_j exp(l_j - K_j) <= phi_j
-    row i     c_i = max(l_i + K_i, max_{j in window} s_ij); both parts are multiplied by exp(-c_i):
-              window  exp(s_ij - c_i) <= 1
-              linear  (phi_i . phi_j exp(l_j - K_j)) exp(l_i + K_j - c_i), exponent <= 0 for j <= i
-              and eps becomes eps exp(-c_i). The factor cancels in the ratio exactly: c_i and K are
+    window    exp(s_ij - a_i), a_i = max_{j in window} s_ij: the largest term is exactly 1
+    linear    (phi_i . phi_j exp(l_j - K_j)) exp(K_j - K_i) = feature score * exp(-(l_i + K_i)),
+              exponent <= 0 for j <= i (every factor <= 1, strictly causal: K_i sees keys <= i only)
+    merge     each part p of row i holds its numerator and normalizer on its own scale c_p; both are
+              rescaled to M_i = max_p (c_p + log den_p), the row's largest actual log-mass, and eps
+              becomes eps exp(-M_i). All these constants cancel in the ratio exactly, so they are
               detached (the function does not depend on them, so neither does its gradient).
+              LoLCATs instead subtracts the window's row max from the window part only and leaves the
+              linear part unscaled, which ties the two parts' relative weight to that max; here they
+              stay on the same scale: the feature map has one job inside and outside, mimic exp(s).
+              Limit (fp32): a linear part whose scores all sit more than ~87 nats below its bound
+              l_i + K_i underflows to 0. Measured with Hedgehog's map (tests/test_hedgehog.py): exact to 2e-6
+              at max|W x + b| = 107 (plain exp(u_q + u_k) overflows fp32 at 44 each), 0.15 off at 214.
 
 Causal, by blocks of C rows [s, s+C): keys j < s - W + 1 are out of the window for every row of the
 block and live in a carried state S = sum_j phi_j exp(l_j - Kref) [v_j, 1] (D, d + 1), Kref the K of
@@ -25,8 +33,8 @@ its last key, rescaled when Kref grows; keys [s - W + 1, s + C) form one (C, C +
 the window scores and the feature scores of the not-yet-carried keys, masked per row. Memory: one
 tile and one state per block, linear in N; never an (N, D, d) cumsum, never the N x N weights.
 Non-causal with W >= 1: the causal pass over keys j <= i plus the same pass on the reversed sequence
-with the diagonal excluded (keys j > i), merged with their row constants (log-sum-exp merge); no
-subtraction of an in-window part from a total, so nothing cancels catastrophically.
+with the diagonal excluded (keys j > i), all four parts merged as above; no subtraction of an
+in-window part from a total, so nothing cancels catastrophically.
 """
 
 from __future__ import annotations
@@ -36,7 +44,12 @@ import math
 import torch
 from torch import Tensor
 
-TINY = 1e-30  # floor of the normalizer: only rows whose visible keys are all padded reach it (output 0)
+
+def normalize(num1: Tensor) -> Tensor:
+    """[numerator, normalizer] (..., d + 1) -> numerator / normalizer (..., d); a row whose normalizer is
+    0 (every visible key padded) has numerator 0 and gives 0."""
+    den = num1[..., -1:]
+    return num1[..., :-1] / torch.where(den > 0, den, torch.ones_like(den))
 
 
 def _ones_column(v: Tensor) -> Tensor:
@@ -44,25 +57,30 @@ def _ones_column(v: Tensor) -> Tensor:
     return torch.cat([v, v.new_ones(v.shape[:-1] + (1,))], dim=-1)
 
 
+Part = tuple[
+    Tensor, Tensor
+]  # (num1 (B, H, N, d + 1) = sum_j w'_ij [v_j, 1], c (B, H, N)): w'_ij = w_ij exp(-c_i)
+
+
 def causal_pass(
     q: Tensor, k: Tensor, v1: Tensor, phi_q: Tensor, lq: Tensor, phi_k: Tensor, lk: Tensor,
     window: int, chunk: int, strict: bool = False, mask: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """Scaled numerator and normalizer of keys j <= i (j < i when `strict`), and the row constants.
+) -> list[Part]:  # fmt: skip
+    """The window part and the linear part of keys j <= i (j < i when `strict`), each on its own scale.
 
-    q, k: (B, H, N, d) (read only when window > 0); v1: (B, H, N, d + 1) = [v, 1] with padded keys'
-    rows anything; phi_q, phi_k: (B, H, N, D) scaled features (padded keys: phi_k = 0); lq, lk: (B, H, N)
-    log-scales, detached (padded keys: lk = 0); mask (B, N) bool, True = real key (padded keys get no
-    window score). Returns (num1 (B, H, N, d + 1) = sum_j w'_ij [v_j, 1],
-    c (B, H, N)) with w'_ij = weight_ij exp(-c_i).
+    q, k: (B, H, N, d) (read only when window > 0); v1: (B, H, N, d + 1) = [v, 1]; phi_q, phi_k:
+    (B, H, N, D) scaled features (padded keys: phi_k = 0); lq, lk: (B, H, N) log-scales, detached
+    (padded keys: lk = 0); mask (B, N) bool, True = real key (padded keys get no window score).
+    Returns [linear part] or [window part, linear part]: window c_i = max of row i's window scores
+    (0 when it has none), linear c_i = l_i + K_i (a bound of its feature scores).
     """
-    B, H, N, _ = phi_q.shape
+    N = phi_q.shape[-2]
     span0 = max(window - 1, 0)  # tile keys start span0 tokens before the block
     K = torch.cummax(lk, dim=-1).values  # (B, H, N)
     fk = phi_k * torch.exp(lk - K)[..., None]  # each key relative to its own running max: <= phi_k
     scale = q.shape[-1] ** -0.5
     state, kref, carried = None, None, 0  # keys [0, carried) are in the state
-    outs, consts = [], []
+    win_num, win_c, lin_num = [], [], []
     for s in range(0, N, chunk):
         e = min(s + chunk, N)
         t0 = max(s - span0, 0)
@@ -71,34 +89,62 @@ def causal_pass(
         visible = cols < rows if strict else cols <= rows
         in_window = visible & (cols > rows - window)
         linear = visible & ~in_window  # (c, t)
-        if mask is not None:
-            in_window = in_window & mask[:, None, None, t0:e]  # (B, 1, c, t)
-        Kq = K[..., s:e]
-        c = lq[..., s:e] + Kq  # (B, H, c): scale of the linear part
         if window > 0:
+            if mask is not None:
+                in_window = in_window & mask[:, None, None, t0:e]  # (B, 1, c, t)
             scores = (q[:, :, s:e] @ k[:, :, t0:e].transpose(-1, -2)) * scale  # (B, H, c, t)
             scores = scores.masked_fill(~in_window, -math.inf)
-            c = torch.maximum(c, scores.detach().amax(dim=-1))
-        c = c.detach()
-        lin_exp = (lq[..., s:e, None] + K[..., None, t0:e] - c[..., None]).masked_fill(~linear, -math.inf)
+            top = scores.detach().amax(dim=-1)
+            top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # rows without window keys
+            win_num.append(torch.exp(scores - top[..., None]) @ v1[:, :, t0:e])  # (B, H, c, d + 1)
+            win_c.append(top)
+        lin_exp = (K[..., None, t0:e] - K[..., s:e, None]).masked_fill(~linear, -math.inf)  # <= 0
         tile = (phi_q[:, :, s:e] @ fk[:, :, t0:e].transpose(-1, -2)) * torch.exp(lin_exp)
-        if window > 0:
-            tile = tile + torch.exp(scores - c[..., None])
-        num1 = tile @ v1[:, :, t0:e]  # (B, H, c, d + 1)
+        num1 = tile @ v1[:, :, t0:e]
         if state is not None:
-            num1 = num1 + (phi_q[:, :, s:e] @ state) * torch.exp(lq[..., s:e] + kref - c)[..., None]
-        outs.append(num1)
-        consts.append(c)
+            num1 = num1 + (phi_q[:, :, s:e] @ state) * torch.exp(kref - K[..., s:e])[..., None]
+        lin_num.append(num1)
         new_carried = max(e - span0, 0) if e < N else carried  # the last block's keys are never read
         if new_carried > carried:
             a, b = carried, new_carried
             new_ref = K[..., b - 1 : b]  # (B, H, 1)
-            inc = (fk[:, :, a:b] * torch.exp(K[..., a:b] - new_ref)[..., None]).transpose(-1, -2) @ v1[
-                :, :, a:b
-            ]
+            keys = fk[:, :, a:b] * torch.exp(K[..., a:b] - new_ref)[..., None]
+            inc = keys.transpose(-1, -2) @ v1[:, :, a:b]
             state = inc if state is None else state * torch.exp(kref - new_ref)[..., None] + inc
             kref, carried = new_ref, new_carried
-    return torch.cat(outs, dim=2), torch.cat(consts, dim=2)
+    linear_part = (torch.cat(lin_num, dim=2), lq + K)
+    return (
+        [(torch.cat(win_num, dim=2), torch.cat(win_c, dim=2)), linear_part] if window > 0 else [linear_part]
+    )
+
+
+def merge_parts(parts: list[Part], eps: float) -> Tensor:
+    """(sum_p num_p) / (sum_p den_p + eps) from parts on their own scales -> (B, H, N, d).
+
+    Written as a mixture of each part's own average num_p / den_p with weights den_p exp(c_p - M),
+    M = max_p (c_p + log den_p) the row's largest actual log-mass (detached): every exponent <= 0, so
+    no part's scale can overflow another's. Empty parts (den_p = 0) weigh 0; a row with no visible
+    key gives 0.
+    """
+    avgs, logs, present = [], [], []
+    for num1, c in parts:
+        den = num1[..., -1]
+        pos = den > 0
+        safe = torch.where(pos, den, torch.ones_like(den))
+        avgs.append(num1[..., :-1] / safe[..., None])
+        logs.append(c + torch.log(safe))
+        present.append(pos)
+    top = torch.stack(
+        [torch.where(p, m, torch.full_like(m, -math.inf)) for m, p in zip(logs, present, strict=True)]
+    )
+    top = top.detach().amax(dim=0)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    weights = [
+        torch.where(p, torch.exp(m - top), torch.zeros_like(m)) for m, p in zip(logs, present, strict=True)
+    ]
+    num = sum(w[..., None] * avg for w, avg in zip(weights, avgs, strict=True))
+    den = sum(weights) + eps * torch.exp(-top)
+    return num / torch.where(den > 0, den, torch.ones_like(den))[..., None]
 
 
 def hybrid_attention_chunked(
@@ -123,16 +169,11 @@ def hybrid_attention_chunked(
         phi_k = torch.where(real[..., None], phi_k, torch.zeros_like(phi_k))
         lk = torch.where(real, lk, torch.zeros_like(lk))
     v1 = _ones_column(v)
-    num1, c = causal_pass(q, k, v1, phi_q, lq, phi_k, lk, window, chunk, mask=mask)
+    parts = causal_pass(q, k, v1, phi_q, lq, phi_k, lk, window, chunk, mask=mask)
     if not causal:
         rmask = None if mask is None else mask.flip(-1)
         rq, rk, rv1, rphi_q, rphi_k = (x.flip(2) for x in (q, k, v1, phi_q, phi_k))
-        rnum1, rc = causal_pass(
-            rq, rk, rv1, rphi_q, lq.flip(-1), rphi_k, lk.flip(-1), window, chunk, True, rmask
-        )
-        rnum1, rc = rnum1.flip(2), rc.flip(-1)
-        top = torch.maximum(c, rc)
-        num1 = num1 * torch.exp(c - top)[..., None] + rnum1 * torch.exp(rc - top)[..., None]
-        c = top
-    den = (num1[..., -1] + eps * torch.exp(-c)).clamp_min(TINY)
-    return num1[..., :-1] / den[..., None]
+        rlq, rlk = lq.flip(-1), lk.flip(-1)
+        rparts = causal_pass(rq, rk, rv1, rphi_q, rlq, rphi_k, rlk, window, chunk, True, rmask)
+        parts += [(num1.flip(2), c.flip(-1)) for num1, c in rparts]
+    return merge_parts(parts, eps)

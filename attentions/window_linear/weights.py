@@ -1,9 +1,9 @@
 """The hybrid's attention weights of sampled query rows (what `fit` distils), on scaled features.
 
-Same function as chunked.hybrid_attention_chunked (see its docstring), written as explicit weights of
-R rows against all N keys: w_ij = exp(s_ij - c_i) in the window, (phi_i . phi_j) exp(l_i + l_j - c_i)
-for the other visible keys, divided by sum_j w_ij + eps exp(-c_i); c_i = max(l_i + max_j l_j,
-max_{j in window} s_ij), detached (it cancels).
+Same function as chunked.hybrid_attention_chunked (see its docstring for the scales), written as
+explicit weights of R rows against all N keys: the window part exp(s_ij - a_i) (a_i its row max), the
+linear part (phi_i . phi_j exp(l_j - L)) with L = max_j l_j (a bound exp(l_i + L) factored out), each
+rescaled to the row's largest actual log-mass M_i and divided by sum_j w_ij + eps exp(-M_i).
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ import math
 
 import torch
 from torch import Tensor
-
-from attentions.window_linear.chunked import TINY
 
 
 def hybrid_row_weights(
@@ -29,15 +27,17 @@ def hybrid_row_weights(
     linear = visible & ~in_window
     lq, lk = lq.detach(), lk.detach()
     top_k = lk.amax(dim=-1, keepdim=True)  # (B, H, 1)
-    c = lq + top_k
+    fk = phi_k * torch.exp(lk - top_k)[..., None]
+    lin = (phi_q @ fk.transpose(-1, -2)).masked_fill(~linear, 0.0)  # feature scores * exp(-(l_i + L))
+    parts = [(lin, lq + top_k)]
     if window > 0:
         scores = (q_rows @ k.transpose(-1, -2)) * q_rows.shape[-1] ** -0.5
         scores = scores.masked_fill(~in_window, -math.inf)
-        c = torch.maximum(c, scores.detach().amax(dim=-1))
-    c = c.detach()
-    fk = phi_k * torch.exp(lk - top_k)[..., None]
-    lin_exp = (lq[..., None] + top_k[..., None] - c[..., None]).masked_fill(~linear, -math.inf)
-    weights = (phi_q @ fk.transpose(-1, -2)) * torch.exp(lin_exp)
-    if window > 0:
-        weights = weights + torch.exp(scores - c[..., None])
-    return weights / (weights.sum(dim=-1, keepdim=True) + eps * torch.exp(-c)[..., None]).clamp_min(TINY)
+        a = scores.detach().amax(dim=-1)
+        a = torch.where(torch.isfinite(a), a, torch.zeros_like(a))
+        parts.append((torch.exp(scores - a[..., None]), a))
+    masses = torch.stack([c + torch.log(w.detach().sum(dim=-1)) for w, c in parts]).amax(dim=0)
+    top = torch.where(torch.isfinite(masses), masses, torch.zeros_like(masses)).detach()
+    weights = sum(w * torch.exp(c - top)[..., None] for w, c in parts)
+    den = weights.sum(dim=-1, keepdim=True) + eps * torch.exp(-top)[..., None]
+    return weights / torch.where(den > 0, den, torch.ones_like(den))
