@@ -43,6 +43,10 @@ def model(d: int = 32, heads: int = H, seed: int = 0, impl: str = "chunked", **p
     with torch.no_grad():
         m.W.add_(0.3 * torch.randn(m.W.shape, generator=gen, dtype=m.W.dtype))
         m.b.add_(0.3 * torch.randn(m.b.shape, generator=gen, dtype=m.b.dtype))
+        if m.params.window > 0:
+            m.log_linear_scale.add_(
+                0.5 * torch.randn(m.log_linear_scale.shape, generator=gen, dtype=m.W.dtype)
+            )
     return m
 
 
@@ -54,7 +58,7 @@ def make_qkv(n: int, d: int, seed: int = 0, dtype=torch.float64, batch: int = B)
 def out_and_grads(fn, m: HedgehogAttention, q, k, v):
     out = fn(q, k, v)
     w = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
-    grads = torch.autograd.grad((out * w).sum(), [q, k, v, m.W, m.b])
+    grads = torch.autograd.grad((out * w).sum(), [q, k, v, *m.parameters()])
     return out.detach(), grads
 
 
@@ -66,8 +70,9 @@ def check_same(m: HedgehogAttention, n: int, d: int, causal: bool, mask=None, ba
     ref, ref_grads = out_and_grads(lambda *x: naive_reference(m, *x, causal, mask) * real, m, q, k, v)
     assert out.dtype == torch.float64 and out.shape == q.shape
     assert rel_err(out, ref) < F64_RTOL
-    for name, g, rg in zip("q k v W b".split(), grads, ref_grads, strict=True):
-        if m.params.window >= n and name in "Wb":  # a window over the whole sequence: no feature part
+    names = ["q", "k", "v"] + [name for name, _ in m.named_parameters()]
+    for name, g, rg in zip(names, grads, ref_grads, strict=True):
+        if m.params.window >= n and name not in "qkv":  # a window over the whole sequence: no feature part
             assert g.norm() == rg.norm() == 0, name
             continue
         assert rg.norm() > 0, f"grad of {name} is zero: the check would be vacuous"
@@ -113,10 +118,11 @@ def test_key_padding_mask_matches_naive(window: int, causal: bool, form: str) ->
 
 
 # ----- the definition, against an independent float64 formula -------------------------------------
-def direct_formula(q, k, v, W, b, form: str, causal: bool, window: int) -> torch.Tensor:
+def direct_formula(q, k, v, W, b, form: str, causal: bool, window: int, beta=None) -> torch.Tensor:
     """Weights written out pair by pair with plain exp (fp64, small inputs): exp(q.k/sqrt(d)) in the window,
-    sum_f phi_f(q) phi_f(k) outside, each row divided by its sum."""
+    exp(beta_h) sum_f phi_f(q) phi_f(k) outside, each row divided by its sum."""
     q, k, v, W, b = (x.detach().double() for x in (q, k, v, W, b))
+    beta = torch.zeros(q.shape[1], dtype=torch.float64) if beta is None else beta.detach().double()
     Bn, Hn, n, d = q.shape
     out = torch.zeros_like(q)
     for bi in range(Bn):
@@ -134,11 +140,8 @@ def direct_formula(q, k, v, W, b, form: str, causal: bool, window: int) -> torch
                     if causal and j > i:
                         continue
                     near = (i - j < window) if causal else (abs(i - j) < window)
-                    w[j] = (
-                        math.exp(float(q[bi, h, i] @ k[bi, h, j]) / math.sqrt(d))
-                        if near
-                        else float(pq[i] @ pk[j])
-                    )
+                    exact = math.exp(float(q[bi, h, i] @ k[bi, h, j]) / math.sqrt(d))
+                    w[j] = exact if near else math.exp(float(beta[h])) * float(pq[i] @ pk[j])
                 out[bi, h, i] = (w / w.sum()) @ v[bi, h]
     return out
 
@@ -149,7 +152,7 @@ def direct_formula(q, k, v, W, b, form: str, causal: bool, window: int) -> torch
 def test_hybrid_equals_direct_formula(window: int, causal: bool, form: str) -> None:
     m = model(8, feature_map=form, window=window, chunk=8)
     q, k, v = (x.detach() for x in make_qkv(29, 8))
-    expected = direct_formula(q, k, v, m.W, m.b, form, causal, window)
+    expected = direct_formula(q, k, v, m.W, m.b, form, causal, window, getattr(m, "log_linear_scale", None))
     with torch.no_grad():
         assert rel_err(naive_reference(m, q, k, v, causal), expected) < 1e-12
         assert rel_err(m(q, k, v, causal), expected) < 1e-12
@@ -279,7 +282,7 @@ def test_fit_is_deterministic_and_trains_the_forward() -> None:
     q, k, v = qkv
     rows = torch.tensor([0, 5, 31, 63])
     with torch.no_grad():
-        weights = hedgehog_row_weights(q, k, a.W, a.b, "exp", rows, True, 8)
+        weights = hedgehog_row_weights(q, k, a.W, a.b, "exp", rows, True, 8, a.log_linear_scale)
         assert rel_err(weights @ v, a(q, k, v, True)[:, :, rows]) < 1e-5, "fit trains the forward's weights"
         assert torch.allclose(weights.sum(-1), torch.ones(()), atol=1e-6)
 

@@ -32,12 +32,15 @@ def _noncausal_linear(phi_q: Tensor, phi_k: Tensor, lk: Tensor, v: Tensor, mask:
 
 def hedgehog_attention_chunked(
     q: Tensor, k: Tensor, v: Tensor, W: Tensor, b: Tensor, form: str, causal: bool,
-    window: int = 0, chunk: int = 64, mask: Tensor | None = None,
+    window: int = 0, chunk: int = 64, mask: Tensor | None = None, log_scale: Tensor | None = None,
 ) -> Tensor:  # fmt: skip
-    """q, k, v: (B, H, N, d); W (H, F, d), b (H, F); mask (B, N) bool, True = real key -> (B, H, N, d)."""
+    """q, k, v: (B, H, N, d); W (H, F, d), b (H, F); mask (B, N) bool, True = real key; log_scale (H,):
+    the window hybrid's learned log-weight of the feature scores (None: 0) -> (B, H, N, d)."""
     phi_q, lq = hedgehog_features(q, W, b, form)
     phi_k, lk = hedgehog_features(k, W, b, form)
     v = v.to(W.dtype)
     if not causal and window == 0:
         return _noncausal_linear(phi_q, phi_k, lk, v, mask)
-    return hybrid_attention_chunked(q, k, v, phi_q, lq, phi_k, lk, causal, window, chunk, 0.0, mask)
+    return hybrid_attention_chunked(
+        q, k, v, phi_q, lq, phi_k, lk, causal, window, chunk, 0.0, mask, log_scale
+    )

@@ -11,8 +11,9 @@ sampled without replacement (torch.Generator seeded by `spec.seed`):
 
 This is Hedgehog's own objective (the paper trains the map by cross-entropy between softmax and
 Hedgehog's attention weights, i.e. the same KL up to P's constant entropy). Adam(lr = spec.lr) over
-W and b for spec.steps steps, fp32 on the parameters' device. With `window` the map is fitted with the
-window in place, as LoLCATs does.
+W, b (and, with a window, the per-head log-weight of the feature scores) for spec.steps steps,
+fp32 on the parameters' device. With `window` the map is fitted with the window in place, as
+LoLCATs does.
 """
 
 from __future__ import annotations
@@ -31,24 +32,26 @@ from harness.plugins.contract import FitResult, FitSpec, Teacher
 
 
 def hedgehog_row_weights(
-    q: Tensor, k: Tensor, W: Tensor, b: Tensor, form: str, rows: Tensor, causal: bool, window: int
-) -> Tensor:
+    q: Tensor, k: Tensor, W: Tensor, b: Tensor, form: str, rows: Tensor, causal: bool, window: int,
+    log_scale: Tensor | None = None,
+) -> Tensor:  # fmt: skip
     """Hedgehog's weights of query `rows` (R,) over all keys. q, k: (B, H, N, d) -> (B, H, R, N)."""
     phi_q, lq = hedgehog_features(q[:, :, rows], W, b, form)
     phi_k, lk = hedgehog_features(k, W, b, form)
-    return hybrid_row_weights(q[:, :, rows], k, phi_q, lq, phi_k, lk, rows, causal, window)
+    return hybrid_row_weights(q[:, :, rows], k, phi_q, lq, phi_k, lk, rows, causal, window, 0.0, log_scale)
 
 
 def fit_hedgehog(
     W: nn.Parameter, b: nn.Parameter, form: str, window: int,
     calib_batches: Sequence[tuple[Tensor, Tensor, Tensor]], teacher: Teacher, spec: FitSpec,
+    log_scale: nn.Parameter | None = None,
 ) -> FitResult:  # fmt: skip
     """Train W, b so Hedgehog's weights match the teacher's; final_loss: the last step's, before update."""
     if not calib_batches:
         raise ValueError("hedgehog fit needs at least one calibration batch")
     device = W.device
     batches = [tuple(t.to(device=device, dtype=torch.float32) for t in batch) for batch in calib_batches]
-    optimizer = torch.optim.Adam([W, b], lr=spec.lr)
+    optimizer = torch.optim.Adam([W, b] + ([] if log_scale is None else [log_scale]), lr=spec.lr)
     gen = torch.Generator().manual_seed(spec.seed)
     losses: list[float] = []
     start = time.perf_counter()
@@ -59,7 +62,7 @@ def fit_hedgehog(
             rows = torch.randperm(n, generator=gen)[: min(spec.rows, n)].sort().values.to(device)
             with torch.no_grad():
                 target = teacher.weights(q, k, rows)  # (B, H, R, N)
-            weights = hedgehog_row_weights(q, k, W, b, form, rows, teacher.causal, window)
+            weights = hedgehog_row_weights(q, k, W, b, form, rows, teacher.causal, window, log_scale)
             loss, _ = distill_loss(weights, target, v, spec.mse_weight)
             value = loss.item()
             if not math.isfinite(value):

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from attentions.hedgehog.chunked import hedgehog_attention_chunked
@@ -107,6 +108,12 @@ class HedgehogAttention(AttentionVariant):
         init = init_hedgehog_params(heads, head_dim, _features(params, head_dim))
         self.W = nn.Parameter(init["W"].to(device))  # (H, F, d)
         self.b = nn.Parameter(init["b"].to(device))  # (H, F)
+        if params.window > 0:  # LoLCATs' learned balance of the two parts; it would cancel without a window
+            self.log_linear_scale = nn.Parameter(torch.zeros(heads, device=device))  # (H,)
+
+    def linear_log_scale(self) -> Tensor | None:
+        """The window hybrid's per-head log-weight of the feature scores (H,); None without a window."""
+        return self.log_linear_scale if self.params.window > 0 else None
 
     @classmethod
     def capabilities_for(cls, impl: str) -> Capabilities:
@@ -188,7 +195,17 @@ class HedgehogAttention(AttentionVariant):
         p = self.params
         if self.impl == "chunked":
             out = hedgehog_attention_chunked(
-                q, k, v, self.W, self.b, p.feature_map, causal, p.window, p.chunk, key_padding_mask
+                q,
+                k,
+                v,
+                self.W,
+                self.b,
+                p.feature_map,
+                causal,
+                p.window,
+                p.chunk,
+                key_padding_mask,
+                self.linear_log_scale(),
             )
             return out.to(q.dtype)
         if self.impl == "fla":
@@ -204,4 +221,5 @@ class HedgehogAttention(AttentionVariant):
     ) -> FitResult:
         """Distil W, b to the softmax teacher (fit.py): row-wise KL, Adam, fp32, seeded by spec.seed."""
         p = self.params
-        return fit_hedgehog(self.W, self.b, p.feature_map, p.window, calib_batches, teacher, spec)
+        scale = self.linear_log_scale()
+        return fit_hedgehog(self.W, self.b, p.feature_map, p.window, calib_batches, teacher, spec, scale)

@@ -67,6 +67,7 @@ def fit_luna(
     ch_rms: bool,
     device: torch.device | str,
     window: int = 0,
+    log_scale: Tensor | None = None,
 ) -> FitResult:
     """Train `parameters` so LUNA's weights match the teacher's.
 
@@ -95,17 +96,9 @@ def fit_luna(
                 phi_q, phi_k = features(q[:, :, rows]), features(k)
             if window > 0:  # the hybrid's weights: exact scores in the window, one normalizer
                 zeros = phi_k.new_zeros(phi_k.shape[:-1])
+                lq, lk = zeros[:, :, rows], zeros
                 weights = hybrid_row_weights(
-                    q[:, :, rows],
-                    k,
-                    phi_q,
-                    zeros[:, :, rows],
-                    phi_k,
-                    zeros,
-                    rows,
-                    teacher.causal,
-                    window,
-                    eps,
+                    q[:, :, rows], k, phi_q, lq, phi_k, lk, rows, teacher.causal, window, eps, log_scale
                 )
             else:
                 weights = luna_row_weights(phi_q, phi_k, rows, teacher.causal, eps)

@@ -163,6 +163,10 @@ class LunaAttention(AttentionVariant):
             names += ["env_a", "env_c"]
         for key in names:
             self.register_parameter(key, nn.Parameter(init[key].to(device=device, dtype=torch.float32)))
+        if (
+            params.window > 0
+        ):  # the hybrid's per-head log-weight of the feature scores (LoLCATs' window factor)
+            self.log_linear_scale = nn.Parameter(torch.zeros(heads, device=device))
 
     @classmethod
     def capabilities_for(cls, impl: str) -> Capabilities:
@@ -220,14 +224,17 @@ class LunaAttention(AttentionVariant):
         """q, k, v: (B, H, N, d) any float dtype; key_padding_mask (B, N) bool, True = real (naive,
         chunked) -> (B, H, N, d) in q's dtype (computed in fp32)."""
         p, w, mask = self.params, self.weights(), key_padding_mask
+        beta = self.log_linear_scale if p.window > 0 else None
         if p.ch_rms and causal:
             raise ValueError(CH_RMS_CAUSAL_REASON)
         if p.window > 0 and self.impl in ("triton", "compile"):
             raise ValueError(WINDOW_REASON.format(impl=self.impl))
         if self.impl == "naive":
-            out = luna_attention_dense(q, k, v, w, causal, p.nonneg, p.eps, p.ch_rms, mask, p.window)
+            out = luna_attention_dense(q, k, v, w, causal, p.nonneg, p.eps, p.ch_rms, mask, p.window, beta)
         elif self.impl == "chunked" and p.window > 0:
-            out = luna_hybrid_chunked(q, k, v, w, causal, p.nonneg, p.eps, p.ch_rms, p.chunk, mask, p.window)
+            out = luna_hybrid_chunked(
+                q, k, v, w, causal, p.nonneg, p.eps, p.ch_rms, p.chunk, mask, p.window, beta
+            )
         elif self.impl == "chunked":
             out = luna_attention_chunked(q, k, v, w, causal, p.nonneg, p.eps, p.ch_rms, p.chunk, mask)
         elif self.impl == "triton":
@@ -265,4 +272,5 @@ class LunaAttention(AttentionVariant):
         return fit_luna(
             features, self.parameters(), calib_batches, teacher, spec,
             eps=p.eps, ch_rms=p.ch_rms, device=self.W.device, window=p.window,
+            log_scale=self.log_linear_scale if p.window > 0 else None,
         )  # fmt: skip

@@ -7,6 +7,10 @@ scores s_ij = q_i . k_j / sqrt(d) and feature scores phi(q_i) . phi(k_j):
                 phi(q_i) . phi(k_j)  every other visible key (the linear part)
     out_i = sum_j weight_ij v_j / (sum_j weight_ij + eps)        one normalizer over both parts
 
+With a window the feature scores carry a learned per-head factor exp(beta_h) (`log_scale`, init 0):
+LoLCATs' learned window factor (there sigmoid(w_h) on the window part), which lets a fit set the
+absolute level of the feature scores against exp(s); without a window it would cancel, so it is absent.
+
 W = 0 is plain linear attention. Features arrive scaled, with log-scales: the true phi(x_t) is
 phi_t * exp(l_t) (hedgehog: phi_t = exp(+-u_t - max|u_t|) <= 1 and l_t = max|u_t|; luna: l_t = 0), so
 that nothing here ever exponentiates a large number:
@@ -150,11 +154,13 @@ def merge_parts(parts: list[Part], eps: float) -> Tensor:
 def hybrid_attention_chunked(
     q: Tensor, k: Tensor, v: Tensor, phi_q: Tensor, lq: Tensor, phi_k: Tensor, lk: Tensor,
     causal: bool, window: int, chunk: int, eps: float = 0.0, mask: Tensor | None = None,
+    log_scale: Tensor | None = None,
 ) -> Tensor:  # fmt: skip
     """The hybrid (window >= 1) or, causal, plain linear attention (window 0) on scaled features.
 
     q, k, v: (B, H, N, d); phi_q, phi_k: (B, H, N, D) scaled features, lq, lk: (B, H, N) their
-    log-scales (>= 0); mask (B, N) bool, True = real key -> (B, H, N, d) in the features' dtype.
+    log-scales (>= 0); mask (B, N) bool, True = real key; log_scale (H,): beta, or None (0)
+    -> (B, H, N, d) in the features' dtype.
     Non-causal with window 0 is two GEMMs, not this (the variants do it themselves).
     """
     if chunk < 1 or window < 0:
@@ -170,10 +176,16 @@ def hybrid_attention_chunked(
         lk = torch.where(real, lk, torch.zeros_like(lk))
     v1 = _ones_column(v)
     parts = causal_pass(q, k, v1, phi_q, lq, phi_k, lk, window, chunk, mask=mask)
+    if log_scale is not None:  # learned weight of the linear part against the window part (a parameter)
+        num1, c = parts[-1]
+        parts[-1] = (num1, c + log_scale[:, None])
     if not causal:
         rmask = None if mask is None else mask.flip(-1)
         rq, rk, rv1, rphi_q, rphi_k = (x.flip(2) for x in (q, k, v1, phi_q, phi_k))
         rlq, rlk = lq.flip(-1), lk.flip(-1)
         rparts = causal_pass(rq, rk, rv1, rphi_q, rlq, rphi_k, rlk, window, chunk, True, rmask)
+        if log_scale is not None:
+            num1, c = rparts[-1]
+            rparts[-1] = (num1, c + log_scale[:, None])
         parts += [(num1.flip(2), c.flip(-1)) for num1, c in rparts]
     return merge_parts(parts, eps)

@@ -16,10 +16,11 @@ from torch import Tensor
 
 def hybrid_row_weights(
     q_rows: Tensor, k: Tensor, phi_q: Tensor, lq: Tensor, phi_k: Tensor, lk: Tensor,
-    rows: Tensor, causal: bool, window: int, eps: float = 0.0,
+    rows: Tensor, causal: bool, window: int, eps: float = 0.0, log_scale: Tensor | None = None,
 ) -> Tensor:  # fmt: skip
     """q_rows: (B, H, R, d) queries of `rows` (R,), k: (B, H, N, d); phi_q (B, H, R, D), lq (B, H, R);
-    phi_k (B, H, N, D), lk (B, H, N) -> (B, H, R, N) weights, rows summing to 1 (less eps' share)."""
+    phi_k (B, H, N, D), lk (B, H, N); log_scale (H,) beta of the feature scores or None
+    -> (B, H, R, N) weights, rows summing to 1 (less eps' share)."""
     cols = torch.arange(k.shape[-2], device=k.device)
     rel = cols[None, :] - rows[:, None]  # (R, N): j - i
     visible = rel <= 0 if causal else torch.ones_like(rel, dtype=torch.bool)
@@ -29,7 +30,7 @@ def hybrid_row_weights(
     top_k = lk.amax(dim=-1, keepdim=True)  # (B, H, 1)
     fk = phi_k * torch.exp(lk - top_k)[..., None]
     lin = (phi_q @ fk.transpose(-1, -2)).masked_fill(~linear, 0.0)  # feature scores * exp(-(l_i + L))
-    parts = [(lin, lq + top_k)]
+    parts = [(lin, lq + top_k + (0.0 if log_scale is None else log_scale[:, None]))]
     if window > 0:
         scores = (q_rows @ k.transpose(-1, -2)) * q_rows.shape[-1] ** -0.5
         scores = scores.masked_fill(~in_window, -math.inf)
