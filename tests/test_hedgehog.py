@@ -83,7 +83,14 @@ def check_same(m: HedgehogAttention, n: int, d: int, causal: bool, mask=None, ba
 @pytest.mark.parametrize("form", ["exp", "softmax"])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize(
-    "n,d,window", [(63, 32, 0), (63, 48, 5), (63, 128, 0), (1000, 64, 0), (1000, 48, 64)]
+    "n,d,window",
+    [
+        (63, 32, 0),
+        (63, 48, 5),
+        (63, 128, 0),
+        (1000, 48, 64),
+        pytest.param(1000, 64, 0, marks=pytest.mark.slow),  # the contract tests run N = 1000, window 0
+    ],
 )
 def test_chunked_matches_naive(n: int, d: int, window: int, causal: bool, form: str) -> None:
     chunk = 16 if n == 63 else 64  # several blocks and a partial last one
@@ -223,13 +230,13 @@ class _LargestOutput(TorchDispatchMode):
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_memory_is_linear_in_n(causal: bool) -> None:
-    """Forward + backward of chunked (window 32, chunk 64) never creates a tensor near N x N per head."""
-    n, d = 700, 16
-    m = model(d, window=32, chunk=64).float()
+    """Forward + backward of chunked (window 16, chunk 32) never creates a tensor near N x N per head."""
+    n, d = 400, 16
+    m = model(d, window=16, chunk=32).float()
     q, k, v = (x.detach().float().requires_grad_() for x in make_qkv(n, d))
     with _LargestOutput() as mode:
         m(q, k, v, causal).sum().backward()
-    per_token = max(2 * d * H, 64 + 32)  # features (B, H, N, 2F) vs one tile row (C + W - 1) per head
+    per_token = max(2 * d * H, 32 + 16)  # features (B, H, N, 2F) vs one tile row (C + W - 1) per head
     assert mode.largest <= B * H * n * per_token < B * H * n * n / 5
 
 
