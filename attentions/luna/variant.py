@@ -12,6 +12,8 @@ naive.py for the exact definition, features.py for the map the impls use). Impls
               (needs triton); no ch_rms
 Parameters are fp32 on the given device; inputs of any dtype are read in fp32 and the output is
 cast back to the input dtype. naive and chunked take a key-padding mask (padded keys: phi(k) = 0).
+`window: W` > 0 (naive and chunked; triton and compile refuse it): LoLCATs' window + linear hybrid,
+exact softmax scores inside a sliding window and phi scores outside, one normalizer (README).
 """
 
 from __future__ import annotations
