@@ -1,5 +1,6 @@
 """The layout the architecture note (docs/architecture.md) promises: stages import only downward,
-no import cycles, variants see only the plugin contract and the cost helpers, small modules."""
+no import cycles, variants see only the plugin contract and the cost helpers, small modules, every
+module named in the note, the core naming no benchmark kind, no side effects at import."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # harness stages, lowest first: a module may import its own stage and the ones before it.
-STAGES = ("plugins", "measure", "inputs", "config", "results", "regress", "kinds", "execute", "cli")
-MAX_LINES = 300
+STAGES = ("common", "plugins", "measure", "inputs", "config", "results", "regress", "kinds", "execute", "cli")
+SOFT_MAX_LINES = 500  # a soft cap: a longer module needs a reason in LONG_MODULES
+LONG_MODULES: dict[str, str] = {}  # "path": why it is one module
+KIND_NAMES = ("mqar", "e2e")  # built-in kinds other than kernel: the core never names them
 
 
 def _module_name(path: Path) -> str:
@@ -106,6 +109,43 @@ def test_modules_stay_small(package: str) -> None:
     big = {
         str(p.relative_to(ROOT)): n
         for p in (ROOT / package).rglob("*.py")
-        if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES
+        if (n := len(p.read_text(encoding="utf-8").splitlines())) > SOFT_MAX_LINES
+        and str(p.relative_to(ROOT)) not in LONG_MODULES
     }
-    assert not big, f"modules over {MAX_LINES} lines: {big}"
+    assert not big, f"modules over {SOFT_MAX_LINES} lines (split them, or say why in LONG_MODULES): {big}"
+
+
+def test_every_module_is_in_the_architecture_note() -> None:
+    """docs/architecture.md names every module of harness/ (by file name within its package)."""
+    note = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    missing = []
+    for path in sorted((ROOT / "harness").rglob("*.py")):
+        rel = path.relative_to(ROOT / "harness")
+        if path.name == "__init__.py" and path.stat().st_size == 0:
+            continue
+        if f"`{path.name}`" not in note and f"`{rel.as_posix()}`" not in note and path.name != "__init__.py":
+            missing.append(rel.as_posix())
+    assert not missing, f"modules docs/architecture.md does not mention: {missing}"
+
+
+def test_core_names_no_kind() -> None:
+    """Outside harness/kinds/ no module names a built-in kind other than kernel (code or text)."""
+    found = []
+    for path in (ROOT / "harness").rglob("*.py"):
+        if "kinds" in path.relative_to(ROOT / "harness").parts:
+            continue
+        text = path.read_text(encoding="utf-8").lower()
+        found += [f"{path.relative_to(ROOT)}: {k}" for k in KIND_NAMES if k in text]
+    assert not found, "kind-specific names in the core:\n" + "\n".join(found)
+
+
+def test_no_side_effects_at_import() -> None:
+    """No module switches matplotlib's backend or registers an atexit hook when imported."""
+    bad = []
+    for path in (ROOT / "harness").rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in tree.body:  # module level only: inside a function it runs when asked
+            text = ast.unparse(node)
+            if "matplotlib.use(" in text or "atexit.register" in text:
+                bad.append(f"{path.relative_to(ROOT)}: {text.splitlines()[0]}")
+    assert not bad, "\n".join(bad)

@@ -19,7 +19,7 @@ import harness.execute.runner  # noqa: F401
 import harness.regress.ab  # noqa: F401  (main() imports it for its bad-input exceptions)
 from harness.cli import main
 from harness.config.scenario import ScenarioError, load_scenario
-from harness.plugins.checks import float_hint
+from harness.common.checks import float_hint
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBLEM = "problem: {batch: 1, heads: 1, head_dim: 8, seq_len: 16}\n"

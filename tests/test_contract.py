@@ -11,6 +11,7 @@ here must say why, readably. `pytest tests/test_contract.py -k NAME` runs the ch
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -42,7 +43,8 @@ def _importable() -> list[str]:
 
 
 def _impl_cases(runs_on_cpu: bool, check: str | None = None) -> list[Any]:
-    """pytest params (name, impl) of the impls that run (or refuse to run) on CPU fp32.
+    """pytest params (name, impl) of the impls that run (or refuse to run) on CPU fp32, non-causal or
+    (for a causal-only mixer such as deltanet) causal.
 
     With `check`, an impl whose class declares `known_defects["impl:check"]` (a documented upstream
     defect the harness measures) gets a strict xfail: a fix upstream shows up as XPASS.
@@ -51,7 +53,11 @@ def _impl_cases(runs_on_cpu: bool, check: str | None = None) -> list[Any]:
     for name in IMPORTABLE:
         cls = VARIANTS.get(name)
         for impl in cls.impls:
-            if bool(cls.not_supported_reasons(cf.BASE, cls.make_params({}), impl)) == runs_on_cpu:
+            params = cls.make_params({})
+            refused = all(
+                cls.not_supported_reasons(replace(cf.BASE, causal=c), params, impl) for c in (False, True)
+            )
+            if refused == runs_on_cpu:
                 continue
             defect = cls.known_defects.get(f"{impl}:{check}") if check else None
             marks = [pytest.mark.xfail(strict=True, raises=AssertionError, reason=defect)] if defect else []
@@ -111,6 +117,8 @@ def test_cost_model_positive(name: str, impl: str, causal: bool) -> None:
     cls = variant(name)
     if causal and not cls.capabilities_for(impl).causal:
         pytest.skip(f"{name}/{impl} has no causal form")
+    if not causal and not cls.capabilities_for(impl).non_causal:
+        pytest.skip(f"{name}/{impl} has no non-causal form")
     cf.check_cost_model(cls, impl, causal)
 
 

@@ -29,7 +29,7 @@ from harness.inputs import (
     softmax_row_entropy,
 )
 from harness.plugins import registry as registry_mod
-from harness.plugins.checks import non_negative, positive_int
+from harness.common.checks import non_negative, positive_int
 from harness.plugins.contract import AttentionVariant, Capabilities, FitSpec, Problem
 from harness.plugins.registry import Registry
 from harness.plugins.variants import VARIANTS

@@ -21,7 +21,7 @@ from harness.inputs import (
     to_canonical,
 )
 from harness.measure.rowsample import row_weights, sample_rows
-from harness.plugins.checks import Invalid
+from harness.common.checks import Invalid
 from harness.plugins.contract import FitSpec, Problem
 
 DISTS = ["clustered", "gaussian", "local", "peaked"]

@@ -7,11 +7,14 @@ import dataclasses
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
 from harness.config.scenario import ScenarioError, load_scenario
 from harness.config.sweep import expand
+from harness.results.export import export_run
+from harness.execute.lifecycle import run_case
 from harness.execute.progress import QuietReporter
 from harness.execute.runner import run_scenario
 from harness.kinds.mqar.data import IGNORE, MQARSpec, generator, mqar_batch
@@ -170,7 +173,7 @@ def test_mqar_run_end_to_end(tmp_path: Path) -> None:
     run_scenario(load_scenario(str(path)), tmp_path / "run", "cpu", reporter=QuietReporter(),
                  executor="inline", plots=True)  # fmt: skip
     rows = [json.loads(line) for line in (tmp_path / "run" / "records.jsonl").read_text().splitlines()]
-    by = {(r["variant"], r["mqar_pairs"]): r for r in rows}
+    by = {(r["variant"], r["task"]["pairs"]): r for r in rows}
     assert len(rows) == 6
     for variant in ("softmax", "luna"):
         for pairs in (2, 4):
@@ -178,13 +181,19 @@ def test_mqar_run_end_to_end(tmp_path: Path) -> None:
             assert r["status"] == "ok", r["reason"]
             assert 0.0 <= r["mqar_accuracy"] <= 1.0 and r["mqar_best_lr"] in (1e-3, 1e-2)
             assert len(r["mqar_lr_accuracy"]) == 2 and len(r["mqar_seed_accuracy"]) == 2
-            assert r["mqar_steps"] == 3 and r["mqar_runs"] == 4 and r["mqar_chance"] == 1 / 16
-            assert r["input_dist"] == "mqar" and r["mode"] == "fwd_bwd" and r["mqar_train_s"] > 0
+            assert r["task"]["train_steps"] == 3 and r["mqar_runs"] == 4 and r["mqar_chance"] == 1 / 16
+            assert r["mqar_copy_baseline"] == 1 / pairs and "pcopy" not in r
+            assert r["kind"] == "mqar" and r["mode"] == "fwd_bwd" and r["mqar_train_s"] > 0
+            assert not any(k.startswith(("time_", "rel_err", "e2e_")) for k in r)  # only its own metrics
     assert by[("luna", 2)]["feature_dim"] == 8 and by[("softmax", 2)]["exact"]
     assert by[("nystrom", 2)]["status"] == "skipped" and "no causal form" in by[("nystrom", 2)]["reason"]
     report = (tmp_path / "run" / "report.md").read_text()
     assert "## MQAR" in report and "plots/mqar_accuracy_vs_d.png" in report and "skipped[^m1]" in report
     assert (tmp_path / "run" / "plots" / "mqar_accuracy_vs_d.png").exists()
+    export_run(tmp_path / "run", "csv", tmp_path / "mqar.csv")
+    table = pd.read_csv(tmp_path / "mqar.csv")
+    assert all(table[c].notna().any() for c in table.columns) and "task.pairs" in table  # no empty column
+    assert not any(c.startswith(("time_", "rel_err", "e2e_")) for c in table.columns)
 
 
 def _first_case(tmp_path: Path, causal: str):
@@ -195,6 +204,7 @@ def _first_case(tmp_path: Path, causal: str):
     class Ctx:
         host, worker, env_id, run_id, git_sha, scenario_arg = "h", "main", "", "r", "", "tiny.yaml"
         device_name = device_uuid = visible_devices = ""
+        raise_errors = False
 
     Ctx.scenario = scenario
     return expand(scenario, "cpu")[0], Ctx()
@@ -202,7 +212,7 @@ def _first_case(tmp_path: Path, causal: str):
 
 def test_non_causal_problem_is_skipped(tmp_path: Path) -> None:
     case, ctx = _first_case(tmp_path, "false")
-    rec = MQARKind().run_case(case, ctx, {})
+    rec = run_case(MQARKind(), case, ctx, {})
     assert rec.status == "skipped" and "problem.causal: true" in rec.reason
 
 
@@ -214,7 +224,7 @@ def test_training_failure_is_a_status(tmp_path: Path, monkeypatch, message: str,
         raise RuntimeError(message)
 
     monkeypatch.setattr("harness.kinds.mqar.kind.train_one", fail)
-    rec = MQARKind().run_case(case, ctx, {})
+    rec = run_case(MQARKind(), case, ctx, {})
     assert rec.status == status and message in rec.reason
     assert ("train_one" in rec.error_trace) == (status == "error")
 

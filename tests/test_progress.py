@@ -15,9 +15,9 @@ from harness.config.scenario import load_scenario
 from harness.config.sweep import expand
 from harness.execute.progress import PlainReporter, RichReporter, clock
 from harness.regress.ab import _run_relaying
-from harness.results.digest import digest, digest_table
+from harness.kinds.kernel.digest import digest, digest_table
 from harness.results.records import Record, read_records, to_dataframe
-from harness.results.slide import slide_plot
+from harness.kinds.kernel.slide import slide_plot
 
 ROOT = Path(__file__).resolve().parents[1]
 ODD = ROOT / "results" / "cpu-odd" / "records.jsonl"  # a committed run: 14 configurations, N 63 and 1000

@@ -13,7 +13,9 @@ import torch
 
 from harness.config.scenario import ScenarioError, load_scenario
 from harness.config.sweep import expand
-from harness.execute.pipeline import CaseContext, run_case
+from harness.execute.context import CaseContext
+from harness.execute.lifecycle import run_case
+from harness.kinds.kernel.kind import KernelKind
 from harness.measure import env, hygiene
 from harness.measure.specs import MeasureSpec
 from harness.regress.runs import load_run
@@ -52,7 +54,7 @@ def run_one(tmp_path: Path, extra: str = "", ctx_setup=None) -> Record:
     ctx = CaseContext(sc, "run", "sha", "s.yaml", "cpu")
     if ctx_setup is not None:
         ctx_setup(ctx)
-    rec = run_case(case, ctx, {})
+    rec = run_case(KernelKind(), case, ctx, {})
     assert rec.status == "ok", rec.reason
     return rec
 

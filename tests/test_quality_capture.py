@@ -62,7 +62,7 @@ def test_capture_shapes_mask_and_projections() -> None:
 
 @pytest.mark.quality
 def test_softmax_swap_reproduces_embeddings_and_uniform_does_not() -> None:
-    from harness.kinds import e2e_swap
+    from harness.kinds.e2e import swap as e2e_swap
 
     net = _tiny_bert()
     ids, am = _ids([12, 5, 9, 3], 12, net.config.vocab_size)
@@ -148,6 +148,14 @@ def test_captured_source_splits_cache_and_e2e_run(tmp_path: Path, monkeypatch: p
     assert recs["luna"]["fit_steps"] == 2 and recs["luna"]["e2e_floor_cos_mean"] < 1
     report = (tmp_path / "run" / "report.md").read_text()
     assert "End-to-end fidelity" in report and "self-test" in report
+    assert all(r["kind"] == "e2e" and "time_ms_median" not in r for r in recs.values())
+    from harness.results.export import export_run
+
+    export_run(tmp_path / "run", "csv", tmp_path / "e2e.csv")
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "e2e.csv")
+    assert all(table[c].notna().any() for c in table.columns)  # no column empty in every row
 
 
 @pytest.mark.quality

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.measure.metrics import all_metrics
+from harness.plugins.metrics import metrics_of
 from harness.results.records import (
     FIELDS,
     SCHEMA_VERSION,
@@ -37,8 +37,10 @@ def test_set_rejects_unknown_metrics_naming_the_known_ones() -> None:
     with pytest.raises(KeyError) as err:
         rec.set("rel_errr", 1.0)
     assert "did you mean 'rel_err'" in str(err.value) and "time_ms_median" in str(err.value)
-    with pytest.raises(KeyError):
-        Record(**{f: getattr(rec, f) for f in FIELDS}, metrics={"bogus": 1.0})
+    with pytest.raises(KeyError, match="for kind 'kernel'"):  # scoped: another kind's metric
+        rec.set("mqar_accuracy", 0.5)
+    kept = Record(**{f: getattr(rec, f) for f in FIELDS}, metrics={"bogus": 1.0})  # as read: kept
+    assert kept.get("bogus") == 1.0 and json.loads(to_json_line(kept))["bogus"] == 1.0
 
 
 def test_metrics_are_read_by_name_not_as_attributes() -> None:
@@ -66,8 +68,9 @@ def test_json_line_is_flat_and_round_trips(tmp_path: Path) -> None:
     rec = one()
     rec.set("noise", math.nan)  # JSON has no NaN: written as null
     row = json.loads(to_json_line(rec))
-    assert "metrics" not in row and row["schema_version"] == SCHEMA_VERSION == 3
-    assert {m.name for m in all_metrics()} <= set(row) and row["noise"] is None and row["exact"] is True
+    assert "metrics" not in row and row["schema_version"] == SCHEMA_VERSION == 4 and row["kind"] == "kernel"
+    assert row["noise"] is None and row["exact"] is True and row["time_ms_median"] == 0.2
+    assert "cos_sim" not in row and not any(k.startswith(("mqar_", "e2e_")) for k in row)  # measured only
     append_record(tmp_path / "r.jsonl", rec)
     back = Record.from_dict(read_records(tmp_path / "r.jsonl")[0])
     assert back.get("time_ms_samples") == rec.get("time_ms_samples") and back.label == rec.label
@@ -87,7 +90,7 @@ def test_schema_1_files_read_with_exact_from_the_registry() -> None:
     df = to_dataframe(rows)
     exact = df.groupby("variant")["exact"].first().to_dict()
     assert exact["softmax"] and exact["flash"] and not exact["linear"] and not exact["luna"]
-    assert {m.name for m in all_metrics()} <= set(df.columns)
+    assert {m.name for m in metrics_of("kernel")} <= set(df.columns) and set(df["kind"]) == {"kernel"}
     ok = df[(df["status"] == "ok") & df["flops"].notna()]
     assert (ok["tflops"] > 0).all()
 

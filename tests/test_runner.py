@@ -314,7 +314,7 @@ def test_roofline_floor_is_recorded(planted, tmp_path, monkeypatch):
     (rec,) = read_records(tmp_path / "run" / "records.jsonl")
     assert calls == [["fp32"]]
     assert json.loads((tmp_path / "run" / "roofline.json").read_text())["copy_gbps"] == 10.0
-    floor = fake.floor_ms(rec["flops"], rec["bytes_moved"], "fp32")
+    floor = fake.floor_ms(rec.get("flops"), rec.get("bytes_moved"), "fp32")  # only measured metrics are written
     assert rec["floor_ms"] == pytest.approx(floor) and floor > 0
     assert rec["time_over_floor"] == pytest.approx(rec["time_ms_median"] / floor)
     assert "Measured roofline" in (tmp_path / "run" / "report.md").read_text()

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from harness.measure.costs import by_mode, io_bytes_for_mode
+from harness.measure.costs import by_mode, element_bytes, io_bytes_for_mode
 from harness.plugins.contract import (
     DTYPES,
     AttentionVariant,
@@ -206,6 +206,11 @@ class FlashAttention(AttentionVariant):
     @classmethod
     def feature_dim(cls, problem: Problem, params: NoParams) -> int | None:
         return None
+
+    @classmethod
+    def state_bytes(cls, problem: Problem, params: NoParams, impl: str) -> float | None:
+        """A causal decoder's K and V cache: 2 N d per head, in the input dtype."""
+        return float(2 * problem.seq_len * problem.head_dim * problem.heads * element_bytes(problem))
 
     @classmethod
     def flop_terms(cls, problem: Problem, params: NoParams, impl: str) -> dict[str, float]:

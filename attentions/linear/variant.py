@@ -108,6 +108,12 @@ class LinearAttention(AttentionVariant):
         return problem.head_dim
 
     @classmethod
+    def state_bytes(cls, problem: Problem, params: LinearParams, impl: str) -> float | None:
+        """The fp32 state S (D x d) and normalizer z (D) per head, D = d."""
+        D = cls.feature_dim(problem, params)
+        return float(problem.heads * (D * problem.head_dim + D) * 4)
+
+    @classmethod
     def flop_terms(cls, problem: Problem, params: LinearParams, impl: str) -> dict[str, float]:
         """Per (batch, head), D = d. Matmuls: non-causal phi(k)^T v and phi(q) S (N D d each) and
         phi(q) z (N D), backward 2x; causal by chunks as `costs.causal_chunked_matmul_flops` counts

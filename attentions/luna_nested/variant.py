@@ -199,6 +199,12 @@ class LunaNestedAttention(AttentionVariant):
         return params.pack_len
 
     @classmethod
+    def state_bytes(cls, problem: Problem, params: LunaNestedParams, impl: str) -> float | None:
+        """What the causal recurrence keeps per head (naive.py): the fp32 sums sum_j k_j A_j^T (d x l)
+        and sum_j A_j v_j^T (l x d); the position t that divides them is the token count."""
+        return float(problem.heads * 2 * params.pack_len * problem.head_dim * 4)
+
+    @classmethod
     def flop_terms(cls, problem: Problem, params: LunaNestedParams, impl: str) -> dict[str, float]:
         """Matmul FLOPs of the forms in this module (softmax, softplus and scalings not counted).
 

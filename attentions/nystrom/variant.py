@@ -175,6 +175,11 @@ class NystromAttention(AttentionVariant):
         return min(params.landmarks, problem.seq_len)
 
     @classmethod
+    def state_bytes(cls, problem: Problem, params: NystromParams, impl: str) -> float | None:
+        """None: landmarks average over future tokens, so there is no causal decoder to size."""
+        return None
+
+    @classmethod
     def flop_terms(cls, problem: Problem, params: NystromParams, impl: str) -> dict[str, float]:
         """Per (batch, head) forward, m = min(landmarks, N), T = pinv_iters (`forward_flop_terms`):
 

@@ -169,6 +169,12 @@ class PerformerAttention(AttentionVariant):
         return params.features
 
     @classmethod
+    def state_bytes(cls, problem: Problem, params: PerformerParams, impl: str) -> float | None:
+        """The fp32 state S (D x d) and normalizer z (D) per head, D = M features."""
+        D = cls.feature_dim(problem, params)
+        return float(problem.heads * (D * problem.head_dim + D) * 4)
+
+    @classmethod
     def flop_terms(cls, problem: Problem, params: PerformerParams, impl: str) -> dict[str, float]:
         """Per (batch, head), D = M features. Feature logits x' W^T for q and k, 2 N d D each; W is
         fixed, so their backward is one product each (the reason fwd_bwd is ~2.5x fwd, not 3x).

@@ -53,6 +53,11 @@ class SoftmaxAttention(AttentionVariant):
         return None
 
     @classmethod
+    def state_bytes(cls, problem: Problem, params: NoParams, impl: str) -> float | None:
+        """A causal decoder's K and V cache: 2 N d per head, in the input dtype."""
+        return float(2 * problem.seq_len * problem.head_dim * problem.heads * element_bytes(problem))
+
+    @classmethod
     def flop_terms(cls, problem: Problem, params: NoParams, impl: str) -> dict[str, float]:
         """Per (batch, head) forward: q k^T and P v, 2 N^2 d each, computed in full even when causal
         (the masked half is computed, then hidden); backward 2x (each product has two operands that

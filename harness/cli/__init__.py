@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from harness.cli.errors import UsageError
+from harness.common.errors import UserError
 
 __all__ = ["COMMANDS", "Command", "UsageError", "main"]
 
@@ -91,7 +92,7 @@ def help_command(argv: list[str]) -> int:
         return 0
     name = argv[0]
     if name not in COMMANDS:
-        from harness.plugins.registry import suggest
+        from harness.common.names import suggest
 
         hint = suggest(name, list(COMMANDS))
         raise UsageError(f"help: unknown command {name!r}{hint}; expected one of {', '.join(COMMANDS)}")
@@ -99,25 +100,6 @@ def help_command(argv: list[str]) -> int:
         print(overview())
         return 0
     return COMMANDS[name].load()(["--help"])
-
-
-# Exceptions that mean bad input from the user (one line, exit 2), by module: looked up only in
-# modules already imported when one is raised (an exception of a module never imported cannot have
-# been raised), so `main` does not import scipy and the regress stage for every command.
-BAD_INPUT: tuple[tuple[str, str], ...] = (
-    ("harness.config.scenario", "ScenarioError"),
-    ("harness.execute.rundir", "RunDirError"),
-    ("harness.cli.errors", "UsageError"),
-    ("harness.plugins.registry", "UnknownPluginError"),
-    ("harness.plugins.registry", "PluginLoadError"),
-    ("harness.regress.ab", "AbError"),
-    ("harness.execute.executors", "ExecutorError"),
-)
-
-
-def _is_bad_input(exc: BaseException) -> bool:
-    loaded = (getattr(sys.modules.get(module), name, None) for module, name in BAD_INPUT)
-    return isinstance(exc, tuple(cls for cls in loaded if isinstance(cls, type)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,13 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         _quiet_stdout()
         return 0
     except OSError as exc:  # read-only, not a directory, name too long, disk full, file too large
-        from harness.measure.safe_files import describe_os_error
+        from harness.common.files import describe_os_error
 
         print(f"error: {describe_os_error(exc)}", file=sys.stderr)
         return 2
-    except Exception as exc:
-        if not _is_bad_input(exc):
-            raise
+    except UserError as exc:  # bad input, from any stage: one line, never a traceback
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return 2
 

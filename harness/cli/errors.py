@@ -3,9 +3,11 @@ subcommands."""
 
 import argparse
 
+from harness.common.errors import UserError
 
-class UsageError(Exception):
-    """Bad input from the user: printed as one line, exit 2."""
+
+class UsageError(UserError):
+    """Bad command-line usage: printed as one line, exit 2."""
 
 
 MAX_CASES = 10_000  # = harness.config.bounds.MAX_CASES (not imported: the CLI starts without torch)

@@ -160,8 +160,7 @@ def main(argv: list[str]) -> int:
 
         from harness.results.digest import run_digest
 
-        table = run_digest(out_dir)
-        if table is not None:
+        for table in run_digest(out_dir):
             Console().print(table)
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.statuses.items())) or "nothing new"
     print(

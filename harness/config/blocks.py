@@ -4,14 +4,14 @@ and `report:` (the report's baseline and noise thresholds); `task:` holds the ki
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from harness.common.names import suggest
 from harness.config import validate as v
-from harness.measure.metrics import ReportSpec
 from harness.plugins.kinds import KINDS
-from harness.plugins.registry import suggest
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,27 @@ class ExecuteSpec:
     time_min: int | None = None
     gpus_per_task: int | None = None
     max_jobs: int | None = None
+
+
+@dataclass(frozen=True)
+class ReportSpec:
+    """The scenario's `report:` block.
+
+    baseline: a variant name or label the report measures speedups against (default: the fastest
+    exact configuration at each length). max_noise and min_samples: a time whose noise
+    (IQR / median) is above max_noise, or that has fewer samples, is marked noisy where it feeds
+    a claim (the summary's fastest, speedups, efficiency lengths).
+    """
+
+    baseline: str | None = None
+    max_noise: float = 0.25
+    min_samples: int = 5
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any] | None) -> ReportSpec:
+        """From scenario.json's `report` mapping; unknown keys ignored, absent keys default."""
+        known = {k: v for k, v in (raw or {}).items() if k in cls.__dataclass_fields__}
+        return cls(**known)
 
 
 def _gpus(raw: Any, where: str) -> tuple[str, ...]:

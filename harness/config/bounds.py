@@ -13,7 +13,7 @@ import itertools
 import math
 from typing import Any
 
-from harness.plugins.checks import Invalid
+from harness.common.checks import Invalid
 from harness.plugins.contract import AttentionVariant
 from harness.plugins.kinds import KINDS
 from harness.plugins.variants import VARIANTS

@@ -13,9 +13,9 @@ import difflib
 from collections.abc import Mapping
 from typing import Any
 
+from harness.common.checks import non_negative_int, positive
 from harness.config import validate as v
 from harness.inputs import FIXABLE_AXES, SOURCES, InputSource, InputSpec, knob_owners, regime_name
-from harness.plugins.checks import non_negative_int, positive
 from harness.plugins.registry import PluginLoadError
 
 BASE_KEYS = ("dist", "scale", "seed")

@@ -10,21 +10,21 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from harness.common.errors import UserError
+from harness.common.names import suggest
 from harness.config import bounds
 from harness.config import validate as v
-from harness.config.blocks import ExecuteSpec, execute_block, report_block, task_block
+from harness.config.blocks import ExecuteSpec, ReportSpec, execute_block, report_block, task_block
 from harness.config.regimes import input_regimes
 from harness.config.shipped import resolve_scenario
 from harness.inputs.spec import InputSpec
-from harness.measure.metrics import ReportSpec
 from harness.measure.specs import AccuracySpec, ChecksSpec, MeasureSpec
 from harness.plugins.contract import DTYPES, MODES, AttentionVariant
 from harness.plugins.kinds import KINDS
-from harness.plugins.registry import suggest
 from harness.plugins.variants import VARIANTS
 
 
-class ScenarioError(ValueError):
+class ScenarioError(UserError, ValueError):
     """Bad scenario input. `str(err)` is one line: `FILE: KEY.PATH: what was expected`."""
 
 

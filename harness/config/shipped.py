@@ -14,8 +14,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from harness.common.names import suggest
 from harness.config.validate import Invalid
-from harness.plugins.registry import suggest
 
 SUFFIX = ".yaml"
 

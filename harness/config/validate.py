@@ -4,7 +4,7 @@ Every check raises `Invalid(where, message)`, where `where` is a key path such a
 `variants[2].params.m`; `harness.config.scenario.load_scenario` prefixes the file name and turns it
 into a one-line `ScenarioError`. Nothing here knows the scenario schema except the variant
 `Params` type rules (`param_check`), which only read dataclass fields. The scalar checks
-(`as_int`, `as_float`, ..., and `Invalid`) live in `harness.plugins.checks`, below every stage
+(`as_int`, `as_float`, ..., and `Invalid`) live in `harness.common.checks`, below every stage
 that validates input (input sources check their own knobs), and are re-exported here.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from harness.plugins.checks import (  # re-exported: the scalar checks live below the config stage
+from harness.common.checks import (  # re-exported: the scalar checks live below the config stage
     Check,
     Invalid,
     as_bool,
@@ -33,7 +33,7 @@ from harness.plugins.checks import (  # re-exported: the scalar checks live belo
     optional,
     show,
 )
-from harness.plugins.registry import suggest
+from harness.common.names import suggest
 
 __all__ = [
     "TOP",

@@ -8,8 +8,8 @@ from typing import Any
 
 from harness.execute.executors import EXECUTORS
 from harness.inputs import SOURCES
-from harness.measure.metrics import _ORDER, METRICS
 from harness.plugins.kinds import KINDS
+from harness.plugins.metrics import _ORDER, METRICS
 from harness.plugins.registry import PluginLoadError, Registry
 from harness.plugins.variants import VARIANTS
 

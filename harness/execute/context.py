@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from typing import Any
 
 from harness.config.scenario import Scenario
-from harness.execute.fitting import FittedState
 from harness.measure import env
 from harness.measure.roofline import Roofline
 
@@ -38,9 +38,9 @@ class CaseContext:
         self.host, self.device_name, self.device_uuid = host, device_name, device_uuid
         self.visible_devices = visible_devices
         self.roofline: Roofline | None = None  # set by the runner when measure.roofline is on
-        # fitted parameters per (variant config, problem minus mode): fwd and fwd_bwd cases of
-        # the same configuration see the same inputs, so they share one fit (execute/fitting.py).
-        self.fit_cache: dict[str, FittedState] = {}
+        # what a kind keeps between the cases of one worker (the kernel kind: its fits, shared by
+        # the fwd and fwd_bwd cases of one configuration, harness/kinds/kernel/fitting.py)
+        self.kind_cache: dict[str, Any] = {}
         # held around the timed and memory passes; workers sharing a device set a device lock
         # (execute/devicelock.py) so they never time two cases at once
         self.measure_lock: Callable[[], AbstractContextManager] = contextlib.nullcontext

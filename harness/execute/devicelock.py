@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from harness.measure.safe_files import ensure_dir, open_append
+from harness.common.files import ensure_dir, open_append
 
 
 def device_key(device: str, uuid: str = "", visible: str = "") -> str:

@@ -25,12 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from harness.common.errors import UserError
 from harness.execute.plan import CaseGroup
 from harness.execute.supervise import ChildWorker, FailureRecord, OnRow
 from harness.plugins.registry import Registry
 
 
-class ExecutorError(ValueError):
+class ExecutorError(UserError, ValueError):
     """Executor options that cannot work here (no GPU for `gpus`, submitit missing): one line."""
 
 

@@ -27,7 +27,7 @@ def group_key(case: Case) -> str:
     """The case without its length and mode: everything a fit and the OOM rule depend on."""
     problem = dataclasses.replace(case.problem, seq_len=0, mode="-")
     parts = [case.variant, case.impl, case.params, dataclasses.asdict(problem), str(case.inputs)]
-    parts += [case.task] if case.task else []  # a task point (MQAR's pairs) is a configuration of its own
+    parts += [case.task] if case.task else []  # a task point is a configuration of its own
     return json.dumps(parts, sort_keys=True, default=str)
 
 

@@ -20,7 +20,8 @@ from rich.progress import (
 from rich.text import Text
 
 from harness.config.sweep import Case
-from harness.measure.metrics import all_metrics
+from harness.plugins.kinds import KINDS
+from harness.plugins.registry import PluginLoadError, UnknownPluginError
 from harness.results.records import Record
 
 
@@ -34,14 +35,11 @@ class Reporter(Protocol):
 def _summary(record: Record) -> str:
     if record.status != "ok":
         return f"{record.status}: {record.reason[:120]}"
-    parts = ["ok"]
-    time_ms, err = record.get("time_ms_median"), record.get("rel_err")
-    parts += [f"{time_ms:.3g} ms"] if time_ms is not None else []
-    parts += [f"rel_err={err:.3g}"] if err is not None else []
-    if len(parts) == 1:  # a kind without a timed call (mqar): its first two higher-is-better metrics
-        ups = [m for m in all_metrics() if m.direction == "higher" and record.metrics.get(m.name) is not None]
-        parts += [f"{m.name}={m.format(record.metrics[m.name])}" for m in ups[:2]]
-    return " ".join(parts)
+    try:
+        result = KINDS.get(record.kind)().progress(record)  # the kind says what its result is
+    except (UnknownPluginError, PluginLoadError):
+        result = ""
+    return f"ok {result}".rstrip()
 
 
 class QuietReporter:

@@ -21,15 +21,16 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
+from harness.common.errors import UserError
+from harness.common.files import write_atomic
 from harness.config.identity import NOT_PLANNED, body_hash, changed_keys, scenario_body
 from harness.config.scenario import Scenario, scenario_to_dict
-from harness.measure.safe_files import write_atomic
 from harness.results.run_records import read_run_records, repair_run
 
 LOCK = "writer.lock"
 
 
-class RunDirError(ValueError):
+class RunDirError(UserError, ValueError):
     """A run directory that cannot be used as asked; `str(err)` is one line (exit 2)."""
 
 

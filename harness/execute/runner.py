@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from harness.common.files import write_atomic
 from harness.config.scenario import Scenario, ScenarioError
 from harness.config.sweep import Case
 from harness.execute.context import CaseContext
@@ -30,7 +31,6 @@ from harness.measure import env as env_mod
 from harness.measure.canary import record_canary
 from harness.measure.hygiene import apply_threads
 from harness.measure.roofline import Roofline, measure_roofline
-from harness.measure.safe_files import write_atomic
 from harness.results.case_record import new_record
 from harness.results.records import Record, write_parquet
 from harness.results.run_records import (

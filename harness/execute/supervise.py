@@ -21,8 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.common.files import ensure_dir
 from harness.execute import warm
-from harness.measure.safe_files import ensure_dir
 from harness.results.records import Record
 from harness.results.run_records import Follower, add_record, started_path, worker_records_path
 

@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.measure.safe_files import open_append
+from harness.common.files import open_append
 
 
 @dataclass
@@ -28,6 +28,7 @@ class WarmChild:
 
 
 _POOL: list[WarmChild] = []
+_HOOKED = False  # the atexit hook that ends untaken children is registered
 # The folder holding this `harness` package: first on the child's PYTHONPATH, so the child runs
 # the same code as its parent from any working directory (`run-bench quick` outside a checkout).
 CODE_ROOT = str(Path(__file__).resolve().parents[2])
@@ -58,7 +59,12 @@ def spawn(env: dict[str, str] | None = None, stderr_path: str | None = None) -> 
 
 
 def prespawn(count: int) -> None:
-    """Start `count` children for the default environment (no device pinning)."""
+    """Start `count` children for the default environment (no device pinning); the ones nobody
+    takes are ended at exit (the hook is registered here, on first use, never at import)."""
+    global _HOOKED
+    if count > 0 and not _HOOKED:
+        atexit.register(_discard)
+        _HOOKED = True
     for _ in range(count):
         _POOL.append(spawn())
 
@@ -72,7 +78,6 @@ def take(env: dict[str, str]) -> WarmChild | None:
     return None
 
 
-@atexit.register
 def _discard() -> None:
     for child in _POOL:
         if child.proc.poll() is None:

@@ -23,6 +23,7 @@ from harness.config.scenario import Scenario, scenario_from_dict
 from harness.config.sweep import Case, expand
 from harness.execute.context import CaseContext
 from harness.execute.devicelock import device_key, device_lock
+from harness.execute.lifecycle import run_case
 from harness.execute.supervise import FailureRecord
 from harness.measure import env as env_mod
 from harness.measure.canary import CanaryClock
@@ -101,7 +102,7 @@ class Worker:
             if on_start is not None:
                 on_start(case)
             try:
-                record = self.kind.run_case(case, self.ctx, oom_at)
+                record = run_case(self.kind, case, self.ctx, oom_at)
             except (KeyboardInterrupt, Exception) as exc:
                 if isinstance(exc, KeyboardInterrupt) or self.ctx.raise_errors:  # Ctrl-C or --raise:
                     mark_aborted(self.run_dir, self.worker, case_id)  # not a crash (sys.exit is one)

@@ -24,9 +24,9 @@ from typing import Any, ClassVar
 
 import torch
 
+from harness.common.checks import Invalid, as_str, non_negative_int, optional, positive_int
 from harness.inputs.capture import capture, model, texts
 from harness.inputs.source import InputBatch, InputSource, Knob, Shape
-from harness.plugins.checks import Invalid, as_str, non_negative_int, optional, positive_int
 
 
 def _texts_file(raw: Any, where: str) -> str | None:

@@ -16,9 +16,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from harness.common.checks import non_negative, positive
 from harness.inputs.seeded import SyntheticSource, gather_rows, randn
 from harness.inputs.source import Knob, Shape
-from harness.plugins.checks import non_negative, positive
 
 
 class PeakedSource(SyntheticSource):

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
-from harness.plugins.checks import Check, Invalid
+from harness.common.checks import Check, Invalid
 
 SPLITS: tuple[str, ...] = ("eval", "calib")
 """eval: the inputs a case is measured on. calib: the data learnable variants are fitted on."""
@@ -35,7 +35,7 @@ FIXABLE_AXES: tuple[str, ...] = ("batch", "heads", "seq_len", "head_dim", "causa
 class Knob:
     """One setting of a source: its default and the validator of a YAML value.
 
-    check(raw, where) returns the validated value or raises `harness.plugins.checks.Invalid`
+    check(raw, where) returns the validated value or raises `harness.common.checks.Invalid`
     naming `where` (a key path such as `inputs.window`).
     """
 

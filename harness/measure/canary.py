@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from harness.measure.safe_files import append_line
+from harness.common.files import append_line
 
 CANARY_GLOB = "canary.*.jsonl"
 CANARY_INTERVAL_S = 5.0  # at most one timing per worker per interval between cases

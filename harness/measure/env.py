@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from harness.measure.safe_files import ensure_dir, write_atomic
+from harness.common.files import ensure_dir, write_atomic
 
 OPTIONAL_PACKAGES = (
     "performer-pytorch",

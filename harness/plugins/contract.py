@@ -248,8 +248,8 @@ class AttentionVariant(nn.Module):
         """Bytes of the state a causal decoder of this variant keeps per sequence after
         `problem.seq_len` tokens, all heads of one layer, in the dtype it keeps it in (linear
         attention: the D x d state and D normalizer per head, fp32; exact attention: the K and V
-        cache, 2 N d per head); None where no causal recurrent form exists. MQAR's
-        accuracy-vs-state chart plots it."""
+        cache, 2 N d per head); None where no causal recurrent form exists. Recall
+        benchmarks plot accuracy against it."""
         return None
 
     @classmethod

@@ -1,31 +1,39 @@
 """The contract and registry of benchmark kinds (`kind:` in a scenario).
 
-Kinds are plugins (entry-point group ``attnbench.kinds``). The built-in `kernel` kind (inputs ->
-fit -> accuracy -> checks -> time -> memory for one attention call) is the harness's own per-case
-pipeline and lives with it in `harness.execute.pipeline`; kinds that measure something else (a
-model with its attention swapped, a trained task) live in `harness/kinds/`. The registry sits
-here, at the bottom of the stages, so scenario validation can list the kinds without importing
-any of them.
+A kind is one package under `harness/kinds/<kind>/` (or an outside package registered through the
+entry-point group ``attnbench.kinds``) that declares everything about itself: its task options and
+axes, the metrics its records carry (`metrics`, scoped: no other kind's record carries them), how
+it measures one case (`measure`), its progress line, its headline columns, its report section and
+its plots. The harness owns the case lifecycle for every kind (`harness.execute.lifecycle`): skip
+reasons, the OOM rule, the hard timeout, `--raise`, `error_trace`, non-finite results recorded as
+`nan`, device cache release. A kind only fills the record it is given.
+
+The registry sits here, at the bottom of the stages, so scenario validation can list the kinds
+without importing any of them.
 """
 
 from __future__ import annotations
 
-import abc
+import math
+from pathlib import Path
 from typing import Any, ClassVar
 
 from harness.plugins.registry import Registry
 
 
-class BenchmarkKind(abc.ABC):
-    """One kind of measurement. `run_case(case, ctx, oom_at)` measures one planned case and
-    returns its record; it never raises except KeyboardInterrupt (failures are statuses)."""
+class BenchmarkKind:
+    """One kind of measurement. Subclasses set `name`, `description` and `metrics` (a tuple of
+    `harness.plugins.metrics.Metric`) and implement `measure`; everything else has a default."""
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    metrics: ClassVar[tuple[Any, ...]] = ()  # the Metric declarations its records may carry
+    headline: ClassVar[tuple[str, ...]] = ()  # metric names of the end-of-run table, most telling first
 
+    # ----- the scenario ------------------------------------------------------------------------
     @classmethod
     def task_options(cls, raw: dict[str, Any], where: str) -> dict[str, Any]:
-        """Validate the scenario's `task:` block (the kind's own options, e.g. MQAR's vocabulary)
+        """Validate the scenario's `task:` block (the kind's own options, e.g. a vocabulary size)
         and return it with defaults filled in. Raise `ValueError` with a message naming the key
         (relative to `where`) and what was expected. Kinds without options accept only `{}`."""
         if raw:
@@ -36,7 +44,7 @@ class BenchmarkKind(abc.ABC):
     def task_axes(cls, options: dict[str, Any]) -> tuple[str, ...]:
         """The task options that are sweep axes (their validated value is a tuple of points): the
         sweep makes one case per point, and `case.task` holds the options with that point's value
-        (MQAR's `pairs`). Default: none."""
+        (a recall task's number of pairs). Default: none."""
         return ()
 
     @classmethod
@@ -45,8 +53,61 @@ class BenchmarkKind(abc.ABC):
         shows them); None (the default): the variant's capabilities on the case's problem."""
         return None
 
-    @abc.abstractmethod
-    def run_case(self, case: Any, ctx: Any, oom_at: dict[str, int]) -> Any: ...
+    @classmethod
+    def claims_legacy(cls, row: dict[str, Any]) -> bool:
+        """Whether a record written before records named their kind (schema 1-3) is one of this
+        kind's (the kernel kind claims the rest)."""
+        return False
+
+    # ----- one case ----------------------------------------------------------------------------
+    def measure(self, case: Any, record: Any, ctx: Any) -> None:
+        """Measure `case` into `record` (`record.set(metric, value)`, `record.info`). Raise on
+        failure: the lifecycle records the status (`oom`, `timeout`, `error` with its trace). Set
+        `record.status`/`reason` only for outcomes that are results (`nan`, `leak`)."""
+        raise NotImplementedError
+
+    def finish(self, case: Any, record: Any, ctx: Any) -> None:
+        """After `measure`, whatever its outcome (not for skipped cases): figures that do not
+        depend on the measurement succeeding (the kernel kind's cost model). Default: nothing."""
+
+    def non_finite(self, record: Any) -> str | None:
+        """The first measured metric with a direction (a result, not a description) whose value is
+        NaN or infinite, as `name=value`; None when every result is finite."""
+        for name, value in record.metrics.items():
+            values = value if isinstance(value, list | tuple) else [value]
+            bad = [v for v in values if isinstance(v, float) and not math.isfinite(v)]
+            if bad and _directed(self, name):
+                return f"{name}={bad[0]}"
+        return None
+
+    # ----- presentation ------------------------------------------------------------------------
+    def progress(self, record: Any) -> str:
+        """The result part of a progress line for a finished ok case: its headline metrics."""
+        parts = []
+        for m in self.metrics:
+            if m.name in self.headline and record.metrics.get(m.name) is not None:
+                parts.append(f"{m.name}={m.format(record.metrics[m.name])}")
+        return " ".join(parts)
+
+    def digest(self, df: Any) -> Any:
+        """The end-of-run table of this kind's records (a `rich.table.Table`), or None for the
+        harness's generic one (the `headline` metrics at each configuration's longest length)."""
+        return None
+
+    def report_section(self, df: Any, scenario: dict | None, plot_files: dict[str, str]) -> list[str]:
+        """Markdown lines of this kind's part of report.md, for its records (`df`, a DataFrame
+        from `harness.results.records.to_dataframe`). Default: nothing (the report then shows the
+        generic table of every metric)."""
+        return []
+
+    def plots(self, df: Any, out_dir: Path) -> dict[str, Path]:
+        """Write this kind's plots for its records under `out_dir`; {key: path} for the section."""
+        return {}
+
+
+def _directed(kind: BenchmarkKind, name: str) -> bool:
+    """Whether `name` is one of the kind's metrics with a better direction (a result)."""
+    return any(m.name == name and m.direction is not None for m in kind.metrics)
 
 
 KINDS: Registry[type[BenchmarkKind]] = Registry(

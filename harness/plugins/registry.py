@@ -11,30 +11,26 @@ wrong kind fails with a readable message instead of deep inside a run.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
+from harness.common.errors import UserError
+from harness.common.names import suggest
+
 T = TypeVar("T")
 
 
-class UnknownPluginError(KeyError):
+class UnknownPluginError(UserError, KeyError):
     """A name not in a registry; the message names the kind, carries a did-you-mean and lists what exists."""
 
     def __str__(self) -> str:
         return str(self.args[0])
 
 
-class PluginLoadError(ImportError):
+class PluginLoadError(UserError, ImportError):
     """A registered entry that cannot be imported, or is not of the registry's kind."""
-
-
-def suggest(name: str, choices: list[str]) -> str:
-    """' (did you mean X?)' when a close match exists, else ''."""
-    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def load_target(target: str) -> Any:

@@ -19,12 +19,13 @@ import time
 from pathlib import Path
 from statistics import median
 
+from harness.common.errors import UserError
+from harness.common.files import write_atomic
 from harness.config.shipped import resolve_scenario
 from harness.config.validate import Invalid
 from harness.measure.canary import CANARY_GLOB
-from harness.measure.metrics import derive, gated_metrics
-from harness.measure.safe_files import write_atomic
 from harness.measure.timing import summarize
+from harness.plugins.metrics import derive, gated_metrics
 from harness.regress import compare, compare_markdown
 from harness.results.run_records import read_run_records
 
@@ -32,7 +33,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]  # harness/regress/ab.py -> the 
 PROGRESS_LINE = re.compile(r"^\[\d+/\d+[\] ]")  # a run's per-case line (execute/progress.PlainReporter)
 
 
-class AbError(ValueError):
+class AbError(UserError, ValueError):
     """Bad input to `ab` (unknown revision, not a git checkout): one line, exit 2."""
 
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.measure.metrics import Gate, Metric, gated_metrics
 from harness.measure.stats import AMBIGUOUS, IMPROVED, REGRESSED, SAME, time_verdict
+from harness.plugins.metrics import Gate, Metric, gated_metrics
 from harness.regress import drift as dr
 from harness.regress import runs
 from harness.regress.runs import ENV_KEYS, CompareInputError, RunData, env_warnings, load_run
@@ -36,7 +36,7 @@ __all__ = ["AMBIGUOUS", "ENV_KEYS", "IMPROVED", "REGRESSED", "SAME", "CompareInp
 class Finding:
     """One metric's comparison for one case. ratio = head / base."""
 
-    metric: str  # a gated metric's name (harness.measure.metrics), or "status"
+    metric: str  # a gated metric's name (harness.plugins.metrics), or "status"
     verdict: str
     base: Any
     head: Any

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.measure.metrics import Metric, gated_metrics
+from harness.plugins.metrics import Metric, gated_metrics
 from harness.regress.compare import (
     AMBIGUOUS,
     IMPROVED,

@@ -19,8 +19,9 @@ from typing import Any
 
 import pandas as pd
 
+from harness.common.errors import UserError
+from harness.common.files import atomic_path, ensure_dir
 from harness.measure.canary import WORKLOADS, read_canary
-from harness.measure.safe_files import atomic_path, ensure_dir
 from harness.regress.runs import CompareInputError, load_run
 
 CASE_KEYS = ("case_id", "label", "variant", "impl", "seq_len", "dtype", "causal", "mode", "device")
@@ -29,7 +30,7 @@ RUN_KEYS = ("run_id", "commit", "commit_time", "run_time", "added_at", "machine"
 COLUMNS = (*RUN_KEYS, *CASE_KEYS, "params", "status", *METRICS, *(f"canary_{w}" for w in WORKLOADS))
 
 
-class HistoryError(ValueError):
+class HistoryError(UserError, ValueError):
     """Bad input to `history` (no store, unreadable run): one line, exit 2."""
 
 

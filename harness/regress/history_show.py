@@ -11,15 +11,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure  # no pyplot: a caller's backend is never switched
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-import pandas as pd  # noqa: E402
-
-from harness.measure.safe_files import atomic_path, ensure_dir  # noqa: E402
-from harness.regress.history import slug  # noqa: E402
-from harness.regress.history_check import series_name  # noqa: E402
+from harness.common.files import atomic_path, ensure_dir
+from harness.regress.history import slug
+from harness.regress.history_check import series_name
 
 PANELS = (
     ("time_ms_median", "median time (ms)"),
@@ -46,7 +44,7 @@ def table(df: pd.DataFrame) -> str:
     return tabulate(rows_out, headers=head, floatfmt=".4g")
 
 
-def _commit_ticks(ax: plt.Axes, rows: pd.DataFrame) -> None:
+def _commit_ticks(ax: Axes, rows: pd.DataFrame) -> None:
     points = rows.drop_duplicates("point").sort_values("point")
     ax.set_xticks(list(points["point"]))
     ax.set_xticklabels([c[:12] or "?" for c in points["commit"]], rotation=60, ha="right", fontsize=7)
@@ -58,7 +56,8 @@ def plot_history(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     written = []
     ok = df[df["status"] == "ok"]
     for (machine, *problem), rows in ok.groupby(["machine", *PROBLEM], sort=True):
-        fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+        fig = Figure(figsize=(15, 4.2))
+        axes = fig.subplots(1, 3)
         for label, series in rows.groupby("label", sort=True):
             series = series.sort_values("point")
             for ax, (col, _) in zip(axes, PANELS, strict=True):
@@ -84,6 +83,5 @@ def plot_history(df: pd.DataFrame, out_dir: Path) -> list[Path]:
         path = out_dir / f"history_{slug(str(machine))}_{slug(f'{n}-{dtype}-{causal}-{mode}')}.png"
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=110, format="png")
-        plt.close(fig)
         written.append(path)
     return written

@@ -7,14 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.measure.metrics import gated_metrics
+from harness.common.errors import UserError
+from harness.plugins.metrics import gated_metrics
 from harness.results.records import READABLE_SCHEMAS, read_records
 
 ENV_KEYS = ("cpu", "gpu", "gpu_driver", "cuda", "torch", "threads")  # = harness.measure.env.FINGERPRINT_KEYS
 REQUIRED_KEYS = ("case_id", "status", "variant", "label", "seq_len", "dtype", "causal", "mode")
 
 
-class CompareInputError(ValueError):
+class CompareInputError(UserError, ValueError):
     """A run directory that cannot be compared; `str(err)` is one line."""
 
 

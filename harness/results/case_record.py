@@ -14,9 +14,10 @@ from harness.plugins.variants import VARIANTS
 from harness.results.records import Record
 
 
-def new_record(case: Case, ctx: Any) -> Record:
+def new_record(case: Case, ctx: Any, kind: str | None = None) -> Record:
     """The record of `case` before it runs: identity, problem and provenance. `ctx` is the worker's
-    `harness.execute.context.CaseContext` (run id, provenance, scenario)."""
+    `harness.execute.context.CaseContext` (run id, provenance, scenario); `kind` defaults to the
+    scenario's."""
     if not ctx.host:
         ctx.set_provenance(ctx.worker, ctx.env_id)
     cls = VARIANTS.get(case.variant)
@@ -45,6 +46,8 @@ def new_record(case: Case, ctx: Any) -> Record:
         input_dist=regime_name(case.inputs),  # the dist, with its regime knobs: captured[layer=3]
         input_scale=case.inputs.scale,
         input_seed=case.inputs.seed,
+        kind=kind or sc.kind,
+        task=dict(case.task),
         git_sha=ctx.git_sha,
         host=ctx.host,
         worker=ctx.worker,

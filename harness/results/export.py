@@ -8,8 +8,10 @@
   pytest-benchmark stores them), so every derived field (iqr, outliers, ops) means what it means
   there. `extra_info` carries the case id, rel_err and memory. Cases that did not finish ok have no
   time and are left out (counted in the returned summary).
-- `csv` / `parquet`: every record, flat: params and info as `param.<name>` and `info.<key>`
-  columns (harness.results.records.to_dataframe), `params` and `info` as JSON text.
+- `csv` / `parquet`: every record, flat (`harness.results.records.export_frame`): params, task and
+  info only as their `param.<name>`, `task.<key>` and `info.<key>` columns, no JSON text in a cell,
+  and only the columns that hold a value in some row (a kernel run has no column of another kind). Lists (raw
+  time samples) are list columns in parquet and values joined by ";" in csv.
 """
 
 from __future__ import annotations
@@ -19,14 +21,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from harness.measure.safe_files import atomic_path, write_atomic
-from harness.results.records import read_records, to_dataframe
+from harness.common.errors import UserError
+from harness.common.files import atomic_path, write_atomic
+from harness.results.records import export_frame, read_records
 
 FORMATS = ("pytest-benchmark", "csv", "parquet")
 EXTRA_KEYS = ("case_id", "variant", "impl", "seq_len", "dtype", "causal", "mode", "rel_err", "peak_mem_bytes")
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """A run directory that cannot be exported; `str(err)` is one line."""
 
 
@@ -133,12 +136,17 @@ def export_run(run_dir: Path, fmt: str, out: Path) -> str:
         write_atomic(out, json.dumps(doc, indent=2, default=str) + "\n")
         note = f" ({skipped} without a time left out)" if skipped else ""
         return f"{len(doc['benchmarks'])} benchmarks{note} -> {out}"
-    df = to_dataframe(run_records(run_dir))
-    for col in ("params", "info"):
-        df[col] = [json.dumps(x, sort_keys=True, default=str) for x in df[col]]
+    df = export_frame(run_records(run_dir))
     with atomic_path(out) as tmp:
-        if fmt == "csv":
-            df.to_csv(tmp, index=False)
+        if fmt == "csv":  # a list (raw time samples, per-seed accuracy) as its values joined by ";"
+            lists = [c for c in df.columns if df[c].map(lambda x: isinstance(x, list)).any()]
+            flat = df.assign(**{c: [_joined(x) for x in df[c]] for c in lists})
+            flat.to_csv(tmp, index=False)
         else:
-            df.astype({c: str for c in df.columns if c.startswith(("param.", "info."))}).to_parquet(tmp)
+            df.to_parquet(tmp, index=False)
     return f"{len(df)} records, {len(df.columns)} columns -> {out}"
+
+
+def _joined(value: Any) -> Any:
+    """A list cell of a csv: its values joined by ";"; other values as they are."""
+    return ";".join(str(v) for v in value) if isinstance(value, list) else value

@@ -10,7 +10,8 @@ from dataclasses import fields
 
 import pandas as pd
 
-from harness.measure.metrics import Metric, all_metrics
+from harness.plugins.kinds import KINDS
+from harness.plugins.metrics import Metric, metrics_of
 from harness.results.records import SCHEMA_VERSION, Record
 
 FIELD_DOCS = {
@@ -39,6 +40,10 @@ FIELD_DOCS = {
     "input_seed": "seed of the inputs",
     "exact": "the variant class has `capabilities.exact` (computes exact softmax attention): the accuracy "
     "reference and the default speed baseline; read from the class for schema-1 records",
+    "kind": "the benchmark kind that measured the case (kernel, or another kind: docs/kinds.md); schema 1-3 "
+    "records read with the kind that claims them",
+    "task": "the kind's task options at this case's point (the `task:` block with one value per task "
+    "axis); {} for kernel cases; also flat `task.<key>` columns",
     "status": "ok | skipped | oom | error | nan | timeout | leak | crashed (its worker process died)",
     "reason": "why the status is not ok (one line)",
     "error_trace": "status error: the last lines of the case's traceback, shown in the report's footnote "
@@ -59,14 +64,28 @@ FIELD_DOCS = {
     "started_at": "UTC start time of the case",
     "wall_s": "wall time of the whole case (inputs, fit, checks, timing, memory)",
     "repro": "a command that reruns just this case",
-    "schema_version": f"record schema (this attnbench writes {SCHEMA_VERSION}, reads 1, 2 and 3)",
+    "schema_version": f"record schema (this attnbench writes {SCHEMA_VERSION}, reads 1 to 4)",
 }
 COMMAND = "python -m harness.results.fields_doc > docs/record-fields.md"
 DATAFRAME_ONLY = {
     "params_str": "`params` as `k=v,k=v` (sorted)",
     "param.<name>": "one column per variant parameter (null where a variant has no such parameter)",
-    "info.<key>": "one column per key of `info` (lists and dicts as JSON text), as in `export --format csv`",
+    "task.<key>": "one column per task option (the kind's task point)",
+    "info.<key>": "one column per key of `info`, nested mappings as `info.<key>.<sub>`, as in `export`",
 }
+
+
+def _kinds() -> list[str]:
+    """The installed kinds, the default one first."""
+    return sorted(KINDS.names(), key=lambda k: (k != "kernel", k))
+
+
+def _builtin_metrics() -> list[Metric]:
+    """The installed kinds' metrics, each once, the default kind's first."""
+    seen: dict[str, Metric] = {}
+    for kind in _kinds():
+        seen.update((m.name, m) for m in metrics_of(kind) if m.name not in seen)
+    return list(seen.values())
 
 
 def _cell(text: str) -> str:
@@ -79,6 +98,7 @@ def _metric_row(m: Metric) -> dict[str, str]:
         "unit": m.unit,
         "better": {"lower": "↓ lower", "higher": "↑ higher"}.get(m.direction or "", "—"),
         "group": m.group,
+        "kind": ", ".join(k for k in _kinds() if m.name in {x.name for x in metrics_of(k)}),
         "source": "derived" if m.compute is not None else m.measured_by,
         "compare gate": _cell(m.gate_rule() or "reported only"),
         "meaning": _cell(m.description),
@@ -102,9 +122,11 @@ def render() -> str:
             "",
             "A record is one case: one line of `records.jsonl`, one row of `records.parquet` and of",
             "`harness.results.records.to_dataframe`. All three are flat: a key or column per field and per",
-            "metric. Metrics are declared in the metric registry (`harness/measure/builtin_metrics.py`;",
-            "another package adds its own through the `attnbench.metrics` entry-point group); a derived",
-            "metric is computed from the others when a record is written or a DataFrame is built.",
+            "metric, and only the metrics that were measured are written (schema 4). Metrics are declared",
+            "by the kind that fills them (`harness/kinds/<kind>/metrics.py`; another package adds its own",
+            "kind, or a metric for a kind, through the `attnbench.kinds` and `attnbench.metrics` entry-point",
+            "groups); a derived metric is computed from the others when a record is written or a DataFrame",
+            "is built. The metrics below are those of the built-in kinds; `kinds` says whose they are.",
             "",
             "## Fields",
             "",
@@ -112,7 +134,7 @@ def render() -> str:
             "",
             "## Metrics",
             "",
-            pd.DataFrame([_metric_row(m) for m in all_metrics()]).to_markdown(**table),
+            pd.DataFrame([_metric_row(m) for m in _builtin_metrics()]).to_markdown(**table),
             "",
             "## DataFrame and parquet only",
             "",

@@ -1,10 +1,8 @@
-"""Markdown report of one run directory: a summary to act on first, then per-group tables folded
-in `<details>`, the accuracy tables once per (dtype, causal, inputs), plots and footnotes.
-
-Knows no variant by name: the exact reference is any configuration whose variant class has
-`capabilities.exact`, and the speed baseline is the scenario's `report.baseline` or the fastest
-exact configuration at each length (`harness.results.frame`). Cells of cases that did not finish
-ok carry their status and a footnote with the reason, never a blank.
+"""report.md of one run directory: the run's header (scenario, machine, environments, case counts),
+then one section per benchmark kind in the run, written by the kind itself
+(`BenchmarkKind.report_section`, plots from `BenchmarkKind.plots`). Knows no kind by name: a kind
+that is not installed where the report is written still gets its records shown, every metric
+they carry in a generic table.
 """
 
 from __future__ import annotations
@@ -14,18 +12,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.measure.metrics import ReportSpec, metric
-from harness.measure.safe_files import write_atomic
-from harness.results import tables
-from harness.results.frame import groups, load_legend, noise_legend, prepare
-from harness.results.mqar_report import is_mqar, mqar_plot, mqar_section
-from harness.results.quality_report import e2e_section, is_e2e, quality_sections
-from harness.results.records import read_records, to_dataframe
-from harness.results.rows import fmt_sig, md_cell
-from harness.results.spec import read_report_spec
-from harness.results.summary import summary
+from harness.common.files import write_atomic
+from harness.common.numbers import fmt_sig
+from harness.plugins.kinds import KINDS, BenchmarkKind
+from harness.plugins.metrics import METRICS
+from harness.plugins.registry import PluginLoadError, UnknownPluginError
+from harness.results.markdown import md_cell, md_table
+from harness.results.records import FIELDS, read_records, to_dataframe
 
-PRECISION_FLOOR = {"bf16": 6e-3, "fp16": 8e-4}  # exact attention vs fp64 (VARIANTS.md)
 ENV_FACTS = (("cuda", "CUDA {}"), ("torch", "torch {}"), ("threads", "{} threads"), ("git_sha", "git {:.10}"))
 
 
@@ -92,73 +86,54 @@ def _header(df, env: dict, scenario: dict | None, run: dict | None, envs: dict |
     return lines
 
 
-def _accuracy_notes(df: pd.DataFrame) -> list[str]:
-    lines = [
-        "## Accuracy notes",
-        "",
-        "Errors are relative Frobenius errors of the output against exact softmax attention computed in "
-        "fp32/fp64 on sampled query rows. Exact attention itself has a precision floor against fp64 of "
-        "about 6e-3 in bf16 and 8e-4 in fp16: an approximate variant cannot look better than that, and one "
-        "near it is as good as exact. Skill = 1 − error / error of uniform attention.",
-    ]
-    exact = df[df["exact"] & df["ok"]].assign(err=pd.to_numeric(df["rel_err"], errors="coerce"))
-    spread = (
-        exact.dropna(subset=["err"])
-        .groupby(["label", "dtype"], sort=True)["err"]
-        .agg(["min", "max", "count"])
-    )
-    measured = [
-        f"- `{label}` {dtype}: {fmt_sig(r['min'], 2)} – {fmt_sig(r['max'], 2)} over {int(r['count'])} cases"
-        + (f" (floor ~{PRECISION_FLOOR[dtype]:.0e})" if dtype in PRECISION_FLOOR else "")
-        for (label, dtype), r in spread.iterrows()
-    ]
-    if measured:
-        lines += ["", "Measured error of the exact configurations (`capabilities.exact`):", ""] + measured
-    return lines
+def _kinds_in(df: pd.DataFrame) -> list[str]:
+    """The kinds of the run's records, in the order their first record appears."""
+    return list(dict.fromkeys(str(k) for k in df["kind"])) if len(df) else []
 
 
-def _details(title: str, caption: str, table: str | None) -> list[str]:
-    """A folded table: the summary line names it and says how to read it."""
-    if not table:
-        return []
-    return ["", "<details>", f"<summary><b>{title}</b>: {caption}</summary>", "", table, "", "</details>"]
+def _kind(name: str) -> BenchmarkKind | None:
+    """An instance of kind `name`, or None when it is not installed here."""
+    try:
+        return KINDS.get(name)()
+    except (UnknownPluginError, PluginLoadError):
+        return None
 
 
-def _perf_sections(rows: pd.DataFrame) -> list[str]:
-    """The folded tables of one (dtype, causal, mode, ...) group."""
-    t, peak, extra = metric("time_ms_median"), metric("peak_mem_bytes"), metric("extra_mem_bytes")
-    methods = sorted({str(m) for m in rows.loc[rows["ok"], "mem_method"] if m})
-    measured = f"; measured by {', '.join(methods)}" if methods else ""
-    out = _details(
-        "Runtime",
-        f"{t.header()}; (2.0x) = speedup against the baseline at that length, (base) = the baseline",
-        tables.runtime(rows),
-    )
-    out += _details(
-        "Memory",
-        f"{peak.header()} / {extra.title} ({extra.shown_unit}); (r× base) = memory above inputs as a "
-        f"multiple of the baseline's{measured}",
-        tables.memory(rows),
-    )
-    out += _details(
-        "Throughput",
-        f"{metric('tflops').header()} from the variant's cost model; {metric('tflops_exact').header()} "
-        "from exact attention's FLOPs (comparable across variants); GB/s; × floor = time / roofline floor",
-        tables.throughput(rows),
-    )
-    out += _details(
-        "Error and time vs feature dimension D",
-        "rel_err · median time at the longest length measured for every D",
-        tables.feature_dims(rows),
-    )
-    out += _details(
-        "Efficiency length",
-        "where the configuration becomes faster than the baseline (log-log interpolation between lengths)",
-        tables.efficiency(rows),
-    )
-    for header, table in tables.more_metrics(rows):
-        out += _details(header, "per configuration and length", table)
-    return out
+def generic_section(df: pd.DataFrame, kind: str) -> list[str]:
+    """The records of a kind this checkout cannot present (not installed, or no section of its
+    own): one row per case with its status and every metric it carries, nothing dropped."""
+    fixed = set(FIELDS) | {"ok", "params_str"}
+    shown = [c for c in df.columns if c not in fixed and not str(c).startswith(("param.", "info.", "task."))]
+    shown = [c for c in shown if df[c].notna().any()]
+    lines = [f"## Kind `{kind}`", ""]
+    if _kind(kind) is None:
+        lines += [f"_The kind `{kind}` is not installed here: its records are shown as recorded._", ""]
+    keys = _task_keys(df)
+    header = ["configuration", "N", *(f"task.{k}" for k in keys), "status", *shown]
+    rows = []
+    for _, r in df.iterrows():
+        task = r.get("task") if isinstance(r.get("task"), dict) else {}
+        cells = [str(r["label"]), str(r["seq_len"]), *(str(task.get(k, "")) for k in keys)]
+        cells.append(str(r["status"]) + (f": {str(r['reason'])[:80]}" if r["status"] != "ok" else ""))
+        cells += [_value(c, r[c]) for c in shown]
+        rows.append(cells)
+    return lines + md_table(header, rows)
+
+
+def _task_keys(df: pd.DataFrame) -> list[str]:
+    """Task options that vary across the records (the task point)."""
+    tasks = [t for t in (df["task"] if "task" in df else []) if isinstance(t, dict)]
+    keys = list(dict.fromkeys(k for t in tasks for k in t))
+    return [k for k in keys if len({json.dumps(t.get(k), default=str) for t in tasks}) > 1]
+
+
+def _value(name: str, value: object) -> str:
+    """A metric value for a table: formatted by its metric when known here, else as recorded."""
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    if name in METRICS:
+        return METRICS.get(name).format(value)
+    return fmt_sig(value, 3) if isinstance(value, float) else str(value)
 
 
 def render_report(
@@ -169,61 +144,16 @@ def render_report(
     run: dict | None = None,
     envs: dict[str, dict] | None = None,
 ) -> str:
-    """The Markdown report. `plot_files` maps plot keys (`kind:group_slug`) to relative paths;
-    `envs` maps env_id to the fingerprints of `envs/` (listed when there are several)."""
-    spec: ReportSpec = read_report_spec(scenario)
+    """The Markdown report: the run's header, then each kind's section for its records (in the
+    order the kinds first appear), or the generic table for a kind without one here. `plot_files`
+    maps plot keys to relative paths; `envs` maps env_id to the fingerprints of `envs/`."""
     lines = _header(df, env or {}, scenario, run, envs)
-    mqar = is_mqar(df)
-    if mqar.any():  # trained-task records: their own section; the kernel sections get the rest
-        lines += [""] + mqar_section(df[mqar], scenario, plot_files)
-        df = df[~mqar]
-    e2e = is_e2e(df, scenario)
-    if e2e.any():  # post-hoc swap records (kind e2e): their own section, nothing timed
-        lines += [""] + e2e_section(prepare(df[e2e], spec)[0])
-        df = df[~e2e]
-    if not len(df):
-        return "\n".join(lines) + "\n"
-    frame, notes = prepare(df, spec)
-    lines += [""] + summary(frame, spec)
-    if "slide" in plot_files:  # results/slide.py: skill vs time at the longest N, per input regime
-        lines += ["", f"![skill vs time per configuration and input regime]({plot_files['slide']})"]
-    legend = "; ".join(x for x in (noise_legend(spec), load_legend(frame)) if x)
-    lines += ["", "## Performance by group", "", f"_Click a line to unfold its table. {legend}._"]
-    for title, rows in groups(frame, "perf"):
-        lines += ["", f"### {title}"]
-        slug = rows["perf_slug"].iloc[0]
-        links = [
-            f"[{PLOT_TITLES[kind]}]({plot_files[f'{kind}:{slug}']})"
-            for kind in PLOT_KINDS
-            if f"{kind}:{slug}" in plot_files
-        ]
-        lines += ["", "Plots: " + " · ".join(links)] if links else []
-        lines += _perf_sections(rows)
-    err, skill = metric("rel_err"), metric("skill")
-    lines += [
-        "",
-        "## Accuracy",
-        "",
-        "_Accuracy does not depend on the pass: one table per dtype, masking and inputs._",
-    ]
-    for title, rows in groups(frame, "acc"):
-        caption = f"{err.header()} (unfit = before fitting; skill {skill.better} = 1 − error / uniform floor)"
-        table = tables.error(rows)
-        lines += ["", f"### {title}"] + _details("Error", caption, table) if table else []
-    lines += [""] + _accuracy_notes(frame)
-    lines += quality_sections(frame)  # kernel cases on captured model attention, when the run has them
-    if notes:
-        lines += ["", "## Cases that did not finish ok", ""] + notes
+    for name in _kinds_in(df):
+        rows = df[df["kind"] == name]
+        kind = _kind(name)
+        section = kind.report_section(rows, scenario, plot_files) if kind is not None else []
+        lines += [""] + (section or generic_section(rows, name))
     return "\n".join(lines) + "\n"
-
-
-PLOT_KINDS = ("runtime", "memory", "error_vs_d", "frontier")
-PLOT_TITLES = {
-    "runtime": "runtime vs N",
-    "memory": "peak memory vs N",
-    "error_vs_d": "error vs D",
-    "frontier": "error vs time",
-}
 
 
 def _read_json(path: Path) -> dict:
@@ -248,9 +178,10 @@ def write_report(run_dir: Path, plots: bool = True) -> Path:
     df = to_dataframe(read_records(run_dir / "records.jsonl"))
     plot_files: dict[str, str] = {}
     if plots and len(df):
-        from harness.results.plots import make_plots
-
-        made = make_plots(df[~is_mqar(df)], run_dir / "plots") | mqar_plot(df, run_dir / "plots")
+        made: dict[str, Path] = {}
+        for name in _kinds_in(df):
+            kind = _kind(name)
+            made.update(kind.plots(df[df["kind"] == name], run_dir / "plots") if kind is not None else {})
         plot_files = {k: p.relative_to(run_dir).as_posix() for k, p in made.items()}
     envs = {p.stem: _read_json(p) for p in sorted((run_dir / "envs").glob("*.json"))}
     env = _main_env(df, envs) or _read_json(run_dir / "env.json")  # env.json: runs before envs/

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from harness.measure.safe_files import append_line, atomic_path
+from harness.common.files import append_line, atomic_path
 from harness.results.records import (
     append_record,
     corrupt_case_ids,

@@ -43,10 +43,11 @@ def _dtypes(name: str, cls: type[AttentionVariant], impl: str) -> tuple[str, ...
 
 def check_dtype(name: str, cls: type[AttentionVariant], impl: str) -> str:
     """The dtype of the structural checks: fp32 where the impl runs it on CUDA (a different reduction
-    order between batch sizes stays far below their 1e-6 bound), else its first half dtype."""
+    order between batch sizes stays far below their 1e-6 bound; causal-only impls such as deltanet count),
+    else its first half dtype."""
     dtypes = _dtypes(name, cls, impl)
-    fp32 = cf.problem(63, 32, dtype="fp32", device=DEVICE)
-    if "fp32" in dtypes and not cls.not_supported_reasons(fp32, cls.make_params({}), impl):
+    fp32 = [cf.problem(63, 32, causal, dtype="fp32", device=DEVICE) for causal in (False, True)]
+    if "fp32" in dtypes and any(not cls.not_supported_reasons(p, cls.make_params({}), impl) for p in fp32):
         return "fp32"
     return next((dt for dt in dtypes if dt != "fp32"), dtypes[0])
 

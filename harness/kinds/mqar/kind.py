@@ -17,19 +17,18 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
+from harness.common import checks as c
 from harness.config.sweep import Case
 from harness.kinds.mqar.data import MQARSpec
+from harness.kinds.mqar.metrics import MQAR
 from harness.kinds.mqar.model import build_model
 from harness.kinds.mqar.train import RunResult, TrainSpec, train_one
-from harness.measure import hygiene
-from harness.measure.failures import hard_timeout, is_oom, one_line, trace_tail
-from harness.measure.timing import CaseTimeout
-from harness.plugins import checks as c
 from harness.plugins.kinds import BenchmarkKind
+from harness.plugins.metrics import Metric
 from harness.plugins.variants import VARIANTS
-from harness.results.case_record import new_record
 from harness.results.records import Record
 
 
@@ -113,6 +112,9 @@ def _train(rec: Record, case: Case, spec: MQARSpec) -> None:
         )  # fmt: skip
 
     rec.set("mqar_model_params", sum(x.numel() for x in make_model().parameters() if x.requires_grad))
+    one = dataclasses.replace(p, batch=1, causal=True, mode="fwd", dtype="fp32", masked=False)
+    state = cls.state_bytes(one, params, case.impl)  # per layer, one sequence of seq_len tokens
+    rec.set("mqar_state_bytes", None if state is None else float(state) * task["layers"])
     runs = []
     for lr in task["lrs"]:
         for seed in task["seeds"]:
@@ -121,7 +123,6 @@ def _train(rec: Record, case: Case, spec: MQARSpec) -> None:
                 weight_decay=task["weight_decay"], eval_examples=task["eval_examples"], device=p.device,
             )  # fmt: skip
             runs.append(train_one(make_model, spec, train))
-    rec.set("mqar_steps", task["train_steps"])
     rec.set("mqar_runs", len(runs))
     _set_results(rec, runs, task["lrs"], task["seeds"])
 
@@ -129,8 +130,12 @@ def _train(rec: Record, case: Case, spec: MQARSpec) -> None:
 class MQARKind(BenchmarkKind):
     """`kind: mqar`: accuracy of a tiny model trained on multi-query associative recall."""
 
-    name = "mqar"
-    description = "train a tiny causal model with the variant on MQAR; accuracy on held-out sequences"
+    name: ClassVar[str] = "mqar"
+    description: ClassVar[str] = (
+        "train a tiny causal model with the variant on MQAR; accuracy on held-out sequences"
+    )
+    metrics: ClassVar[tuple[Metric, ...]] = MQAR
+    headline: ClassVar[tuple[str, ...]] = ("mqar_accuracy", "mqar_copy_baseline")
 
     @classmethod
     def task_options(cls, raw: dict[str, Any], where: str) -> dict[str, Any]:
@@ -150,29 +155,42 @@ class MQARKind(BenchmarkKind):
     def task_axes(cls, options: dict[str, Any]) -> tuple[str, ...]:
         return ("pairs",)
 
-    def run_case(self, case: Case, ctx: Any, oom_at: dict[str, int]) -> Record:
-        """Train and evaluate; failures become statuses (skipped, timeout, oom, error, nan)."""
+    @classmethod
+    def skip_reasons(cls, case: Case) -> list[str]:
+        return skip_reasons(case, _spec(case))
+
+    @classmethod
+    def claims_legacy(cls, row: dict[str, Any]) -> bool:
+        return row.get("input_dist") == "mqar"  # before schema 4 the kind wrote this as its inputs
+
+    def measure(self, case: Case, record: Record, ctx: Any) -> None:
+        """Train every (lr, seed) run and fill the MQAR metrics; the baselines first."""
         t0 = time.perf_counter()
-        hygiene.apply_threads(ctx.scenario.measure, case.problem.device)
-        rec = new_record(case, ctx)
-        rec.input_dist = "mqar"  # the inputs are MQAR token sequences, not an input source
-        task = case.task
-        spec = MQARSpec(task["vocab"], case.problem.seq_len, task["pairs"], task["power_a"])
-        rec.set("mqar_pairs", spec.pairs)
-        rec.set("mqar_vocab", spec.vocab)
-        rec.set("mqar_chance", spec.chance)
-        reasons = skip_reasons(case, spec)
-        if reasons:
-            rec.status, rec.reason = "skipped", "; ".join(reasons)
-            return rec
-        try:
-            with hard_timeout(ctx.scenario.measure.timeout_s):
-                _train(rec, case, spec)
-        except CaseTimeout as exc:
-            rec.status, rec.reason = "timeout", str(exc)
-        except Exception as exc:  # a failing case must never stop the sweep: record it
-            rec.status, rec.reason = ("oom" if is_oom(exc) else "error"), one_line(exc)
-            rec.error_trace = "" if is_oom(exc) else trace_tail(exc)
-        rec.set("mqar_train_s", time.perf_counter() - t0)
-        rec.wall_s = time.perf_counter() - t0
-        return rec
+        spec = _spec(case)
+        record.set("mqar_chance", spec.chance)
+        record.set("mqar_copy_baseline", 1.0 / spec.pairs)
+        _train(record, case, spec)
+        record.set("mqar_train_s", time.perf_counter() - t0)
+
+    def progress(self, record: Record) -> str:
+        acc, copy = record.get("mqar_accuracy"), record.get("mqar_copy_baseline")
+        if acc is None:
+            return ""
+        verdict = " (no recall learned)" if copy is not None and acc <= copy else ""
+        return f"accuracy={acc:.3f}{verdict}"
+
+    def report_section(self, df: Any, scenario: dict | None, plot_files: dict[str, str]) -> list[str]:
+        from harness.kinds.mqar.report import mqar_section
+
+        return mqar_section(df, scenario, plot_files)
+
+    def plots(self, df: Any, out_dir: Path) -> dict[str, Path]:
+        from harness.kinds.mqar.report import mqar_plot
+
+        return mqar_plot(df, out_dir)
+
+
+def _spec(case: Case) -> MQARSpec:
+    """The MQAR task point of `case`."""
+    task = case.task
+    return MQARSpec(task["vocab"], case.problem.seq_len, task["pairs"], task["power_a"])

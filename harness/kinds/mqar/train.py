@@ -65,14 +65,20 @@ def masked_loss(logits: Tensor, targets: Tensor) -> Tensor:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, task: MQARSpec, spec: TrainSpec) -> float:
-    """Fraction of held-out query positions predicted right (argmax over the whole vocabulary)."""
+    """Fraction of held-out query positions predicted right (argmax over the whole vocabulary); NaN
+    when the model's logits are not finite on some held-out sequence (an argmax of NaNs is not a
+    prediction: the case then ends `nan`, never `ok` with a low accuracy)."""
     model.eval()
     gen = generator(EVAL_SEED)
     right = total = 0
     for start in range(0, spec.eval_examples, spec.eval_batch):
         tokens, targets = mqar_batch(task, min(spec.eval_batch, spec.eval_examples - start), gen)
         tokens, targets = tokens.to(spec.device), targets.to(spec.device)
-        pred = model(tokens).argmax(dim=-1)
+        logits = model(tokens)
+        if not bool(torch.isfinite(logits).all()):
+            model.train()
+            return float("nan")
+        pred = logits.argmax(dim=-1)
         query = targets != IGNORE
         right += int((pred[query] == targets[query]).sum())
         total += int(query.sum())

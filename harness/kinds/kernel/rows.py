@@ -7,7 +7,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from harness.measure.metrics import MIB, finite, fmt_sig
+from harness.common.numbers import finite, fmt_sig
+from harness.plugins.metrics import MIB
 
 MODE_ORDER = {"fwd": 0, "bwd": 1, "fwd_bwd": 2}
 EXTRA_GROUP_KEYS = ("device", "batch", "heads", "head_dim", "input_dist", "input_scale")
@@ -151,7 +152,3 @@ def _common_length(rows: list[Row]) -> int | None:
 def fmt_x(ratio: float) -> str:
     """Speedup as `4.1x`, `0.52x`, `12x`, `0.0047x` (two significant digits below 1)."""
     return f"{ratio:.0f}x" if ratio >= 10 else f"{ratio:.1f}x" if ratio >= 1 else f"{fmt_sig(ratio, 2)}x"
-
-
-def md_cell(text: str) -> str:
-    return " ".join(str(text).split()).replace("|", "\\|")

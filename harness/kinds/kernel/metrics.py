@@ -1,8 +1,8 @@
-"""Every built-in metric a record carries, in the order records, tables and docs list them.
+"""The metrics of the `kernel` kind, in the order records, tables and docs list them.
 
-Imported by the `METRICS` registry on first lookup. `measured_by` names the pipeline step that
-fills a measured metric (harness/execute/pipeline.py); a metric with `compute` is derived from
-the others whenever a record is written or a DataFrame is built.
+`measured_by` names the step that fills a measured metric (harness/kinds/kernel/steps.py); a
+metric with `compute` is derived from the others whenever a record is written or a DataFrame is
+built.
 """
 
 from __future__ import annotations
@@ -10,9 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from harness.measure.metrics import MIB, Gate, Metric, finite, rate, register_metric
-from harness.measure.mqar_metrics import MQAR
-from harness.measure.quality_metrics import QUALITY
+from harness.common.numbers import finite
+from harness.plugins.metrics import MIB, Gate, Metric, rate
 
 
 def _ratio(num: str, den: str):
@@ -27,7 +26,10 @@ def _ratio(num: str, den: str):
 
 TIME_GATE = Gate(kind="samples", samples="time_ms_samples", rounds="time_ms_rounds")
 
-BUILTIN: tuple[Metric, ...] = (
+FIT_STEPS = Metric("fit_steps", "1", None, "optimizer steps of the fit", "fit", measured_by="fit",
+                   title="fit steps", table=False)  # fmt: skip
+
+KERNEL: tuple[Metric, ...] = (
     # ----- time (timing step: harness.measure.timing) -----
     Metric("time_ms_median", "ms", "lower", "median time per call over the samples", "time",
            gate=TIME_GATE, measured_by="timing", title="median time per call"),
@@ -72,8 +74,7 @@ BUILTIN: tuple[Metric, ...] = (
     # ----- fit (learnable variants: harness.plugins.contract.AttentionVariant.fit) -----
     Metric("unfitted_rel_err", "1", "lower", "rel_err before fitting", "fit", measured_by="fit",
            title="error before fitting", digits=2, table=False),
-    Metric("fit_steps", "1", None, "optimizer steps of the fit", "fit", measured_by="fit",
-           title="fit steps", table=False),
+    FIT_STEPS,
     Metric("fit_s", "s", None, "wall time of the fit (untimed by the benchmark)", "fit", measured_by="fit",
            title="fit time", table=False),
     Metric("fit_loss", "1", "lower", "final distillation loss (row-wise KL to softmax)", "fit",
@@ -81,6 +82,9 @@ BUILTIN: tuple[Metric, ...] = (
     # ----- inputs and checks -----
     Metric("softmax_entropy", "nats", None, "mean softmax row entropy of the inputs (the input regime)",
            "input", measured_by="accuracy", title="input entropy"),
+    Metric("weights_kl", "nats", "lower", "mean row KL(softmax weights || the variant's weights) on real "
+           "query rows; only where the variant's weights are a distribution (harness/measure/weights_kl.py)",
+           "accuracy", measured_by="accuracy", title="weights KL", table=False),
     Metric("causality_change", "1", "lower", "relative change of past outputs when future keys/values "
            "change (causal cases; above the tolerance: status leak)", "check", measured_by="checks",
            title="causality change", digits=2, table=False),
@@ -108,7 +112,3 @@ BUILTIN: tuple[Metric, ...] = (
     Metric("time_over_floor", "1", "lower", "time_ms_median / floor_ms (1 = at the roofline)", "cost",
            compute=_ratio("time_ms_median", "floor_ms"), title="time over floor"),
 )  # fmt: skip
-
-# QUALITY: harness/measure/quality_metrics.py (captured inputs, e2e); MQAR: mqar_metrics.py (kind mqar)
-for _m in BUILTIN + QUALITY + MQAR:
-    register_metric(_m)

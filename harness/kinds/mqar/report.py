@@ -4,7 +4,8 @@ Accuracy on held-out sequences per variant configuration and (length, pairs) poi
 best learning rate and the accuracy per seed; accuracy against the feature dimension D per
 variant; and the two claims the task exists for: the exact configurations' accuracy, and how far
 apart the linear-cost (non-exact) configurations are at each point. Shown only when the run has
-MQAR records (`is_mqar`).
+MQAR records. A result at or below the copy-from-context baseline (1 / pairs: answering with any
+value of the sequence) is marked "no recall learned".
 """
 
 from __future__ import annotations
@@ -14,26 +15,31 @@ from typing import Any
 
 import pandas as pd
 
-from harness.measure.metrics import finite
-from harness.results.rows import md_cell
+from harness.common.numbers import finite
+from harness.results.markdown import md_cell
 
 SPREAD_TARGET = 0.10  # the linear-cost configurations differ by at least this much somewhere
 EXACT_TARGET = 0.99  # exact attention solves the task
 PLOT = "mqar:accuracy_vs_d"
+STATE_PLOT = "mqar:accuracy_vs_state"
 
 
-def is_mqar(df: pd.DataFrame) -> pd.Series:
-    """Which rows are MQAR records (their inputs are MQAR sequences)."""
-    return df["input_dist"] == "mqar" if "input_dist" in df else pd.Series(False, index=df.index)
+def with_pairs(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with a `pairs` column: the task point's pairs (`task.pairs`; before schema 4 the metric
+    `mqar_pairs`)."""
+    pairs = df["task.pairs"] if "task.pairs" in df else df.get("mqar_pairs", pd.Series(index=df.index))
+    return df.assign(pairs=pd.to_numeric(pairs, errors="coerce"))
+
+
+def _no_recall(row: dict[str, Any]) -> bool:
+    """Whether an ok result sits at or below the copy-from-context baseline (1 / pairs)."""
+    acc, pairs = finite(row.get("mqar_accuracy")), finite(row.get("pairs"))
+    return acc is not None and pairs is not None and acc <= 1.0 / pairs + 1e-9
 
 
 def _points(df: pd.DataFrame) -> list[tuple[int, int]]:
     """The (seq_len, pairs) points of the run, in order."""
-    pts = {
-        (int(n), int(p))
-        for n, p in zip(df["seq_len"], df["mqar_pairs"], strict=True)
-        if finite(p) is not None
-    }
+    pts = {(int(n), int(p)) for n, p in zip(df["seq_len"], df["pairs"], strict=True) if finite(p) is not None}
     return sorted(pts)
 
 
@@ -61,6 +67,8 @@ def _cell(row: dict[str, Any], notes: dict[str, int]) -> str:
     seeds = row.get("mqar_seed_accuracy")
     if isinstance(seeds, list | tuple) and len(seeds) > 1:
         extras.append("seeds " + "/".join(f"{s:.2f}" for s in seeds))
+    if _no_recall(row):
+        extras.insert(0, "no recall learned")
     return f"**{acc:.3f}**" + (f" ({'; '.join(extras)})" if extras else "")
 
 
@@ -76,7 +84,7 @@ def _accuracy_table(df: pd.DataFrame, notes: dict[str, int]) -> str:
             "D": "exact" if first["exact"] else str(int(d)) if d else "—",
         }
         for n, p in _points(df):
-            hit = rows[(rows["seq_len"] == n) & (rows["mqar_pairs"] == p)]
+            hit = rows[(rows["seq_len"] == n) & (rows["pairs"] == p)]
             line[f"N={n}, pairs={p}"] = _cell(hit.iloc[0].to_dict(), notes) if len(hit) else ""
         out.append(line)
     return pd.DataFrame(out).to_markdown(index=False, disable_numparse=True)
@@ -87,7 +95,7 @@ def _by_d_table(df: pd.DataFrame) -> str:
     ok = df[df["status"] == "ok"].assign(_d=pd.to_numeric(df["feature_dim"], errors="coerce"))
     dims = sorted({int(d) for d in ok["_d"].dropna()})
     out = []
-    for (variant, n, p), rows in ok.groupby(["variant", "seq_len", "mqar_pairs"], sort=False):
+    for (variant, n, p), rows in ok.groupby(["variant", "seq_len", "pairs"], sort=False):
         line = {"variant": f"`{variant}`", "N, pairs": f"{n}, {int(p)}"}
         for d in dims:
             at = rows[rows["_d"] == d]["mqar_accuracy"]
@@ -109,11 +117,11 @@ def claims(df: pd.DataFrame) -> list[str]:
         met = "met" if worst["mqar_accuracy"] >= EXACT_TARGET else "NOT met"
         lines.append(
             f"- Exact attention: lowest accuracy {worst['mqar_accuracy']:.3f} (`{worst['label']}`, "
-            f"N={worst['seq_len']}, pairs={int(worst['mqar_pairs'])}); target >= {EXACT_TARGET:.2f}: {met}."
+            f"N={worst['seq_len']}, pairs={int(worst['pairs'])}); target >= {EXACT_TARGET:.2f}: {met}."
         )
     best_gap = 0.0
     for n, p in _points(ok):
-        approx = ok[(~ok["exact"]) & (ok["seq_len"] == n) & (ok["mqar_pairs"] == p)]
+        approx = ok[(~ok["exact"]) & (ok["seq_len"] == n) & (ok["pairs"] == p)]
         if len(approx) < 2:
             continue
         hi, lo = approx.loc[approx["mqar_accuracy"].idxmax()], approx.loc[approx["mqar_accuracy"].idxmin()]
@@ -133,6 +141,7 @@ def claims(df: pd.DataFrame) -> list[str]:
 
 def mqar_section(df: pd.DataFrame, scenario: dict | None, plot_files: dict[str, str]) -> list[str]:
     """The `## MQAR` section of the report (df: the MQAR rows only)."""
+    df = with_pairs(df)
     task = (scenario or {}).get("task") or {}
     facts = [f"{k} {v}" for k, v in task.items() if k in ("vocab", "layers", "train_steps", "lrs", "seeds")]
     chance = finite(df["mqar_chance"].dropna().iloc[0]) if df["mqar_chance"].notna().any() else None
@@ -146,10 +155,19 @@ def mqar_section(df: pd.DataFrame, scenario: dict | None, plot_files: dict[str, 
         "",
         f"Task: {', '.join(facts) or 'defaults'}"
         + (f"; chance accuracy {chance:.3f}" if chance is not None else "")
+        + "; copy-from-context baseline 1 / pairs (a result at or below it: no recall learned)"
         + ".",
         "",
     ]
     lines += claims(df) + [""]
+    if STATE_PLOT in plot_files:
+        lines += [
+            "Accuracy against the recurrent state each configuration keeps per sequence (Zoology / Based "
+            "style; exact attention's state is its K and V cache, which grows with N):",
+            "",
+            f"![accuracy vs state size]({plot_files[STATE_PLOT]})",
+            "",
+        ]
     if PLOT in plot_files:
         lines += [f"![accuracy vs D]({plot_files[PLOT]})", ""]
     notes: dict[str, int] = {}
@@ -164,19 +182,19 @@ def mqar_section(df: pd.DataFrame, scenario: dict | None, plot_files: dict[str, 
 def mqar_plot(df: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
     """plots/mqar_accuracy_vs_d.png: accuracy against D, a panel per (N, pairs), a line per variant
     (exact variants as a dashed level); {} when no MQAR record is ok."""
-    ok = df[is_mqar(df) & (df["status"] == "ok")] if len(df) else df
+    df = with_pairs(df)
+    ok = df[df["status"] == "ok"] if len(df) else df
     if not len(ok):
         return {}
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend is never switched
 
     points = _points(ok)
-    fig, axes = plt.subplots(1, len(points), figsize=(4.2 * len(points), 3.6), squeeze=False, sharey=True)
-    colors = {v: plt.get_cmap("tab10")(i % 10) for i, v in enumerate(dict.fromkeys(ok["variant"]))}
+    fig = Figure(figsize=(4.2 * len(points), 3.6))
+    axes = fig.subplots(1, len(points), squeeze=False, sharey=True)
+    colors = {v: colormaps["tab10"](i % 10) for i, v in enumerate(dict.fromkeys(ok["variant"]))}
     for ax, (n, p) in zip(axes[0], points, strict=True):
-        at = ok[(ok["seq_len"] == n) & (ok["mqar_pairs"] == p)]
+        at = ok[(ok["seq_len"] == n) & (ok["pairs"] == p)]
         dims = pd.to_numeric(at["feature_dim"], errors="coerce")
         for variant, rows in at.groupby("variant", sort=False):
             if rows["exact"].all():
@@ -184,8 +202,9 @@ def mqar_plot(df: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
                 continue
             line = rows.assign(_d=dims[rows.index]).groupby("_d")["mqar_accuracy"].max().sort_index()
             ax.plot(line.index, line.values, marker="o", color=colors[variant], label=variant)
-        if at["mqar_chance"].notna().any():
+        if "mqar_chance" in at and at["mqar_chance"].notna().any():
             ax.axhline(at["mqar_chance"].dropna().iloc[0], ls=":", color="grey", label="chance")
+        ax.axhline(1.0 / p, ls="-.", color="grey", lw=0.8, label="copy baseline (1/pairs)")
         ax.set_xscale("log", base=2)
         ticks = sorted({float(d) for d in dims.dropna()})
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
@@ -199,5 +218,36 @@ def mqar_plot(df: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "mqar_accuracy_vs_d.png"
     fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return {PLOT: path}
+    return {PLOT: path} | _state_plot(ok, points, colors, out_dir)
+
+
+def _state_plot(ok: pd.DataFrame, points: list, colors: dict, out_dir: Path) -> dict[str, Path]:
+    """plots/mqar_accuracy_vs_state.png: accuracy against the recurrent state in bytes, a panel per
+    (N, pairs), a line per variant over its configurations, exact attention as its K/V-cache point
+    with a dashed level; {} when no record carries a state size."""
+    from matplotlib.figure import Figure
+
+    if "mqar_state_bytes" not in ok or not ok["mqar_state_bytes"].notna().any():
+        return {}
+    fig = Figure(figsize=(4.4 * len(points), 3.8))
+    axes = fig.subplots(1, len(points), squeeze=False, sharey=True)
+    for ax, (n, p) in zip(axes[0], points, strict=True):
+        at = ok[(ok["seq_len"] == n) & (ok["pairs"] == p) & ok["mqar_state_bytes"].notna()]
+        for variant, rows in at.groupby("variant", sort=False):
+            line = rows.groupby("mqar_state_bytes")["mqar_accuracy"].max().sort_index()
+            exact = bool(rows["exact"].all())
+            ax.plot(line.index, line.values, marker="*" if exact else "o", ms=9 if exact else 5,
+                    ls="none" if exact else "-", color=colors[variant], label=variant)  # fmt: skip
+            if exact:
+                ax.axhline(line.max(), ls="--", lw=0.8, color=colors[variant])
+        ax.axhline(1.0 / p, ls="-.", color="grey", lw=0.8, label="copy baseline (1/pairs)")
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"N={n}, pairs={p}")
+        ax.set_xlabel("recurrent state per sequence (bytes)")
+    axes[0][0].set_ylabel("MQAR accuracy (held out)")
+    axes[0][0].set_ylim(0, 1.02)
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path = out_dir / "mqar_accuracy_vs_state.png"
+    fig.savefig(path, dpi=120)
+    return {STATE_PLOT: path}

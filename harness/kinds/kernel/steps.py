@@ -1,39 +1,35 @@
-"""The kernel kind: one case, start to finish.
+"""The kernel kind's steps for one case:
 
-    supports? -> inputs -> fit -> accuracy -> checks -> time -> memory -> cost model
+    inputs -> fit -> accuracy (output contract, exact reference) -> checks -> time -> memory,
+    then (whatever the outcome) the cost model and the roofline floor
 
-Everything here fills a `Record` (metrics by name, see harness.measure.metrics); nothing raises
-out of `run_case` except KeyboardInterrupt. Failures become statuses: `skipped` (not supported),
-`oom`, `error`, `nan`, `timeout`, `leak`.
+Everything here fills a `Record` (the kernel metrics, harness/kinds/kernel/metrics.py). Failures
+raise; the harness's case lifecycle (harness/execute/lifecycle.py) turns them into statuses. The
+steps set `nan` (non-finite output) and `leak` (causality, batch independence) themselves.
 """
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from harness import inputs
 from harness.config.scenario import Scenario
-from harness.config.sweep import Case, static_skip_reasons
-from harness.execute.context import CaseContext
-from harness.execute.fitting import fit_variant
+from harness.config.sweep import Case
+from harness.kinds.kernel.fitting import fit_variant
 from harness.measure import accuracy, hygiene, memory, output_contract, timing
 from harness.measure.costs import exact_attention_flops
-from harness.measure.failures import hard_timeout, is_oom, one_line, trace_tail
 from harness.measure.roofline import Roofline
 from harness.measure.weights_kl import weights_kl
 from harness.plugins.contract import AttentionVariant
-from harness.plugins.kinds import BenchmarkKind
 from harness.plugins.variants import VARIANTS
-from harness.results.case_record import new_record
 from harness.results.records import Record
 
 
-def _cost_model(rec: Record, case: Case) -> None:
+def cost_model(rec: Record, case: Case) -> None:
     """FLOPs and bytes from the variant's analytic model for its impl, and exact attention's FLOPs
     for the same problem (rates against both are derived metrics: tflops, tflops_exact, gbps)."""
     cls = VARIANTS.get(case.variant)
@@ -49,7 +45,7 @@ def _cost_model(rec: Record, case: Case) -> None:
         pass
 
 
-def _roofline_floor(rec: Record, roofline: Roofline | None) -> None:
+def roofline_floor(rec: Record, roofline: Roofline | None) -> None:
     """floor_ms from the run's measured device rates (when measured); time_over_floor is derived."""
     if roofline is not None:
         rec.set("floor_ms", roofline.floor_ms(rec.get("flops"), rec.get("bytes_moved"), rec.dtype))
@@ -80,7 +76,7 @@ def _measure_accuracy(
     qkv: tuple[Tensor, Tensor, Tensor],
     pristine: list[output_contract.Fingerprint],
     mask: Tensor | None,
-    ctx: CaseContext,
+    ctx: Any,
 ) -> bool:
     """Fill the accuracy metrics; returns False (status nan) when the output is not finite. `fwd`
     is contract-checked (a wrong output or modified inputs raise ContractError: status error)."""
@@ -98,7 +94,13 @@ def _measure_accuracy(
         bad = int((~torch.isfinite(real)).sum())
         rec.status, rec.reason = "nan", f"output has {bad} non-finite values of {real.numel()}"
         return False
-    if spec.enabled:
+    approximates = VARIANTS.get(rec.variant).capabilities_for(rec.impl).approximates_softmax
+    if spec.enabled and not approximates:
+        rec.info["accuracy"] = (
+            f"not applicable: {rec.variant} is not an approximation of softmax attention, so its error "
+            "against softmax measures nothing (time and memory are measured)"
+        )
+    elif spec.enabled:
         acc = accuracy.accuracy_metrics(q, k, v, out, rec.causal, spec.rows, spec.seed, key_padding_mask=mask)
         for name in ("rel_err", "max_abs_err", "cos_sim", "uniform_rel_err", "skill"):
             rec.set(name, getattr(acc, name))
@@ -131,7 +133,8 @@ def _run_checks(rec: Record, fwd: Callable[..., Tensor], qkv: tuple[Tensor, Tens
                 )
 
 
-def _execute(rec: Record, case: Case, ctx: CaseContext) -> None:
+def measure_case(rec: Record, case: Case, ctx: Any) -> None:
+    """Fill `rec` with everything measured for `case` (see the module docstring)."""
     sc = ctx.scenario
     cls = VARIANTS.get(case.variant)
     layout = cls.layout_for(case.impl)
@@ -153,12 +156,14 @@ def _execute(rec: Record, case: Case, ctx: CaseContext) -> None:
     pristine = [output_contract.fingerprint(x) for x in qkv]  # the reference needs them unmodified
 
     if case.fit is not None:
-        fit_variant(rec, variant, case, fwd, qkv, mask, sc.accuracy, ctx.fit_cache)
+        fit_variant(rec, variant, case, fwd, qkv, mask, sc.accuracy, ctx.kind_cache.setdefault("fits", {}))
     checked = _canonical_forward(variant, layout, problem.causal, mask, checked=True)
     if not _measure_accuracy(rec, checked, qkv, pristine, mask, ctx):
         return
     _run_checks(rec, fwd, qkv, ctx)
-    if sc.accuracy.enabled and inputs.get_source(case.inputs.dist).probe_weights:  # small, real inputs
+    approximates = cls.capabilities_for(case.impl).approximates_softmax
+    probe = inputs.get_source(case.inputs.dist).probe_weights  # small, real inputs
+    if sc.accuracy.enabled and approximates and probe:
         found = weights_kl(fwd, *qkv, problem.causal, mask)  # KL(softmax || the variant's weights)
         rec.set("weights_kl", found.kl)
         rec.info.update({"weights_kl": found.reason} if found.reason else {})
@@ -199,51 +204,3 @@ def _time_and_memory(
         except memory.MemoryMeasureError as exc:
             rec.mem_method = f"unavailable: {exc}"
     rec.set("load_after", hygiene.load_average())
-
-
-def run_case(case: Case, ctx: CaseContext, oom_at: dict[str, int]) -> Record:
-    """Run one case and return its record. `oom_at` maps config_key -> seq_len that ran out of memory."""
-    t0 = time.perf_counter()
-    hygiene.apply_threads(ctx.scenario.measure, case.problem.device)  # before new_record reads threads
-    rec = new_record(case, ctx)
-    reasons = static_skip_reasons(case) + inputs.get_source(case.inputs.dist).unavailable(case.inputs.options)
-    if case.config_key in oom_at and case.problem.seq_len > oom_at[case.config_key]:
-        reasons.append(
-            f"{case.label} ran out of memory at seq_len {oom_at[case.config_key]}; longer lengths skipped"
-        )
-    if reasons:
-        rec.status, rec.reason = "skipped", "; ".join(reasons)
-        return rec
-    try:
-        with hard_timeout(ctx.scenario.measure.timeout_s):
-            _execute(rec, case, ctx)
-    except timing.CaseTimeout as exc:
-        rec.status, rec.reason = "timeout", str(exc)
-    except Exception as exc:  # a failing case must never stop the sweep: record it
-        if ctx.raise_errors:  # --raise: the first failure propagates with its traceback
-            raise
-        if is_oom(exc):
-            rec.status, rec.reason = "oom", one_line(exc)
-            oom_at[case.config_key] = min(oom_at.get(case.config_key, math.inf), case.problem.seq_len)
-        else:
-            rec.status, rec.reason, rec.error_trace = "error", one_line(exc), trace_tail(exc)
-    finally:
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    rel_err = rec.get("rel_err")
-    if rec.status == "ok" and rel_err is not None and not math.isfinite(rel_err):
-        rec.status, rec.reason = "nan", "error metric is not finite"
-    _cost_model(rec, case)
-    _roofline_floor(rec, ctx.roofline)
-    rec.wall_s = time.perf_counter() - t0
-    return rec
-
-
-class KernelKind(BenchmarkKind):
-    """`kind: kernel`: one attention call per case, timed, with memory and error against exact."""
-
-    name = "kernel"
-    description = "one attention call per case: time, memory and error against exact softmax"
-
-    def run_case(self, case: Case, ctx: CaseContext, oom_at: dict[str, int]) -> Record:
-        return run_case(case, ctx, oom_at)

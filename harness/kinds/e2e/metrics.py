@@ -1,18 +1,16 @@
-"""Metrics of the quality evidence from a real model: the weights KL of kernel cases on captured
-attention, and the end-to-end fidelity of the `e2e` kind (harness/kinds/e2e.py). Registered by
-`harness.measure.builtin_metrics` after the built-ins."""
+"""Metrics of the `e2e` kind (harness/kinds/e2e/): the end-to-end fidelity of a pretrained encoder
+after its attention is swapped, the uniform floor, and the per-layer fits."""
 
 from __future__ import annotations
 
-from harness.measure.metrics import Metric
+from harness.kinds.kernel.metrics import FIT_STEPS
+from harness.plugins.metrics import Gate, Metric
 
-QUALITY: tuple[Metric, ...] = (
-    Metric("weights_kl", "nats", "lower", "mean row KL(softmax weights || the variant's weights) on real "
-           "query rows; only where the variant's weights are a distribution (harness/measure/weights_kl.py)",
-           "accuracy", measured_by="accuracy", title="weights KL", table=False),
+E2E: tuple[Metric, ...] = (
+    FIT_STEPS,
     Metric("e2e_cos_mean", "1", "higher", "mean cosine of the swapped model's sentence embeddings to the "
            "original's (mean pooling, normalized) on the evaluation texts", "accuracy", measured_by="e2e",
-           title="embedding cosine", decimals=4, table=False),
+           title="embedding cosine", decimals=4, table=False, gate=Gate(abs=0.01)),
     Metric("e2e_cos_p5", "1", "higher", "5th percentile of that cosine over the evaluation texts",
            "accuracy", measured_by="e2e", title="cosine p5", decimals=4, table=False),
     Metric("e2e_spearman", "1", "higher", "Spearman correlation of the pairwise cosine similarities of the "

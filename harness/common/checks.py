@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
-from harness.plugins.registry import suggest
+from harness.common.names import suggest
 
 Check = Callable[[Any, str], Any]  # (raw value, key path) -> validated value, or raise Invalid
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import pandas as pd
 
-from harness.measure.metrics import ReportSpec, metric
-from harness.results.frame import groups, load_legend, marks, noise_legend, pareto
-from harness.results.rows import fmt_x, md_cell
-from harness.results.tables import md_table
+from harness.config.blocks import ReportSpec
+from harness.kinds.kernel.frame import groups, load_legend, marks, noise_legend, pareto
+from harness.kinds.kernel.rows import fmt_x
+from harness.kinds.kernel.tables import md_table
+from harness.plugins.metrics import metric
+from harness.results.markdown import md_cell
 
 
 def _fastest(at: pd.DataFrame) -> str:

@@ -1,26 +1,25 @@
-"""Metrics of the `mqar` kind (harness/kinds/mqar): the task point, the accuracy the tiny model
+"""Metrics of the `mqar` kind (harness/kinds/mqar): the baselines, the accuracy the tiny model
 reaches on held-out sequences at the best learning rate, and how it was trained.
 
-Registered with the built-ins (`harness.measure.builtin_metrics` registers `MQAR`). Each has
-`table=False`: the report's MQAR section (`harness.results.mqar_report`) shows them.
+Each has
+`table=False`: the report's MQAR section (`harness.kinds.mqar.report`) shows them.
 """
 
 from __future__ import annotations
 
-from harness.measure.metrics import Metric
+from harness.plugins.metrics import Gate, Metric
 
 MQAR: tuple[Metric, ...] = (
-    # ----- the task point -----
-    Metric("mqar_pairs", "1", None, "MQAR key-value pairs per sequence (each key is queried once)", "task",
-           measured_by="mqar", title="key-value pairs", digits=4, table=False),
-    Metric("mqar_vocab", "1", None, "MQAR vocabulary size (keys from the lower half, values from the upper)",
-           "task", measured_by="mqar", title="vocabulary", digits=6, table=False),
+    # ----- the baselines (the task point itself is the record's `task`) -----
     Metric("mqar_chance", "1", None, "accuracy of a uniform guess among the value tokens", "task",
            measured_by="mqar", title="chance accuracy", decimals=3, table=False),
+    Metric("mqar_copy_baseline", "1", None, "accuracy of answering with a value present in the sequence, "
+           "at random (1 / pairs): a model at or below it has learned no recall", "task",
+           measured_by="mqar", title="copy-from-context baseline", decimals=3, table=False),
     # ----- the result -----
     Metric("mqar_accuracy", "1", "higher", "fraction of held-out query positions whose argmax prediction is "
            "the right value, mean over seeds at the best learning rate", "task", measured_by="mqar",
-           title="MQAR accuracy", decimals=3, table=False),
+           title="MQAR accuracy", decimals=3, table=False, gate=Gate(abs=0.05)),
     Metric("mqar_accuracy_min", "1", "higher", "the worst seed's accuracy at the best learning rate", "task",
            measured_by="mqar", title="MQAR accuracy, worst seed", decimals=3, table=False),
     Metric("mqar_seed_accuracy", "1", None, "accuracy of each seed at the best learning rate, in `seeds` "
@@ -33,12 +32,14 @@ MQAR: tuple[Metric, ...] = (
            "best rate, mean over seeds", "task", measured_by="mqar", title="final training loss",
            table=False),
     # ----- how it was trained -----
-    Metric("mqar_steps", "1", None, "optimizer steps of each training run", "task", measured_by="mqar",
-           title="training steps", digits=6, table=False),
     Metric("mqar_runs", "1", None, "training runs of the case (learning rates x seeds)", "task",
            measured_by="mqar", title="training runs", digits=4, table=False),
     Metric("mqar_train_s", "s", None, "wall time of all the case's training runs and evaluations", "task",
            measured_by="mqar", title="training time", table=False),
+    Metric("mqar_state_bytes", "bytes", None, "bytes of the state the model's attention keeps per sequence "
+           "at seq_len, all layers (the variant's `state_bytes`: a linear variant's fixed state, exact "
+           "attention's K and V cache)", "task", measured_by="mqar", title="recurrent state",
+           display_unit="KiB", scale=1 / 1024, table=False),
     Metric("mqar_model_params", "1", None, "trainable parameters of the model, the variant's included",
            "task", measured_by="mqar", title="model parameters", digits=4, table=False),
 )  # fmt: skip

@@ -1,6 +1,6 @@
-"""The report's quality sections: kernel cases on captured model attention (per layer, next to the
-synthetic regimes of the same run) and the `e2e` kind's end-to-end fidelity. Each section appears
-only when the run has such records; both read the report's prepared frame (`results.frame`).
+"""The kernel report's section on captured model attention: kernel cases per layer, next to the
+synthetic regimes of the same run; it appears only when the run has such records and reads the
+report's prepared frame (`frame.py`).
 """
 
 from __future__ import annotations
@@ -9,10 +9,9 @@ import math
 
 import pandas as pd
 
-from harness.measure.metrics import finite, fmt_sig
+from harness.common.numbers import finite, fmt_sig
 
 CAPTURED = "captured"
-SELF_TEST_TOL = 1e-5  # exact softmax swapped in must reproduce the original embeddings to this
 
 
 def _regime_order(name: str) -> tuple[int, str]:
@@ -119,55 +118,6 @@ def captured_section(df: pd.DataFrame) -> list[str]:
         ]
         lines += _table(["configuration", *probed], kl_rows)
     return lines
-
-
-def e2e_section(df: pd.DataFrame) -> list[str]:
-    """Fidelity per configuration (sorted by variant and D), the uniform floor and the self-test."""
-    if not len(df):
-        return []
-    first = df.groupby("variant")["order"].transform("min")  # each variant's configurations together
-    rows = df.assign(_first=first).sort_values(["_first", "feature_dim"], na_position="first")
-    table = []
-    for _, r in rows.iterrows():
-        d = _num(r.get("feature_dim"))
-        cells = [_cell(_num(r.get(f"e2e_{m}")), 4) for m in ("cos_mean", "cos_p5", "spearman")]
-        status = "" if r["status"] == "ok" else f" ({r['status']}: {str(r['reason'])[:80]})"
-        diff, fit_s = _cell(_num(r.get("e2e_max_abs_diff")), 2), _cell(_num(r.get("e2e_fit_s")), 2)
-        table.append([str(r["label"]) + status, "—" if d is None else str(int(d)), *cells, diff, fit_s])
-    floors = rows[rows["e2e_floor_cos_mean"].notna()] if "e2e_floor_cos_mean" in rows else rows.iloc[:0]
-    floor = floors.iloc[0] if len(floors) else {"e2e_floor_cos_mean": None, "e2e_floor_spearman": None}
-    table.append(["uniform attention (floor)", "—", _cell(_num(floor["e2e_floor_cos_mean"]), 4), "",
-                  _cell(_num(floor["e2e_floor_spearman"]), 4), "", ""])  # fmt: skip
-    lines = [
-        "## End-to-end fidelity (post-hoc swap, no fine-tuning)",
-        "",
-        "Every attention layer of the model swapped for the configuration (learnable ones fitted per "
-        "layer on captured calibration texts); sentence embeddings (mean pooling, normalized) of the "
-        f"evaluation texts against the original model's (real tokens per text, min / mean / max: "
-        f"{' / '.join(map(str, _info_list(df, 'real_tokens')))}). D = feature dimension; a variant "
-        "without key-padding-mask support runs each text alone at its own length.",
-        "",
-    ]
-    lines += _table(
-        ["configuration", "D", "cosine mean ↑", "cosine p5 ↑", "Spearman ↑", "max |Δ| ↓", "fit s"], table
-    )
-    exact = rows[rows["exact"] & rows["e2e_max_abs_diff"].notna()]
-    for _, r in exact.iterrows():
-        diff = float(r["e2e_max_abs_diff"])
-        verdict = "pass" if diff <= SELF_TEST_TOL else "FAIL"
-        lines += ["", f"Exact-attention self-test (`{r['label']}`): max |Δ embedding| = {diff:.2g} — "
-                  f"{verdict} (≤ {SELF_TEST_TOL:g})"]  # fmt: skip
-    return lines
-
-
-def is_e2e(df: pd.DataFrame, scenario: dict | None) -> pd.Series:
-    """Which rows are e2e records: every row of a `kind: e2e` scenario (without the scenario, the
-    rows that carry the uniform floor)."""
-    if scenario and scenario.get("kind"):
-        return pd.Series(scenario["kind"] == "e2e", index=df.index)
-    if "e2e_floor_cos_mean" not in df:
-        return pd.Series(False, index=df.index)
-    return df["e2e_floor_cos_mean"].notna()
 
 
 def quality_sections(df: pd.DataFrame) -> list[str]:

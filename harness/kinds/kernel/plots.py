@@ -11,15 +11,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
+from matplotlib import colormaps
+from matplotlib.figure import Figure  # no pyplot: a caller's backend is never switched
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator  # noqa: E402
-
-from harness.measure.metrics import metric  # noqa: E402
-from harness.measure.safe_files import atomic_path, ensure_dir  # noqa: E402
-from harness.results.rows import (  # noqa: E402
+from harness.common.files import atomic_path, ensure_dir
+from harness.kinds.kernel.rows import (
     Row,
     feature_dim_rows,
     group_slug,
@@ -29,6 +26,7 @@ from harness.results.rows import (  # noqa: E402
     num,
     ordered_labels,
 )
+from harness.plugins.metrics import metric
 
 DPI = 120
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
@@ -39,7 +37,7 @@ def _len_label(n: int) -> str:
 
 
 def _style(i: int) -> dict:
-    return {"color": plt.get_cmap("tab10")(i % 10), "marker": MARKERS[(i // 10 + i) % len(MARKERS)]}
+    return {"color": colormaps["tab10"](i % 10), "marker": MARKERS[(i // 10 + i) % len(MARKERS)]}
 
 
 def _log_ticks(ax, which: str) -> None:
@@ -73,11 +71,8 @@ def _finish(fig, ax, title: str, path: Path, legend: bool = True) -> Path:
     if legend:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     ensure_dir(path.parent)
-    try:
-        with atomic_path(path) as tmp:  # a full disk never leaves a torn PNG
-            fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
-    finally:
-        plt.close(fig)
+    with atomic_path(path) as tmp:  # a full disk never leaves a torn PNG
+        fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
     return path
 
 
@@ -87,7 +82,8 @@ def _lines_vs_n(rows: list[Row], value, ylabel: str, title: str, path: Path, ban
     `band(record)` -> (low, high) or None draws the spread as error bars (e.g. time p20-p80).
     Configurations without a single plotted point are listed in the legend with their status.
     """
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig = Figure(figsize=(7.5, 4.5))
+    ax = fig.subplots()
     ys: list[float] = []
     for i, label in enumerate(ordered_labels(rows)):
         ok = sorted(
@@ -118,7 +114,6 @@ def _lines_vs_n(rows: list[Row], value, ylabel: str, title: str, path: Path, ban
                 alpha=0.7,
             )
     if not ys:
-        plt.close(fig)
         return None
     ax.set_xscale("log", base=2)
     _value_axis(ax, "y", ys)
@@ -148,7 +143,8 @@ def _error_vs_d(rows: list[Row], title: str, path: Path) -> Path | None:
             series.append((f"{fr['name']} (N={_len_label(fr['seq_len'])})", fr["seq_len"], pts))
     if not series:
         return None
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig = Figure(figsize=(7.5, 4.5))
+    ax = fig.subplots()
     values: list[float] = []
     for i, (label, _, pts) in enumerate(series):
         ax.plot(
@@ -220,7 +216,8 @@ def _frontier(rows: list[Row], title: str, path: Path) -> Path | None:
             pareto.append((t, e))
             lowest = e
     colour = {label: i for i, label in enumerate(ordered_labels(rows))}
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig = Figure(figsize=(7.5, 4.8))
+    ax = fig.subplots()
     ax.step(
         [t for t, _ in pareto],
         [e for _, e in pareto],
@@ -286,7 +283,7 @@ def make_plots(df, out_dir: Path) -> dict[str, Path]:
             "frontier": _frontier(rows, title, out_dir / f"frontier_{slug}.png"),
         }
         made.update({f"{kind}:{slug}": path for kind, path in drawn.items() if path is not None})
-    from harness.results.slide import slide_plot  # the run's one picture: skill vs time per regime
+    from harness.kinds.kernel.slide import slide_plot  # the run's one picture: skill vs time per regime
 
     slide = slide_plot(df, out_dir)
     made.update({"slide": slide} if slide is not None else {})

@@ -17,10 +17,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from harness.config.blocks import ReportSpec
+from harness.kinds.kernel.baseline import matches_baseline
+from harness.kinds.kernel.rows import STATUS_TEXT, group_keys, group_order, group_slug, group_title
 from harness.measure.hygiene import under_load
-from harness.measure.metrics import ReportSpec
-from harness.results.rows import STATUS_TEXT, group_keys, group_order, group_slug, group_title, md_cell
-from harness.results.spec import matches_baseline
+from harness.results.markdown import md_cell
 
 NOISY_MARK = "†"
 LOADED_MARK = "‡"

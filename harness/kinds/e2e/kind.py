@@ -28,17 +28,16 @@ import torch
 from torch import Tensor
 
 from harness import inputs
+from harness.common.checks import Invalid, positive_int
 from harness.config.sweep import Case
 from harness.inputs.capture import capture, model, texts
 from harness.inputs.captured import CapturedSource, select_texts
-from harness.kinds import e2e_swap
-from harness.measure import hygiene
-from harness.measure.failures import is_oom, one_line
-from harness.plugins.checks import Invalid, positive_int
+from harness.kinds.e2e import swap as e2e_swap
+from harness.kinds.e2e.metrics import E2E
 from harness.plugins.contract import Teacher
 from harness.plugins.kinds import BenchmarkKind
+from harness.plugins.metrics import Metric
 from harness.plugins.variants import VARIANTS
-from harness.results.case_record import new_record
 from harness.results.records import Record
 
 _REFS: dict[tuple, tuple[Tensor, dict[str, float | None]]] = {}  # original embeddings and the floor
@@ -128,6 +127,8 @@ def _execute(rec: Record, case: Case, task: dict[str, Any]) -> None:
         rec.set(f"e2e_{name}", value)
     if not math.isfinite(float(emb.sum())):
         rec.status, rec.reason = "nan", "the swapped model's embeddings are not finite"
+        for name in ("cos_mean", "cos_p5", "spearman", "max_abs_diff"):
+            rec.metrics.pop(f"e2e_{name}", None)  # a cosine of NaN embeddings is no measurement
     rec.info.update(
         model=ref.name,
         weights_sha256=ref.weights_hash[:16],
@@ -145,6 +146,8 @@ class E2EKind(BenchmarkKind):
     description: ClassVar[str] = (
         "post-hoc swap of every attention layer of a pretrained encoder: sentence-embedding fidelity"
     )
+    metrics: ClassVar[tuple[Metric, ...]] = E2E
+    headline: ClassVar[tuple[str, ...]] = ("e2e_cos_mean", "e2e_spearman", "e2e_floor_cos_mean")
 
     @classmethod
     def skip_reasons(cls, case: Case) -> list[str]:
@@ -161,17 +164,20 @@ class E2EKind(BenchmarkKind):
         except Invalid as err:
             raise ValueError(f"{where}: {err.where}: {err.message}") from None
 
-    def run_case(self, case: Case, ctx: Any, oom_at: dict[str, int]) -> Record:
-        t0 = time.perf_counter()
-        hygiene.apply_threads(ctx.scenario.measure, case.problem.device)
-        rec = new_record(case, ctx)
-        reasons = self.skip_reasons(case)
-        if reasons:
-            rec.status, rec.reason = "skipped", "; ".join(reasons)
-            return rec
-        try:
-            _execute(rec, case, self.task_options(dict(ctx.scenario.task), "task"))
-        except Exception as exc:  # a failing case must never stop the sweep: record it
-            rec.status, rec.reason = ("oom" if is_oom(exc) else "error"), one_line(exc)
-        rec.wall_s = time.perf_counter() - t0
-        return rec
+    @classmethod
+    def claims_legacy(cls, row: dict[str, Any]) -> bool:
+        return row.get("e2e_floor_cos_mean") is not None or row.get("e2e_cos_mean") is not None
+
+    def measure(self, case: Case, record: Record, ctx: Any) -> None:
+        _execute(record, case, self.task_options(dict(ctx.scenario.task), "task"))
+
+    def progress(self, record: Record) -> str:
+        cos, floor = record.get("e2e_cos_mean"), record.get("e2e_floor_cos_mean")
+        if cos is None:
+            return ""
+        return f"cosine={cos:.4f}" + (f" (floor {floor:.4f})" if floor is not None else "")
+
+    def report_section(self, df: Any, scenario: dict | None, plot_files: dict[str, str]) -> list[str]:
+        from harness.kinds.e2e.report import e2e_section
+
+        return e2e_section(df)

@@ -1,6 +1,6 @@
 """The report's tables, each a `pivot_table` of formatted cells rendered by `DataFrame.to_markdown`.
 
-Every function takes the rows of one group of the frame `harness.results.frame.prepare` builds
+Every function takes the rows of one group of the frame `harness.kinds.kernel.frame.prepare` builds
 and returns Markdown, or None when there is nothing to show. A cell of a case that did not
 finish ok is its footnoted status, never a blank; `—` means the configuration did not run at
 that length. Units, formats and the better direction come from the metric registry.
@@ -13,10 +13,11 @@ from typing import Any
 
 import pandas as pd
 
-from harness.measure.metrics import Metric, all_metrics, metric
+from harness.kinds.kernel.frame import labels_in_order, marks
+from harness.kinds.kernel.rows import feature_dim_rows, fmt_x, num
 from harness.measure.stats import loglog_crossover
-from harness.results.frame import labels_in_order, marks
-from harness.results.rows import feature_dim_rows, fmt_x, md_cell, num
+from harness.plugins.metrics import Metric, all_metrics, metric
+from harness.results.markdown import md_cell
 
 # metrics the fixed tables show; any other metric with `table=True` gets a table of its own
 SHOWN = frozenset(

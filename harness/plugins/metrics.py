@@ -1,26 +1,26 @@
 """Metrics as data: what every number in a record means, its unit, which way is better, how the
 report formats it and how `compare` gates it.
 
-A `Metric` is one entry of the `METRICS` registry. Built-ins live in
-`harness.measure.builtin_metrics`; another package adds its own through the entry-point group
-``attnbench.metrics`` (value ``"module:attr"``, a `Metric` instance). Adding a metric is one
-entry: records accept it (`Record.set`), the DataFrame and parquet get a column, the report shows
-it (a table of its own unless another section already does) and `compare` gates it when it has a
-`Gate`. A metric with `compute` is derived from other fields of a record (``tflops = flops /
-time``) and filled when a record is written or a DataFrame is built.
-
-The report settings of a scenario (`ReportSpec`, the `report:` block) live here too: config
-composes them into a `Scenario` and config sits below results in the stage order.
+Metrics are scoped by benchmark kind: a kind declares the metrics its records may carry (its
+class's `metrics`, in `harness/kinds/<kind>/metrics.py`), so a kernel record never carries an
+metric of another kind. `metrics_of(kind)` is that list: the kind's own declarations plus any metric another
+package registers for it through the entry-point group ``attnbench.metrics`` (value
+``"module:attr"``, a `Metric` whose `kinds` names the kinds it attaches to). Every metric of every
+loaded kind is also in the `METRICS` registry by name (names are unique: they are columns). A
+metric with `compute` is derived from other fields of a record (``tflops = flops / time``) and
+filled when a record is written or a DataFrame is built; a metric with a `Gate` is judged by
+`compare`, `ab` and `history check`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from harness.plugins.registry import Registry
+from harness.common.numbers import finite, fmt_sig
+from harness.plugins.kinds import KINDS
+from harness.plugins.registry import PluginLoadError, Registry, UnknownPluginError
 
 DIRECTIONS = ("lower", "higher", None)
 GROUPS = ("time", "memory", "accuracy", "cost", "check", "fit", "input", "environment", "task")
@@ -92,6 +92,7 @@ class Metric:
     digits: int = 3
     decimals: int | None = None
     table: bool = True
+    kinds: tuple[str, ...] = ()  # a metric registered on its own (entry point): the kinds it attaches to
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
@@ -153,29 +154,8 @@ class Metric:
         return a < b if self.direction == "lower" else a > b if self.direction == "higher" else False
 
 
-@dataclass(frozen=True)
-class ReportSpec:
-    """The scenario's `report:` block.
-
-    baseline: a variant name or label the report measures speedups against (default: the fastest
-    exact configuration at each length). max_noise and min_samples: a time whose noise
-    (IQR / median) is above max_noise, or that has fewer samples, is marked noisy where it feeds
-    a claim (the summary's fastest, speedups, efficiency lengths).
-    """
-
-    baseline: str | None = None
-    max_noise: float = 0.25
-    min_samples: int = 5
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any] | None) -> ReportSpec:
-        """From scenario.json's `report` mapping; unknown keys ignored, absent keys default."""
-        known = {k: v for k, v in (raw or {}).items() if k in cls.__dataclass_fields__}
-        return cls(**known)
-
-
 METRICS: Registry[Metric] = Registry(
-    "metric", group="attnbench.metrics", builtins="harness.measure.builtin_metrics", base=Metric
+    "metric", group="attnbench.metrics", builtins="harness.kinds.builtin_metrics", base=Metric
 )
 _ORDER: dict[str, int] = {}  # declaration order of registered metrics (tables, docs, columns)
 
@@ -184,6 +164,10 @@ def register_metric(metric: Metric) -> Metric:
     """Register `metric` under its name (the one entry a new metric needs); returns it."""
     if not isinstance(metric, Metric):
         raise TypeError(f"expected a Metric, got {metric!r}")
+    if metric.name in METRICS.names():
+        known = METRICS.get(metric.name)
+        if known is metric or known == metric:
+            return known
     METRICS.register(metric.name, metric)
     _ORDER.setdefault(metric.name, len(_ORDER))
     return metric
@@ -206,43 +190,52 @@ def metric(name: str) -> Metric:
     return METRICS.get(name)
 
 
-def gated_metrics() -> list[Metric]:
-    """Metrics `compare` judges, in declaration order."""
-    return [m for m in all_metrics() if m.gate is not None]
+def metrics_of(kind: str) -> list[Metric]:
+    """The metrics records of `kind` may carry, in declaration order: the kind's own (its class's
+    `metrics`, registered here on first use) and those registered for it from outside (`kinds`).
+    [] for a kind that is not installed here (its records still keep every value they carry)."""
+    if kind not in _SCOPES:
+        try:
+            cls = KINDS.get(kind)
+        except (UnknownPluginError, PluginLoadError):
+            return [m for m in all_metrics() if kind in m.kinds]
+        _SCOPES[kind] = tuple(register_metric(m) for m in getattr(cls, "metrics", ()))
+    own = list(_SCOPES[kind])
+    names = {m.name for m in own}
+    return own + [m for m in all_metrics() if kind in m.kinds and m.name not in names]
 
 
-def derive(row: Mapping[str, Any]) -> dict[str, Any]:
-    """Values of every derived metric computable from `row` (a flat record); None when not."""
+_SCOPES: dict[str, tuple[Metric, ...]] = {}  # kind -> its declared metrics, once loaded
+
+
+def installed_metrics() -> list[Metric]:
+    """The metrics of every installed kind (outside kinds included: their classes are loaded),
+    then any other registered metric; a kind that cannot be loaded here adds nothing."""
+    found: dict[str, Metric] = {}
+    for kind in sorted(KINDS.names(), key=lambda k: (k != "kernel", k)):  # the default kind first
+        found.update((m.name, m) for m in metrics_of(kind))
+    found.update((m.name, m) for m in all_metrics() if m.name not in found)
+    return list(found.values())
+
+
+def gated_metrics(kind: str | None = None) -> list[Metric]:
+    """Metrics `compare` judges, in declaration order: those of `kind`, or of every installed kind."""
+    pool = metrics_of(kind) if kind is not None else installed_metrics()
+    return [m for m in pool if m.gate is not None]
+
+
+def derive(row: Mapping[str, Any], kind: str | None = None) -> dict[str, Any]:
+    """Values of the derived metrics of `kind` (default: the row's `kind`, else every loaded
+    metric) computable from `row` (a flat record); None when not."""
+    kind = kind if kind is not None else row.get("kind")
     out: dict[str, Any] = {}
-    for m in all_metrics():
+    for m in metrics_of(str(kind)) if kind else all_metrics():
         if m.compute is not None:
             try:
                 out[m.name] = finite(m.compute(row))
             except (TypeError, ValueError, ZeroDivisionError, KeyError):
                 out[m.name] = None
     return out
-
-
-# ----- number helpers shared with the report ---------------------------------------------------
-def finite(x: Any) -> float | None:
-    """A finite float, or None for None, NaN, infinities, bools and non-numbers."""
-    if x is None or isinstance(x, bool):
-        return None
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
-def fmt_sig(x: float, sig: int = 3) -> str:
-    """`sig` significant digits without scientific notation for everyday magnitudes."""
-    if x == 0:
-        return "0"
-    a = abs(x)
-    if 1e-3 <= a < 1e5:
-        return f"{x:.{max(0, sig - 1 - math.floor(math.log10(a)))}f}"
-    return f"{x:.{sig - 1}e}"
 
 
 def rate(amount_key: str, per: float) -> Callable[[Mapping[str, Any]], float | None]:

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.figure import Figure  # no pyplot: a caller's backend is never switched
+from matplotlib.lines import Line2D
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-import pandas as pd  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-
-from harness.measure.metrics import metric  # noqa: E402
-from harness.measure.safe_files import atomic_path, ensure_dir  # noqa: E402
-from harness.results.digest import digest  # noqa: E402
+from harness.common.files import atomic_path, ensure_dir
+from harness.kinds.kernel.digest import digest
+from harness.plugins.metrics import metric
 
 FLOOR = -0.5
 DPI = 150
@@ -36,10 +34,9 @@ def slide_plot(df: pd.DataFrame, out_dir: Path) -> Path | None:
         return None
     regimes = list(dict.fromkeys(rows["input_dist"]))
     labels = list(dict.fromkeys(rows["label"]))
-    colour = {label: plt.get_cmap("tab10")(i % 10) for i, label in enumerate(labels)}
-    fig, axes = plt.subplots(
-        1, len(regimes), figsize=(4.6 * len(regimes) + 2.4, 4.4), sharey=True, sharex=True, squeeze=False
-    )
+    colour = {label: colormaps["tab10"](i % 10) for i, label in enumerate(labels)}
+    fig = Figure(figsize=(4.6 * len(regimes) + 2.4, 4.4))
+    axes = fig.subplots(1, len(regimes), sharey=True, sharex=True, squeeze=False)
     for ax, regime in zip(axes[0], regimes, strict=True):
         for r in rows[rows["input_dist"] == regime].itertuples():
             below = r.skill < FLOOR
@@ -70,9 +67,6 @@ def slide_plot(df: pd.DataFrame, out_dir: Path) -> Path | None:
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path = ensure_dir(Path(out_dir)) / "slide.png"
-    try:
-        with atomic_path(path) as tmp:  # a full disk never leaves a torn PNG
-            fig.savefig(tmp, dpi=DPI, format="png")
-    finally:
-        plt.close(fig)
+    with atomic_path(path) as tmp:  # a full disk never leaves a torn PNG
+        fig.savefig(tmp, dpi=DPI, format="png")
     return path

@@ -1,6 +1,6 @@
 """The report settings of a run: the scenario's `report:` block as the report reads it.
 
-`ReportSpec` itself is declared in `harness.measure.metrics` (config composes it into a
+`ReportSpec` itself is declared in `harness.plugins.metrics` (config composes it into a
 `Scenario`, and config sits below results in the stage order); here it is read back from the
 `scenario.json` a run directory holds.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.measure.metrics import ReportSpec
+from harness.config.blocks import ReportSpec
 
 __all__ = ["ReportSpec", "read_report_spec", "matches_baseline"]
 

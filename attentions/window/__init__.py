@@ -1,0 +1,1 @@
+"""`window`: exact softmax attention over a sliding window of keys (local attention)."""
