@@ -12,3 +12,4 @@ VARIANTS.register("luna_nested", "attentions.luna_nested.variant:LunaNestedAtten
 VARIANTS.register("window", "attentions.window.variant:WindowAttention")
 VARIANTS.register("taylor", "attentions.taylor.variant:TaylorAttention")
 VARIANTS.register("deltanet", "attentions.deltanet.variant:DeltaNetAttention")
+VARIANTS.register("hedgehog", "attentions.hedgehog.variant:HedgehogAttention")

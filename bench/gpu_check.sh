@@ -25,7 +25,7 @@ SANITY_S="${GPU_CHECK_SANITY_S:-45}"
 LUNA_S="${GPU_CHECK_LUNA_S:-210}"
 GRACE_S=10  # after SIGINT (pytest writes its junit XML, the runner finalizes), then SIGKILL
 SCENARIOS="scenarios/flash_sanity.yaml scenarios/luna_long.yaml"
-GPU_TESTS="tests/gpu/test_gpu_timer.py tests/gpu/test_gpu_luna_triton.py tests/gpu/test_gpu_contract.py tests/gpu/test_gpu_window_taylor_deltanet.py"
+GPU_TESTS="tests/gpu/test_gpu_timer.py tests/gpu/test_gpu_luna_triton.py tests/gpu/test_gpu_contract.py tests/gpu/test_gpu_window_taylor_deltanet.py tests/gpu/test_gpu_hedgehog_fla.py"
 
 cd "$(dirname "$0")/.." || exit 2  # the repository root: run_bench.py, scenarios/, tests/
 

@@ -55,7 +55,7 @@ def randomize_(model: LunaAttention, seed: int = 0) -> LunaAttention:
     gen = torch.Generator().manual_seed(seed)
     d, hidden = model.W.shape[1], model.w2.shape[1]
     scales = {"W": d**-0.5, "b": 0.5, "w1": 1.0, "b1": 1.0, "w2": hidden**-0.5, "b2": 0.1}
-    scales |= {"env_a": 0.3 * d**-0.5, "env_c": 0.5}
+    scales |= {"env_a": 0.3 * d**-0.5, "env_c": 0.5, "log_linear_scale": 0.5}
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_(scales[name] * torch.randn(p.shape, generator=gen, dtype=p.dtype))

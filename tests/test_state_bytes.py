@@ -23,6 +23,7 @@ EXPECTED = {
     "luna_nested": ({"pack_len": 32}, H * 2 * 32 * D * 4),  # sum k A^T (d x l) and sum A v^T (l x d)
     "deltanet": ({}, H * D * D * 4),  # fp32 S (d x d), no normalizer
     "nystrom": ({}, None),  # no causal form
+    "hedgehog": ({"window": 64}, H * ((128 * D + 128) * 4 + 2 * 64 * D * 2)),  # D = 2F, F = d; + window K, V
 }
 
 

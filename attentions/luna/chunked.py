@@ -29,7 +29,8 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from attentions.luna.features import LunaWeights, luna_features
+from attentions.luna.features import LunaWeights, channel_rms, luna_features
+from attentions.window_linear.chunked import hybrid_attention_chunked
 
 
 def _features(nonneg: bool, x: Tensor, *w: Tensor | None) -> Tensor:
@@ -161,3 +162,24 @@ def luna_attention_chunked(
         state, norm = state * scale[..., None], norm * scale
     q_fn = partial(_query_block, nonneg, eps)
     return torch.cat([_run(q_fn, q[:, :, s : s + chunk], state, norm, *weights) for s in starts], dim=2)
+
+
+def luna_hybrid_chunked(
+    q: Tensor, k: Tensor, v: Tensor, weights: LunaWeights, causal: bool, nonneg: bool = True,
+    eps: float = 1e-6, ch_rms: bool = False, chunk: int = 128, mask: Tensor | None = None, window: int = 1,
+    log_scale: Tensor | None = None,
+) -> Tensor:  # fmt: skip
+    """LUNA's window + linear hybrid (`window` >= 1) by blocks: phi of q and k per block (checkpointed,
+    `features_blockwise`; with ch_rms divided by the channel RMS over real tokens), then
+    window_linear.chunked.hybrid_attention_chunked with log-scales 0 (ReLU features need no stabilizer)
+    and eps in the shared normalizer; log_scale (H,) the learned log-weight of the feature scores.
+    q, k, v: (B, H, N, d) -> (B, H, N, d) in the weights' dtype."""
+    if ch_rms and causal:
+        raise ValueError("ch_rms pools over all tokens; it has no causal form")
+    phi_q, phi_k = (features_blockwise(x, weights, nonneg, chunk) for x in (q, k))  # (B, H, N, D)
+    if ch_rms:
+        phi_q, phi_k = channel_rms(phi_q, eps, mask), channel_rms(phi_k, eps, mask)
+    zeros = phi_q.new_zeros(phi_q.shape[:-1])
+    return hybrid_attention_chunked(
+        q, k, v, phi_q, zeros, phi_k, zeros, causal, window, chunk, eps, mask, log_scale
+    )  # fmt: skip

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from attentions.luna.triton_configs import causal_block_n
+from attentions.window_linear.cost import hybrid_flops
 from harness.measure.costs import by_mode, causal_chunked_matmul_flops, chunk_sizes, matmul_flops
 from harness.plugins.contract import Problem
 
@@ -61,6 +62,8 @@ def luna_flop_terms(problem: Problem, p: Any, impl: str) -> dict[str, float]:
     triton: fused kernels; projection to all D columns, MLP in registers, backward recomputes phi.
     """
     bh, n, d, D = problem.batch * problem.heads, problem.seq_len, problem.head_dim, p.m * p.L
+    if p.window > 0 and impl in ("naive", "chunked"):
+        return _window_terms(problem, p, impl, bh, n, d, D)
     if impl == "triton":
         feat, mlp, env = _features(problem, p, D)
         fwd, bwd = _triton_attention(problem, D)
@@ -83,6 +86,25 @@ def luna_flop_terms(problem: Problem, p: Any, impl: str) -> dict[str, float]:
             fwd = 2 * matmul_flops(n, D, d) + matmul_flops(n, D, 1)
             bwd = 2 * fwd + (matmul_flops(n, D, d) + matmul_flops(n, D, 1) if checkpointed else 0.0)
         feat_bwd, mlp_bwd = (3 * feat, 3 * mlp) if checkpointed else (2 * feat, 2 * mlp)
+    return {
+        "feature_matmul": bh * by_mode(problem, feat, feat_bwd),
+        "mlp_elementwise": bh * by_mode(problem, mlp, mlp_bwd),
+        "envelope_matvec": bh * by_mode(problem, env, 2 * env),
+        "attention_matmul": bh * by_mode(problem, fwd, bwd),
+    }
+
+
+def _window_terms(problem: Problem, p: Any, impl: str, bh: int, n: int, d: int, D: int) -> dict[str, float]:
+    """The window hybrid. naive: explicit (N, N) exact scores q k^T, feature scores and weights @ v, backward
+    2x. chunked: phi by checkpointed blocks (backward recomputes them: 3x), then the blocked passes of
+    window_linear.cost (one causal, two non-causal)."""
+    feat, mlp, env = _features(problem, p, p.m)
+    if impl == "naive":
+        fwd = matmul_flops(n, d, n) + matmul_flops(n, D, n) + matmul_flops(n, n, d)
+        bwd, feat_bwd, mlp_bwd = 2 * fwd, 2 * feat, 2 * mlp
+    else:
+        fwd, bwd = hybrid_flops(n, D, d, p.window, p.chunk, problem.causal)
+        feat_bwd, mlp_bwd = 3 * feat, 3 * mlp
     return {
         "feature_matmul": bh * by_mode(problem, feat, feat_bwd),
         "mlp_elementwise": bh * by_mode(problem, mlp, mlp_bwd),

@@ -6,6 +6,8 @@ sampled without replacement (torch.Generator seeded by `spec.seed`):
     P = teacher.weights(q, k, rows)                                    (B, H, R, Nc) softmax weights
     A = (phi(q_r) . phi(k_j)) / (sum_j' phi(q_r) . phi(k_j') + eps)     same shape, LUNA's weights,
         with keys j > r masked to 0 when the teacher is causal, exactly the weights LUNA's forward uses
+        with `window` > 0 the hybrid's weights (window_linear.weights.hybrid_row_weights: exact softmax
+        scores inside the window, one normalizer), so the map is fitted with the window in place
     loss = mean_{b,h,r} KL(P || A) = sum_j P (log P - log(A + TINY))   (+ mse_weight * MSE(A v, P v))
 
 Adam(lr = spec.lr) over all the variant's parameters, spec.steps steps, fp32 on the parameters'
@@ -23,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from attentions.luna.features import channel_rms
+from attentions.window_linear.weights import hybrid_row_weights
 from harness.plugins.contract import FitResult, FitSpec, Teacher
 
 TINY = 1e-9  # floor inside log(A): ReLU features make some LUNA weights exactly 0
@@ -63,6 +66,8 @@ def fit_luna(
     eps: float,
     ch_rms: bool,
     device: torch.device | str,
+    window: int = 0,
+    log_scale: Tensor | None = None,
 ) -> FitResult:
     """Train `parameters` so LUNA's weights match the teacher's.
 
@@ -89,7 +94,14 @@ def fit_luna(
                 phi_k = channel_rms(features(k), eps)
             else:
                 phi_q, phi_k = features(q[:, :, rows]), features(k)
-            weights = luna_row_weights(phi_q, phi_k, rows, teacher.causal, eps)
+            if window > 0:  # the hybrid's weights: exact scores in the window, one normalizer
+                zeros = phi_k.new_zeros(phi_k.shape[:-1])
+                lq, lk = zeros[:, :, rows], zeros
+                weights = hybrid_row_weights(
+                    q[:, :, rows], k, phi_q, lq, phi_k, lk, rows, teacher.causal, window, eps, log_scale
+                )
+            else:
+                weights = luna_row_weights(phi_q, phi_k, rows, teacher.causal, eps)
             loss, _ = distill_loss(weights, target, v, spec.mse_weight)
             value = loss.item()
             if not math.isfinite(value):

@@ -18,6 +18,11 @@ Attention (Katharopoulos-style linear attention with phi; eps keeps 0/0 away sin
 features are often exactly 0), written with explicit weights A_ij = phi(q_i) . phi(k_j):
     out_i = sum_j A_ij v_j / (sum_j A_ij + eps)   over visible keys j: all (non-causal) or j <= i
                                                   (causal), never a padded key (mask False)
+window W > 0 (the LoLCATs window + linear hybrid): inside the sliding window (i - W < j <= i causal,
+|i - j| < W non-causal) A_ij is replaced by the exact softmax score exp(q_i . k_j / sqrt(d)); one
+normalizer over both parts; the feature scores carry a learned per-head weight exp(beta_h)
+(init 1). Computed with each row scaled by exp(-c_i), c_i = max(0, max_j in window
+of q_i . k_j / sqrt(d)), which cancels between numerator and denominator (eps scaled alike).
 ch_rms (optional, from the paper's code): each of the D feature channels of phi(q) and of
 phi(k) is divided by its RMS over the sequence's real tokens (per batch and head, never pooled
 over the batch). It pools over all tokens, so it is defined for non-causal attention only.
@@ -97,6 +102,32 @@ def linear_attention(
     return (weights @ v.to(phi_q.dtype)) / (weights.sum(-1, keepdim=True) + eps)
 
 
+def hybrid_attention(
+    q: Tensor, k: Tensor, v: Tensor, phi_q: Tensor, phi_k: Tensor, causal: bool, eps: float, window: int,
+    key_padding_mask: Tensor | None = None, log_scale: Tensor | None = None,
+) -> Tensor:  # fmt: skip
+    """The window + linear hybrid from features by explicit weights. q, k, v: (B, H, N, d); phi_q, phi_k:
+    (B, H, N, D) -> (B, H, N, d), in the features' dtype."""
+    n = q.shape[-2]
+    rows = torch.arange(n, device=q.device)[:, None]
+    cols = torch.arange(n, device=q.device)[None, :]
+    visible = (cols <= rows) if causal else torch.ones(n, n, dtype=torch.bool, device=q.device)
+    visible = visible[None, None]
+    if key_padding_mask is not None:
+        visible = visible & key_padding_mask[:, None, None, :]
+    near = visible & ((cols - rows).abs() < window)  # scored exactly
+    far = visible & ~near  # scored by the features
+    exact = (q.to(phi_q.dtype) @ k.to(phi_q.dtype).transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    minus_inf = torch.full_like(exact, -math.inf)
+    c = torch.where(near, exact, minus_inf).amax(dim=-1, keepdim=True).clamp_min(0.0)  # row scale
+    feature = phi_q @ phi_k.transpose(-1, -2)
+    if log_scale is not None:  # the learned weight exp(beta_h) of head h's feature scores
+        feature = feature * torch.exp(log_scale).reshape(1, -1, 1, 1)
+    weights = torch.exp(torch.where(near, exact - c, minus_inf))
+    weights = weights + torch.where(far, feature, torch.zeros_like(feature)) * torch.exp(-c)
+    return (weights @ v.to(phi_q.dtype)) / (weights.sum(dim=-1, keepdim=True) + eps * torch.exp(-c))
+
+
 def luna_attention(
     q: Tensor,
     k: Tensor,
@@ -114,15 +145,19 @@ def luna_attention(
     env_a: Tensor | None = None,
     env_c: Tensor | None = None,
     key_padding_mask: Tensor | None = None,
+    window: int = 0,
+    log_scale: Tensor | None = None,
 ) -> Tensor:
     """LUNA. q, k, v: (B, H, N, d); key_padding_mask (B, N) bool, True = real -> (B, H, N, d) in the
-    parameters' dtype."""
+    parameters' dtype. window > 0: the window + linear hybrid."""
     if ch_rms and causal:
         raise ValueError("ch_rms pools over all tokens; it has no causal form")
     phi_q = luna_features(q, W, b, w1, b1, w2, b2, nonneg, env_a, env_c)
     phi_k = luna_features(k, W, b, w1, b1, w2, b2, nonneg, env_a, env_c)
     if ch_rms:
         phi_q, phi_k = channel_rms(phi_q, eps, key_padding_mask), channel_rms(phi_k, eps, key_padding_mask)
+    if window > 0:
+        return hybrid_attention(q, k, v, phi_q, phi_k, causal, eps, window, key_padding_mask, log_scale)
     return linear_attention(phi_q, phi_k, v, causal, eps, key_padding_mask)
 
 
@@ -133,5 +168,6 @@ def reference(
     p, w = variant.params, variant.weights()
     return luna_attention(
         q, k, v, *w[:6], causal=causal, nonneg=p.nonneg, eps=p.eps, ch_rms=p.ch_rms,
-        env_a=w.env_a, env_c=w.env_c, key_padding_mask=key_padding_mask,
+        env_a=w.env_a, env_c=w.env_c, key_padding_mask=key_padding_mask, window=p.window,
+        log_scale=getattr(variant, "log_linear_scale", None),
     )  # fmt: skip

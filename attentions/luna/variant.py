@@ -12,6 +12,8 @@ naive.py for the exact definition, features.py for the map the impls use). Impls
               (needs triton); no ch_rms
 Parameters are fp32 on the given device; inputs of any dtype are read in fp32 and the output is
 cast back to the input dtype. naive and chunked take a key-padding mask (padded keys: phi(k) = 0).
+`window: W` > 0 (naive and chunked; triton and compile refuse it): LoLCATs' window + linear hybrid,
+exact softmax scores inside a sliding window and phi scores outside, one normalizer (README).
 """
 
 from __future__ import annotations
@@ -28,13 +30,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils._python_dispatch import _get_current_dispatch_mode as _dispatch_mode
 
-from attentions.luna.chunked import features_blockwise, luna_attention_chunked
+from attentions.luna.chunked import features_blockwise, luna_attention_chunked, luna_hybrid_chunked
 from attentions.luna.compiled import compiled_luna, luna_attention_blocked
 from attentions.luna.cost_model import luna_flop_terms
 from attentions.luna.dense import luna_attention_dense
 from attentions.luna.features import LunaWeights, init_luna_params
 from attentions.luna.fit import fit_luna
-from harness.measure.costs import io_bytes_for_mode
+from harness.measure.costs import element_bytes, io_bytes_for_mode
 from harness.plugins.contract import (
     AttentionVariant,
     Capabilities,
@@ -50,6 +52,8 @@ ENVELOPES = ("none", "learned")
 CH_RMS_CAUSAL_REASON = "luna ch_rms pools over all tokens, so it has no causal form"
 TRITON_CPU_REASON = "luna/triton runs on CUDA, or on CPU only under TRITON_INTERPRET=1 (slow; for tests)"
 TRITON_MAX_FEATURES = TRITON_MAX_HEAD_DIM = 128  # triton_launch.MAX_FEATURES / MAX_HEAD_DIM
+WINDOW_REASON = "luna/{impl} has no sliding-window hybrid (window > 0: use impl chunked or naive)"
+FP32_BYTES = 4
 FIT_BLOCK = 256  # tokens per checkpointed feature block during fit (bounds its memory only)
 
 
@@ -71,9 +75,10 @@ class LunaParams:
     ch_rms: bool = False  # divide each feature channel by its RMS over the sequence (non-causal only)
     eps: float = 1e-6  # in the attention denominator and the channel RMS
     chunk: int = 128  # token block of the chunked impl
+    window: int = 0  # > 0: exact softmax scores in a sliding window, phi scores outside (LoLCATs hybrid)
 
     def __post_init__(self) -> None:
-        for name, low in (("m", 1), ("L", 1), ("hidden", 1), ("chunk", 1)):
+        for name, low in (("m", 1), ("L", 1), ("hidden", 1), ("chunk", 1), ("window", 0)):
             _check_int(name, getattr(self, name), low)
         for name in ("shared_channels", "nonneg", "ch_rms"):
             if not isinstance(getattr(self, name), bool):
@@ -93,7 +98,7 @@ def _param_count(params: LunaParams, d: int) -> int:
 
 def _triton_reasons(problem: Problem, params: LunaParams) -> list[str]:
     """Why impl "triton" cannot run this case (empty: it can)."""
-    reasons = []
+    reasons = [WINDOW_REASON.format(impl="triton")] if params.window > 0 else []
     if problem.device == "cpu" and os.environ.get("TRITON_INTERPRET", "0").lower() not in ("1", "true", "on"):
         reasons.append(TRITON_CPU_REASON)
     if params.ch_rms:
@@ -109,7 +114,7 @@ def _triton_reasons(problem: Problem, params: LunaParams) -> list[str]:
 
 def _compile_reasons(problem: Problem, params: LunaParams) -> list[str]:
     """Why impl "compile" cannot run this case (empty: it can)."""
-    reasons = []
+    reasons = [WINDOW_REASON.format(impl="compile")] if params.window > 0 else []
     if params.ch_rms:
         reasons.append("luna/compile does not implement ch_rms (use impl chunked)")
     compilers = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "clang++"]
@@ -160,6 +165,10 @@ class LunaAttention(AttentionVariant):
             names += ["env_a", "env_c"]
         for key in names:
             self.register_parameter(key, nn.Parameter(init[key].to(device=device, dtype=torch.float32)))
+        if (
+            params.window > 0
+        ):  # the hybrid's per-head log-weight of the feature scores (LoLCATs' window factor)
+            self.log_linear_scale = nn.Parameter(torch.zeros(heads, device=device))
 
     @classmethod
     def capabilities_for(cls, impl: str) -> Capabilities:
@@ -183,10 +192,12 @@ class LunaAttention(AttentionVariant):
         return params.m * params.L
 
     @classmethod
-    def state_bytes(cls, problem: Problem, params: LunaParams, impl: str) -> float | None:
-        """The fp32 state S (D x d) and normalizer z (D) per head, D = m L."""
-        D = cls.feature_dim(problem, params)
-        return float(problem.heads * (D * problem.head_dim + D) * 4)
+    def state_bytes(cls, problem: Problem, params: LunaParams, impl: str) -> float:
+        """Per head the fp32 D x d state and D normalizer; with a window also the last W keys and values
+        (input dtype) that the exact part reads."""
+        D, d = params.m * params.L, problem.head_dim
+        window = 2.0 * min(params.window, problem.seq_len) * d * element_bytes(problem)
+        return problem.heads * ((D * d + D) * FP32_BYTES + window)
 
     @classmethod
     def flop_terms(cls, problem: Problem, params: LunaParams, impl: str) -> dict[str, float]:
@@ -215,10 +226,17 @@ class LunaAttention(AttentionVariant):
         """q, k, v: (B, H, N, d) any float dtype; key_padding_mask (B, N) bool, True = real (naive,
         chunked) -> (B, H, N, d) in q's dtype (computed in fp32)."""
         p, w, mask = self.params, self.weights(), key_padding_mask
+        beta = self.log_linear_scale if p.window > 0 else None
         if p.ch_rms and causal:
             raise ValueError(CH_RMS_CAUSAL_REASON)
+        if p.window > 0 and self.impl in ("triton", "compile"):
+            raise ValueError(WINDOW_REASON.format(impl=self.impl))
         if self.impl == "naive":
-            out = luna_attention_dense(q, k, v, w, causal, p.nonneg, p.eps, p.ch_rms, mask)
+            out = luna_attention_dense(q, k, v, w, causal, p.nonneg, p.eps, p.ch_rms, mask, p.window, beta)
+        elif self.impl == "chunked" and p.window > 0:
+            out = luna_hybrid_chunked(
+                q, k, v, w, causal, p.nonneg, p.eps, p.ch_rms, p.chunk, mask, p.window, beta
+            )
         elif self.impl == "chunked":
             out = luna_attention_chunked(q, k, v, w, causal, p.nonneg, p.eps, p.ch_rms, p.chunk, mask)
         elif self.impl == "triton":
@@ -255,5 +273,6 @@ class LunaAttention(AttentionVariant):
 
         return fit_luna(
             features, self.parameters(), calib_batches, teacher, spec,
-            eps=p.eps, ch_rms=p.ch_rms, device=self.W.device,
+            eps=p.eps, ch_rms=p.ch_rms, device=self.W.device, window=p.window,
+            log_scale=self.log_linear_scale if p.window > 0 else None,
         )  # fmt: skip
