@@ -107,7 +107,7 @@ def test_captured_source_splits_cache_and_e2e_run(tmp_path: Path, monkeypatch: p
     gen = torch.Generator().manual_seed(2)
     lines = [" ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (int(n),), generator=gen)) for n in
              torch.randint(2, 14, (8,), generator=gen)]  # fmt: skip
-    (tmp_path / "texts.txt").write_text("# tiny\n" + "\n".join(lines))
+    (tmp_path / "texts.txt").write_text("# tiny\n" + "\n\n".join(lines))
     src = CapturedSource()
     opts = src.options(
         {"model": str(folder), "texts": str(tmp_path / "texts.txt"), "max_length": 16, "layer": 1}
