@@ -100,7 +100,7 @@ def test_texts_file_size_and_count_bounded(tmp_path: Path, monkeypatch: pytest.M
     [
         ("{not json", "config.json: not valid JSON"),
         ("[1, 2]", "config.json: expected a JSON object, found list"),
-        ({**CONFIG, "num_attention_heads": "four"}, "num_attention_heads: expected an int >= 1, found 'four'"),
+        ({**CONFIG, "num_attention_heads": "four"}, "num_attention_heads: expected an int >= 1, found 'fo"),
         ({**CONFIG, "hidden_size": 30}, "hidden_size 30 is not a multiple of 4 heads"),
         ({k: v for k, v in CONFIG.items() if k != "max_position_embeddings"}, "max_position_embeddings"),
     ],
@@ -136,12 +136,15 @@ def test_projected_capture_bytes_bounded_by_a_knob_the_user_can_raise(tmp_path: 
     # 8 texts x 64 tokens x (3 x 2 layers x 4 heads x 8 dims x 4 bytes + 1 mask byte)
     size = capture.projected_bytes(8, 2, 4, 8, 64)
     assert size == 8 * 64 * (3 * 2 * 4 * 8 * 4 + 1)
-    with pytest.raises(ScenarioError, match=r"inputs.max_length: the capture .* over capture_limit_gb 0.0001"):
-        load_scenario(str(_scenario(tmp_path, model=folder, texts=docs, max_length=64, capture_limit_gb=1e-4)))
+    over = _scenario(tmp_path, model=folder, texts=docs, max_length=64, capture_limit_gb=1e-4)
+    with pytest.raises(ScenarioError, match=r"inputs.max_length: the capture .* capture_limit_gb 0.0001"):
+        load_scenario(str(over))
     load_scenario(str(_scenario(tmp_path, model=folder, texts=docs, max_length=64, capture_limit_gb=1e-3)))
 
 
-def test_layer_in_an_e2e_scenario_is_a_validate_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_layer_in_an_e2e_scenario_is_a_validate_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     folder, docs = str(_model(tmp_path)), str(_texts(tmp_path))
     err = _validate_error(_scenario(tmp_path, kind="e2e", model=folder, texts=docs, layer=0), capsys)
     assert "inputs.layer" in err and "swaps every attention layer" in err
