@@ -217,7 +217,7 @@ _WARNED: set[str] = set()
 
 
 def _warn_once(topic: str, message: str) -> None:
-    """One CaptureCacheWarning per `topic` (a folder or a file) per process."""
+    """One CaptureCacheWarning per `topic` (a cache folder) per process."""
     if topic not in _WARNED:
         _WARNED.add(topic)
         warnings.warn(message, CaptureCacheWarning, stacklevel=3)
@@ -242,7 +242,7 @@ def load_capture(ref: ModelRef, texts: list[str], max_length: int) -> dict[str, 
             tensors = verify_entry(path, expected)
         except CacheEntryError as err:
             CACHE_NOTES[key] = f"rebuilt: {err}"
-            _warn_once(str(path), f"capture cache: {err}; rebuilding it")
+            warnings.warn(f"capture cache: {err}; rebuilding it", CaptureCacheWarning, stacklevel=2)
     if tensors is None:
         tokenizer, model = load(ref)
         tensors = capture_qkv(model, *tokenize(tokenizer, texts, max_length))
