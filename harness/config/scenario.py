@@ -214,7 +214,7 @@ def _scenario(path: str, raw: dict[str, Any], max_cases: int | None = None) -> S
         report=report_block(top.get("report", {}), top["variants"]),
         execute=execute_block(top.get("execute", {})),
     )
-    KINDS.get(kind).check_inputs(inputs)  # e.g. e2e: no `layer:` (it swaps every layer)
+    KINDS.get(kind).check_inputs(inputs)  # the kind's own checks of the regimes
     bounds.problem_size(scenario.problem)
     bounds.check_case_count(scenario, max_cases)
     bounds.check_entries(scenario.variants)  # every params point; no two giving the same case
