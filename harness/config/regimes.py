@@ -70,6 +70,7 @@ def input_spec(raw: Any, where: str, problem: Mapping[str, tuple[Any, ...]]) -> 
         seed=non_negative_int(values.get("seed", 0), f"{where}.seed"),
         options=options,
     )
+    source.check_options(source.options(options), where)  # across knobs, e.g. captured: the model's limits
     _check_fixed_axes(source, spec, where, problem)
     return spec
 

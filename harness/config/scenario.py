@@ -206,7 +206,7 @@ def _scenario(path: str, raw: dict[str, Any], max_cases: int | None = None) -> S
         task=task_block(kind, top.get("task", {})),
         device=v.choice(DEVICES, "device")(top.get("device", "auto"), "device"),
         problem=(problem := _problem(top["problem"])),
-        inputs=input_regimes(top.get("inputs", {}), dataclasses.asdict(problem)),  # checks fixed axes
+        inputs=(inputs := input_regimes(top.get("inputs", {}), dataclasses.asdict(problem))),  # fixed axes
         variants=_variants(top["variants"]),
         accuracy=v.block(top.get("accuracy", {}), "accuracy", AccuracySpec, ACCURACY_CHECKS),
         measure=_measure(top.get("measure", {})),
@@ -214,6 +214,7 @@ def _scenario(path: str, raw: dict[str, Any], max_cases: int | None = None) -> S
         report=report_block(top.get("report", {}), top["variants"]),
         execute=execute_block(top.get("execute", {})),
     )
+    KINDS.get(kind).check_inputs(inputs)  # the kind's own checks of the regimes
     bounds.problem_size(scenario.problem)
     bounds.check_case_count(scenario, max_cases)
     bounds.check_entries(scenario.variants)  # every params point; no two giving the same case

@@ -19,22 +19,26 @@ install command. Records carry the texts hash and model weights hash in `info`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
-from harness.common.checks import Invalid, as_str, non_negative_int, optional, positive_int
+from harness.common.checks import Invalid, as_str, non_negative_int, optional, positive, positive_int
 from harness.inputs.capture import capture, model, texts
 from harness.inputs.source import InputBatch, InputSource, Knob, Shape
 
+DEFAULT_LIMIT_GB = 4.0  # `capture_limit_gb`: the largest capture (in memory and in the cache) by default
+
 
 def _texts_file(raw: Any, where: str) -> str | None:
-    """A path to an existing text file, or null (the packaged set)."""
-    path = optional(as_str)(raw, where)
-    if path is not None and not Path(path).expanduser().is_file():
-        raise Invalid(where, f"expected a text file (one text per line), found no file at {path!r}")
-    return path
+    """A packaged set's name (short, long), a path to a usable texts file, or null (short): the
+    file is read and bounded here (texts.read_texts: size, UTF-8, 2 .. MAX_TEXTS documents)."""
+    name = optional(as_str)(raw, where)
+    try:
+        texts.read_texts(name)
+    except texts.TextsError as err:
+        raise Invalid(where, str(err)) from None
+    return name
 
 
 def select_texts(n_texts: int, split: str, batch: int, seed: int) -> list[int]:
@@ -57,8 +61,11 @@ class CapturedSource(InputSource):
     knobs: ClassVar[dict[str, Knob]] = {
         "model": Knob(model.DEFAULT_MODEL, as_str, "a Hugging Face model id or a local model folder"),
         "layer": Knob(0, non_negative_int, "the attention layer whose q, k, v are used (0-based)"),
-        "texts": Knob(None, _texts_file, "a text file, one text per line (null: the packaged 64 texts)"),
+        "texts": Knob(None, _texts_file, "short, long or a texts file, one document per block (null: short)"),
         "max_length": Knob(64, positive_int, "tokens per text after padding / truncation (= seq_len)"),
+        "capture_limit_gb": Knob(
+            DEFAULT_LIMIT_GB, positive, "the largest capture allowed (GB = 1e9 bytes): raise it for more"
+        ),
     }
     regime_knobs: ClassVar[tuple[str, ...]] = ("layer",)
     pads: ClassVar[bool] = True
@@ -67,6 +74,42 @@ class CapturedSource(InputSource):
     def unavailable(self, options: Mapping[str, Any]) -> list[str]:
         reason = model.missing_reason()
         return [reason] if reason else []
+
+    def check_options(self, options: Mapping[str, Any], where: str) -> None:
+        """Bounds that need the model's config.json (read without weights or transformers): the
+        model folder, `layer` below its layer count, `max_length` within its positions, and the
+        capture's projected size within `capture_limit_gb`. Raises Invalid naming the knob; a hub id
+        that is not on this machine is checked when it is downloaded."""
+        try:
+            config = model.read_config(options["model"])
+            if config is None:
+                return
+            file = f"{model.local_folder(options['model'])}/config.json"
+            layers, heads, head_dim = model.attention_shape(config, file)
+            positions = model.max_positions(config, file)
+        except model.ModelConfigError as err:
+            raise Invalid(f"{where}.model", str(err)) from None
+        if int(options["layer"]) >= layers:
+            raise Invalid(
+                f"{where}.layer", f"expected 0 .. {layers - 1} ({options['model']} has {layers} layers), "
+                f"found {options['layer']}"
+            )  # fmt: skip
+        n = int(options["max_length"])
+        if n > positions:
+            raise Invalid(
+                f"{where}.max_length",
+                f"expected at most {positions} (max_position_embeddings of {file}), found {n}",
+            )
+        n_texts = len(texts.read_texts(options["texts"]))
+        size = capture.projected_bytes(n_texts, layers, heads, head_dim, n)
+        limit = float(options["capture_limit_gb"])
+        if size > limit * 1e9:
+            raise Invalid(
+                f"{where}.max_length",
+                f"the capture of {n_texts} texts x {layers} layers at {n} tokens would take "
+                f"{size / 1e9:.1f} GB, over capture_limit_gb {limit:g}: shorten max_length or the texts, "
+                "or raise capture_limit_gb",
+            )
 
     def fixed_axes(self, options: Mapping[str, Any]) -> dict[str, tuple[Any, ...]]:
         half = len(texts.read_texts(options["texts"])) // 2
@@ -77,7 +120,7 @@ class CapturedSource(InputSource):
         }
         config = model.read_config(options["model"])
         if config is not None:
-            layers, heads, head_dim = model.attention_shape(config)
+            layers, heads, head_dim = model.attention_shape(config, options["model"])
             fixed.update(heads=(heads,), head_dim=(head_dim,))
         return fixed
 
@@ -119,7 +162,11 @@ class CapturedSource(InputSource):
             return InputBatch(*(x.to(device).contiguous() for x in (q, k, v)))
         info = {
             "model": ref.name,
+            "texts": options["texts"] or "short",
             "weights_sha256": ref.weights_hash[:16],
             "texts_hash": texts.texts_hash(text_list),
         }
+        note = capture.CACHE_NOTES.get(capture.capture_key(ref, text_list, int(options["max_length"])))
+        if note:
+            info["capture_cache"] = note
         return InputBatch(*(x.to(device).contiguous() for x in (q, k, v)), mask.to(device), info)

@@ -103,6 +103,11 @@ class InputSource:
             raise Invalid(where, f"not a knob of input source {self.name} (its knobs: {allowed})")
         return self.knobs[name].check(raw, where)
 
+    def check_options(self, options: Mapping[str, Any], where: str) -> None:
+        """Checks across knobs, or against files the knobs name, made when a scenario loads (after each
+        knob's own validator): raise `Invalid(f"{where}.<knob>", message)`. `options` holds every
+        knob, defaults filled in. The default checks nothing."""
+
     def fixed_axes(self, options: Mapping[str, Any]) -> dict[str, tuple[Any, ...]]:
         """Problem axes this source fixes, e.g. {"heads": (12,), "head_dim": (32,)}.
 

@@ -48,6 +48,13 @@ class BenchmarkKind:
         return ()
 
     @classmethod
+    def check_inputs(cls, inputs: tuple[Any, ...]) -> None:
+        """Reject input regimes (the scenario's validated `inputs:`, InputSpecs) this kind cannot
+        use, when the scenario loads: raise `harness.common.checks.Invalid(where, message)` with
+        `where` a key path such as `inputs.layer`. Default: any."""
+        return None
+
+    @classmethod
     def skip_reasons(cls, case: Any) -> list[str] | None:
         """Why `case` will be skipped before it runs, when the kind decides that itself (`validate`
         shows them); None (the default): the variant's capabilities on the case's problem."""

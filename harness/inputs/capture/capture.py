@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from harness.inputs.capture.model import ModelRef, load
 from harness.inputs.capture.texts import texts_hash
 
 CAPTURE = "attnbench_capture"
-CAPTURE_VERSION = 1  # bump when what is stored changes
+CAPTURE_VERSION = 2  # bump when what is stored changes
 CHUNK = 16  # texts per model call while capturing (bounds memory only)
 
 
@@ -119,28 +120,138 @@ def capture_key(ref: ModelRef, texts: list[str], max_length: int) -> str:
     return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:24]
 
 
+def projected_bytes(n_texts: int, layers: int, heads: int, head_dim: int, max_length: int) -> int:
+    """Bytes of a capture: q, k, v fp32 (T, H, N, d) per layer and the (T, N) bool mask."""
+    return n_texts * max_length * (3 * layers * heads * head_dim * 4 + 1)
+
+
+def tensors_hash(tensors: dict[str, Tensor]) -> str:
+    """sha256 (hex) of every tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().reshape(-1).view("uint8") if t.numel() else b"")
+    return h.hexdigest()
+
+
+class CacheEntryError(ValueError):
+    """A cache entry that is not the capture it is filed under (the message names the file)."""
+
+
+def _expected_meta(ref: ModelRef, texts: list[str], max_length: int) -> dict[str, str]:
+    return {
+        "model": ref.name,
+        "weights_sha256": ref.weights_hash,
+        "texts_hash": texts_hash(texts),
+        "n_texts": str(len(texts)),
+        "max_length": str(max_length),
+        "capture_version": str(CAPTURE_VERSION),
+    }
+
+
+def verify_entry(path: Path, expected: dict[str, str]) -> dict[str, Tensor]:
+    """The tensors of cache entry `path` after checking that it is the capture `expected` describes
+    (its inputs: model, weights, texts hash, text count, max length, version), that every tensor
+    has the shape that implies (mask (T, N); q.l, k.l, v.l (T, H, N, d) for l = 0 .. layers - 1)
+    and that the tensors hash to the `tensors_sha256` stored with them. CacheEntryError otherwise."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CacheEntryError(f"{path}: unreadable capture ({_one_line(err)})") from None
+    for name, want in expected.items():
+        if meta.get(name) != want:
+            found = meta.get(name)
+            raise CacheEntryError(f"{path}: {name} is {found!r}, expected {want!r} (another capture)")
+    n_texts, max_length = int(expected["n_texts"]), int(expected["max_length"])
+    mask = tensors.get("mask")
+    if mask is None or mask.dtype != torch.bool or tuple(mask.shape) != (n_texts, max_length):
+        found = None if mask is None else (mask.dtype, tuple(mask.shape))
+        raise CacheEntryError(f"{path}: mask is {found}, expected bool {(n_texts, max_length)}")
+    layers = sum(1 for name in tensors if name.startswith("q."))
+    wanted = {"mask"} | {f"{x}.{layer}" for layer in range(layers) for x in "qkv"}
+    if layers == 0 or set(tensors) != wanted:
+        raise CacheEntryError(f"{path}: tensors {sorted(tensors)}, expected mask and q, k, v of every layer")
+    shape = tuple(tensors["q.0"].shape)  # (T, H, N, d)
+    for name, t in tensors.items():
+        if name == "mask":
+            continue
+        if t.dtype != torch.float32 or tuple(t.shape) != shape or shape[0::2][:2] != (n_texts, max_length):
+            want = f"float32 (T={n_texts}, H, N={max_length}, d)"
+            raise CacheEntryError(f"{path}: {name} is {t.dtype} {tuple(t.shape)}, expected {want}")
+    if meta.get("tensors_sha256") != tensors_hash(tensors):
+        raise CacheEntryError(f"{path}: the tensors do not match their stored sha256 (corrupt)")
+    return tensors
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:200] or type(err).__name__
+
+
+def write_entry(path: Path, tensors: dict[str, Tensor], meta: dict[str, str]) -> None:
+    """Write a cache entry atomically: a temporary file beside it, then a rename over `path`."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata={**meta, "tensors_sha256": tensors_hash(tensors)})
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+class CaptureCacheWarning(UserWarning):
+    """The capture cache could not be used; the capture is kept in memory (or was rebuilt)."""
+
+
 _MEMO: dict[str, dict[str, Tensor]] = {}
+CACHE_NOTES: dict[str, str] = {}  # capture key -> what happened to its cache entry (for records' info)
+_WARNED: set[str] = set()
+
+
+def _warn_once(topic: str, message: str) -> None:
+    """One CaptureCacheWarning per `topic` (a cache folder) per process."""
+    if topic not in _WARNED:
+        _WARNED.add(topic)
+        warnings.warn(message, CaptureCacheWarning, stacklevel=3)
 
 
 def load_capture(ref: ModelRef, texts: list[str], max_length: int) -> dict[str, Tensor]:
-    """The capture of `ref` on `texts` at `max_length`: from this process's memo, the disk cache,
-    or computed (on CPU) and written to the cache (atomically: a temporary file, then a rename)."""
-    from safetensors.torch import load_file, save_file
+    """The capture of `ref` on `texts` at `max_length`: from this process's memo, the disk cache
+    (verified: `verify_entry`), or computed (on CPU) and written to the cache atomically.
 
+    A bad entry (another capture, corrupt, truncated, wrong shapes) is rebuilt and replaced, with a
+    warning naming the file; a cache that cannot be written (an unwritable folder, a path that is
+    not a file) leaves the capture in memory, with one warning per folder. Either is noted in
+    `CACHE_NOTES[key]`."""
     key = capture_key(ref, texts, max_length)
     if key in _MEMO:
         return _MEMO[key]
     path = cache_dir() / "captures" / f"{key}.safetensors"
-    if path.is_file():
-        tensors = load_file(str(path))
-    else:
+    expected = _expected_meta(ref, texts, max_length)
+    tensors = None
+    if path.exists() or path.is_symlink():
+        try:
+            tensors = verify_entry(path, expected)
+        except CacheEntryError as err:
+            CACHE_NOTES[key] = f"rebuilt: {err}"
+            warnings.warn(f"capture cache: {err}; rebuilding it", CaptureCacheWarning, stacklevel=2)
+    if tensors is None:
         tokenizer, model = load(ref)
         tensors = capture_qkv(model, *tokenize(tokenizer, texts, max_length))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        meta = {"model": ref.name, "weights_sha256": ref.weights_hash, "texts_hash": texts_hash(texts)}
-        save_file(tensors, str(tmp), metadata={**meta, "max_length": str(max_length)})
-        os.replace(tmp, path)
-    _MEMO.clear()  # one capture held at a time (each is ~0.2 GB for the default set)
+        try:
+            write_entry(path, tensors, expected)
+        except OSError as err:
+            reason = f"{path}: cannot write the capture cache ({err.strerror or _one_line(err)})"
+            CACHE_NOTES[key] = f"in memory: {reason}"
+            _warn_once(str(path.parent), f"capture cache: {reason}; keeping the capture in memory")
+    _MEMO.clear()  # one capture held at a time (the default set: ~0.2 GB; the long set at 512: ~0.9 GB)
     _MEMO[key] = tensors
     return tensors

@@ -114,19 +114,67 @@ def resolve(name: str) -> ModelRef:
     return ModelRef(name=name, path=str(folder), weights_hash=digest)
 
 
+class ModelConfigError(ValueError):
+    """A model folder or its config.json that cannot be used; one line naming the file."""
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether `name` is meant as a local folder (absolute, ~, ./ or ../, or more than one `/`: a hub
+    id is `name` or `owner/name`), not a hub id."""
+    return name.startswith(("/", "~", "./", "../")) or name in (".", "..") or name.count("/") > 1
+
+
 def read_config(name: str) -> dict[str, Any] | None:
-    """config.json of a model that resolves locally (no network, no transformers), else None."""
+    """config.json of a model that resolves locally (no network, no transformers, no weights), else
+    None (a hub id, checked when it is downloaded). ModelConfigError naming the file for a path that
+    is not a model folder (no folder, no config.json, no weights file) or a config.json that is not
+    a JSON object."""
     folder = local_folder(name)
-    if folder is None or not (folder / "config.json").is_file():
+    if folder is None:
+        if looks_like_path(name):
+            raise ModelConfigError(f"{name}: no model folder there (expected a folder with config.json)")
         return None
-    return json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    file = folder / "config.json"
+    if not file.is_file():
+        raise ModelConfigError(f"{file}: no such file (a model folder needs its config.json)")
+    try:
+        weights_file(folder)
+    except FileNotFoundError as err:
+        raise ModelConfigError(str(err)) from None
+    try:
+        config = json.loads(file.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelConfigError(f"{file}: not valid JSON ({' '.join(str(err).split())})") from None
+    except OSError as err:
+        raise ModelConfigError(f"{file}: cannot read it ({err.strerror or err})") from None
+    if not isinstance(config, dict):
+        raise ModelConfigError(f"{file}: expected a JSON object, found {type(config).__name__}")
+    return config
 
 
-def attention_shape(config: dict[str, Any]) -> tuple[int, int, int]:
-    """(layers, heads, head_dim) from a BERT-style config.json."""
-    heads = int(config["num_attention_heads"])
-    head_dim = int(config.get("head_dim") or config["hidden_size"] // heads)
-    return int(config["num_hidden_layers"]), heads, head_dim
+def _config_int(config: dict[str, Any], key: str, where: str) -> int:
+    value = config.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ModelConfigError(f"{where}: {key}: expected an int >= 1, found {value!r}")
+    return value
+
+
+def attention_shape(config: dict[str, Any], where: str = "config.json") -> tuple[int, int, int]:
+    """(layers, heads, head_dim) from a BERT-style config.json; ModelConfigError naming `where` and
+    the key when one is missing or not a positive int (or hidden_size is not heads x head_dim)."""
+    heads = _config_int(config, "num_attention_heads", where)
+    layers = _config_int(config, "num_hidden_layers", where)
+    if config.get("head_dim") is not None:
+        return layers, heads, _config_int(config, "head_dim", where)
+    hidden = _config_int(config, "hidden_size", where)
+    if hidden % heads:
+        raise ModelConfigError(f"{where}: hidden_size {hidden} is not a multiple of {heads} heads")
+    return layers, heads, hidden // heads
+
+
+def max_positions(config: dict[str, Any], where: str = "config.json") -> int:
+    """The longest input the model takes: config.json's max_position_embeddings."""
+    return _config_int(config, "max_position_embeddings", where)
 
 
 @functools.lru_cache(maxsize=2)

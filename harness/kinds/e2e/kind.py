@@ -125,6 +125,9 @@ def _execute(rec: Record, case: Case, task: dict[str, Any]) -> None:
     rec.set("e2e_s", time.perf_counter() - start)
     for name, value in e2e_swap.fidelity(emb, original).items():
         rec.set(f"e2e_{name}", value)
+    note = capture.CACHE_NOTES.get(capture.capture_key(ref, text_list, int(options["max_length"])))
+    if note:
+        rec.info["capture_cache"] = note
     if not math.isfinite(float(emb.sum())):
         rec.status, rec.reason = "nan", "the swapped model's embeddings are not finite"
         for name in ("cos_mean", "cos_p5", "spearman", "max_abs_diff"):
@@ -132,6 +135,7 @@ def _execute(rec: Record, case: Case, task: dict[str, Any]) -> None:
     rec.info.update(
         model=ref.name,
         weights_sha256=ref.weights_hash[:16],
+        texts=options["texts"] or "short",
         texts_hash=texts.texts_hash(text_list),
         layers=n_layers,
         e2e_per_text=per_text,
@@ -148,6 +152,14 @@ class E2EKind(BenchmarkKind):
     )
     metrics: ClassVar[tuple[Metric, ...]] = E2E
     headline: ClassVar[tuple[str, ...]] = ("e2e_cos_mean", "e2e_spearman", "e2e_floor_cos_mean")
+
+    @classmethod
+    def check_inputs(cls, inputs: tuple[Any, ...]) -> None:
+        """`layer` in a regime is an error: e2e swaps every layer."""
+        for i, spec in enumerate(inputs):
+            if "layer" in dict(spec.options):
+                where = "inputs" if len(inputs) == 1 else f"inputs[{i}]"
+                raise Invalid(f"{where}.layer", "kind e2e swaps every attention layer: remove `layer`")
 
     @classmethod
     def skip_reasons(cls, case: Case) -> list[str]:
