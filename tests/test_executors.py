@@ -42,8 +42,10 @@ measure: {{warmup_ms: 0, min_samples: 2, rep_ms: 0, memory: false, timeout_s: 3}
     return path
 
 
-def cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+def cli(*args: str, timeout: float = 240, path: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": f"{PLUGINS}{os.pathsep}{ROOT}"}
+    if path is not None:
+        env["PATH"] = path
     cmd = [sys.executable, str(ROOT / "run_bench.py"), *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -203,23 +205,55 @@ def test_warm_children_nobody_needs_are_ended(tmp_path: Path) -> None:
     assert set(Path(tempfile.gettempdir()).glob("attnbench-worker-*")) == before  # ended and removed
 
 
+def fake_slurm(folder: Path) -> str:
+    """A PATH where sbatch and squeue exist but sinfo finds no controller (as on a machine with
+    Slurm's client packages and no cluster configured)."""
+    folder.mkdir()
+    for name in ("sbatch", "squeue", "srun"):
+        (folder / name).write_text("#!/bin/sh\nexit 0\n")
+    (folder / "sinfo").write_text(
+        "#!/bin/sh\necho 'slurm_load_partitions: Unable to contact slurm controller (connect failure)' >&2\n"
+        "exit 1\n"
+    )
+    for tool in folder.iterdir():
+        tool.chmod(0o755)
+    return f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
 @pytest.mark.parametrize(
-    "args,needle",
+    "args,needle,path",
     [
-        (["--executor", "gpus"], "--executor gpus: no CUDA device is visible here"),
-        (["--executor", "slurm"], "--executor slurm: no Slurm here"),
-        (["--workers", "0"], "--workers: expected an int >= 1, found 0"),
-        (["--gpus", "a,b"], "--gpus: expected GPU ids like 0,1"),
-        (["--retry-crashed"], "--retry-crashed needs --resume"),
+        (["--executor", "gpus"], "--executor gpus: no CUDA device is visible here", None),
+        (["--executor", "slurm"], "--executor slurm: no Slurm here", "empty"),
+        (
+            ["--executor", "slurm"],
+            "--executor slurm: no Slurm controller answers here (`sinfo` failed: slurm_load_partitions: "
+            "Unable to contact slurm controller (connect failure))",
+            "fake",
+        ),
+        (
+            ["--partition", "gpu\n#SBATCH --wrap=x"],
+            "--partition: 'gpu\\n#SBATCH --wrap=x' cannot go into",
+            None,
+        ),
+        (["--slurm-param", "account=$(id)"], "--slurm-param 'account=$(id)': '$(id)' cannot go", None),
+        (["--workers", "0"], "--workers: expected an int >= 1, found 0", None),
+        (["--gpus", "a,b"], "--gpus: expected GPU ids like 0,1", None),
+        (["--retry-crashed"], "--retry-crashed needs --resume", None),
     ],
 )
 def test_executor_options_that_cannot_work_fail_before_anything_is_written(
-    tmp_path: Path, args: list[str], needle: str
+    tmp_path: Path, args: list[str], needle: str, path: str | None
 ) -> None:
     if args == ["--executor", "gpus"] and torch.cuda.is_available():
         pytest.skip("a GPU is visible here")
+    if path == "empty":
+        (tmp_path / "bin").mkdir()
+        path = str(tmp_path / "bin")
+    elif path == "fake":
+        path = fake_slurm(tmp_path / "bin")
     out = tmp_path / "run"
-    res = cli(str(scenario(tmp_path, "none")), "--out", str(out), *args)
+    res = cli(str(scenario(tmp_path, "none")), "--out", str(out), *args, path=path)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.strip().startswith("error: " + needle) and len(res.stderr.strip().splitlines()) == 1
     assert not out.exists()

@@ -49,6 +49,7 @@ from harness.results.run_records import (
 FOLLOW_S = 1.0  # how often the submitting process reads the jobs' record files
 SCHEDULER_POLL_S = 5.0  # how often it asks the scheduler for the jobs' states
 WATCHDOG_S = 0.5  # how often a submitit-local job checks that its submitting process lives
+MAX_TIMEOUT_REQUEUES = 10  # a job requeued past its time limit this often is not requeued again
 IGNORE_SIGTERM = "ATTNBENCH_WORKER_IGNORE_SIGTERM"  # set for a job's worker: see GroupJob
 
 
@@ -243,10 +244,16 @@ class SlurmExecutor(Executor):
                 "squeue and scontrol",
                 file=sys.stderr,
             )
-        executor = submitit.AutoExecutor(folder=run.run_dir / "submitit", cluster="slurm")
+        # a requeued job skips what it recorded, so each requeue past the time limit makes progress
+        executor = submitit.AutoExecutor(
+            folder=run.run_dir / "submitit", cluster="slurm", slurm_max_num_timeout=MAX_TIMEOUT_REQUEUES
+        )
         params: dict[str, Any] = {
             "timeout_min": opts.time_min,
             "slurm_array_parallelism": opts.max_jobs or opts.workers,
+            # submitit's checkpoint signal comes this long before the time limit (its default 90 s
+            # would come at once for a short limit: half the limit, at most 90 s)
+            "slurm_signal_delay_s": min(90, opts.time_min * 30),
         }
         if opts.gpus_per_task:
             params["gpus_per_node"] = opts.gpus_per_task
