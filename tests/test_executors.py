@@ -309,11 +309,9 @@ measure: {{warmup_ms: 0, min_samples: 1, rep_ms: 0, memory: false, timeout_s: 60
     while (_earlier_writers_alive(out) or run_processes(out)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not run_processes(out) and not _earlier_writers_alive(out)
-    res = cli(str(path), "--out", str(out), "--resume", "--quiet", "--no-plots", "--executor", "submitit-local")
+    res = cli(str(path), "--out", str(out), "--resume", "--quiet", "--executor", "submitit-local")
     assert res.returncode == 0, res.stderr
     ids = [
-        r["case_id"]
-        for p in out.glob("records.*.jsonl")
-        for r in map(json.loads, p.read_text().splitlines())
+        r["case_id"] for p in out.glob("records.*.jsonl") for r in map(json.loads, p.read_text().splitlines())
     ]
     assert len(ids) == len(set(ids)) == 2 * len(LENGTHS)

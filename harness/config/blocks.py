@@ -9,7 +9,7 @@ from functools import partial
 from typing import Any
 
 from harness.config import validate as v
-from harness.execute.slurm import SlurmSyntaxError, check_param, check_value
+from harness.config.slurm_syntax import SlurmSyntaxError, check_param, check_value
 from harness.measure.metrics import ReportSpec
 from harness.plugins.kinds import KINDS
 from harness.plugins.registry import suggest

@@ -8,7 +8,8 @@
                      `--gpus-per-task`, `--max-jobs` at once, `--slurm-param KEY=VALUE` for any
                      other sbatch option); the run directory must be on a file system the nodes share
 
-submitit (a maintained engine; attnbench writes no scheduler) pickles a `GroupJob` per job. Inside
+submitit (a maintained engine; attnbench writes no scheduler) pickles a `GroupJob` per job
+(harness/execute/job.py). Inside
 its job a `GroupJob` runs its groups through `ChildWorker`, so a crashing case costs one case, not
 the job, and appends to its own `records.job<i>.jsonl`. A preempted or timed-out job is requeued
 by submitit (`checkpoint`) and continues where its records end, as `--resume` does; a job the
@@ -23,21 +24,15 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from harness.execute import slurm
 from harness.execute.executors import EXECUTORS, Execution, Executor, ExecutorError, ExecutorOptions
-from harness.execute.rundir import hold_run, process_start_time
-from harness.execute.supervise import ChildWorker, FailureRecord
-from harness.execute.worker import failure_record_factory
-from harness.results.records import Record
+from harness.execute.job import GroupJob
+from harness.execute.rundir import process_start_time
 from harness.results.run_records import (
     Follower,
     add_record,
@@ -48,102 +43,7 @@ from harness.results.run_records import (
 
 FOLLOW_S = 1.0  # how often the submitting process reads the jobs' record files
 SCHEDULER_POLL_S = 5.0  # how often it asks the scheduler for the jobs' states
-WATCHDOG_S = 0.5  # how often a submitit-local job checks that its submitting process lives
 MAX_TIMEOUT_REQUEUES = 10  # a job requeued past its time limit this often is not requeued again
-IGNORE_SIGTERM = "ATTNBENCH_WORKER_IGNORE_SIGTERM"  # set for a job's worker: see GroupJob
-
-
-@dataclass
-class GroupJob:
-    """What one submitit job runs: groups of case ids of one run, under one worker id.
-
-    A scheduler ends a job (scancel, requeue, the time limit) with SIGTERM to every process of it.
-    The job's worker ignores SIGTERM (it dies with the job: PR_SET_PDEATHSIG); the job kills it
-    and exits without recording the case it was running, and without a result, so the scheduler's
-    decision stands: a requeued job runs that case again, a cancelled one leaves it to the
-    submitting process. `submitter` (pid, start time) makes a local job end when that process is gone.
-    """
-
-    run_dir: str
-    device: str
-    worker: str
-    groups: list[list[str]]
-    timeout_s: float
-    submitter: tuple[int, float] | None = None
-
-    def __call__(self) -> int:
-        """Run every group (skipping cases already recorded); returns how many cases have records."""
-        hold_run(Path(self.run_dir))  # the run's writer lock is not taken over while this job lives
-        stop = threading.Event()
-        ended_by: list[str] = []
-
-        def on_term(signum: int, frame: Any) -> None:
-            ended_by.append("SIGTERM from the scheduler")
-            stop.set()
-
-        signal.signal(signal.SIGTERM, on_term)
-        if self.submitter is not None:
-            _start_watchdog(self.submitter, stop, ended_by)
-        factory = _naming_log(failure_record_factory(Path(self.run_dir), self.device, self.worker))
-        child = ChildWorker(
-            Path(self.run_dir), self.device, self.worker, {IGNORE_SIGTERM: "1"}, self.timeout_s,
-            factory, _ignore, stop,
-        )  # fmt: skip
-        try:
-            for group in self.groups:  # a requeued job skips what its earlier attempt recorded
-                if stop.is_set():
-                    break
-                child.run_group([c for c in group if c not in child.seen.history])
-        except BaseException:  # submitit's checkpoint exits (SystemExit) mid-case: record nothing
-            child.kill()
-            raise
-        if stop.is_set():
-            child.kill()
-            print(f"attnbench job {self.worker}: ended by {ended_by[0]}; nothing recorded for the "
-                  "case it was running", file=sys.stderr, flush=True)  # fmt: skip
-            raise SystemExit(143)  # no result file: the job did not finish its groups
-        child.close()
-        return len(child.seen.recorded | child.seen.history)
-
-    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
-        """Requeue this job as it is: it resumes from its record file (submitit's preemption hook)."""
-        from submitit.helpers import DelayedSubmission
-
-        return DelayedSubmission(self)
-
-
-def _naming_log(factory: FailureRecord) -> FailureRecord:
-    """`factory` whose records also name this job's log (submitit's stderr file of the job)."""
-    import submitit
-
-    try:
-        log = str(submitit.JobEnvironment().paths.stderr)
-    except RuntimeError:  # not inside a submitit job (a test calling the job directly)
-        return factory
-
-    def make(case_id: str, status: str, reason: str, info: dict) -> Record:
-        return factory(case_id, status, f"{reason}; job log: {log}", {**info, "job_log": log})
-
-    return make
-
-
-def _start_watchdog(submitter: tuple[int, float], stop: threading.Event, ended_by: list[str]) -> None:
-    """Set `stop` and end the job when the submitting process is gone (pid reused counts as gone)."""
-    pid, started = submitter
-
-    def watch() -> None:
-        while not stop.wait(WATCHDOG_S):
-            if process_start_time(pid) != started:
-                ended_by.append(f"the death of its submitting process {pid}")
-                stop.set()  # the main thread kills the worker and exits
-                time.sleep(10)  # in case the main thread is stuck outside the supervisor's loop
-                os._exit(143)
-
-    threading.Thread(target=watch, daemon=True, name="attnbench-watchdog").start()
-
-
-def _ignore(case_id: str, row: dict) -> None:
-    """Jobs report nothing live: the submitting process follows their files."""
 
 
 def _need_submitit(name: str) -> None:

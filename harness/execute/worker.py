@@ -161,7 +161,7 @@ def main() -> int:
     if not first.strip():
         return 0  # a warm child nobody needed
     job = json.loads(first)
-    if os.environ.get("ATTNBENCH_WORKER_IGNORE_SIGTERM"):  # in a scheduler's job: see cluster.GroupJob
+    if os.environ.get("ATTNBENCH_WORKER_IGNORE_SIGTERM"):  # in a scheduler's job: see execute/job.py
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     hold_run(Path(job["run_dir"]))  # the run's writer lock is not taken over while this worker lives
     runner = Worker(Path(job["run_dir"]), job["device"], job["worker"], supervised=True)

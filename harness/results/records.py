@@ -148,17 +148,8 @@ class Record:
 
 
 FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Record) if f.name != "metrics")
-PROVENANCE = (  # str, "" unknown
-    "host",
-    "worker",
-    "device_name",
-    "device_uuid",
-    "visible_devices",
-    "env_id",
-    "slurm_job_id",
-    "slurm_array_task_id",
-    "slurm_node",
-)
+PROVENANCE = ("host", "worker", "device_name", "device_uuid", "visible_devices", "env_id")  # str, "" unknown
+PROVENANCE += ("slurm_job_id", "slurm_array_task_id", "slurm_node")
 
 
 def columns() -> list[str]:
