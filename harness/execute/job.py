@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -69,8 +70,10 @@ class GroupJob:
                 if stop.is_set():
                     break
                 child.run_group([c for c in group if c not in child.seen.history])
-        except BaseException:  # submitit's checkpoint exits (SystemExit) mid-case: record nothing
+        except BaseException as exc:  # submitit's checkpoint exits (SystemExit) mid-case: record nothing
             child.kill()
+            if stop.is_set() or _requeue_cut_short(exc):  # the scheduler is ending the job: no result
+                raise SystemExit(143) from None
             raise
         if stop.is_set():
             child.kill()
@@ -85,6 +88,18 @@ class GroupJob:
         from submitit.helpers import DelayedSubmission
 
         return DelayedSubmission(self)
+
+
+def _requeue_cut_short(exc: BaseException) -> bool:
+    """submitit's `scontrol requeue` killed by the SIGTERM its own requeue sends to every process of
+    the job: the requeue happened (an error result here would end the job for the submitter)."""
+    cmd = getattr(exc, "cmd", None)
+    return (
+        isinstance(exc, subprocess.CalledProcessError)
+        and isinstance(cmd, list)
+        and cmd[:2] == ["scontrol", "requeue"]
+        and exc.returncode < 0
+    )
 
 
 def _naming_log(factory: Any) -> Any:
