@@ -28,7 +28,6 @@ _OWNED = {
     "open_mode": "submitit appends to the log files",
     "signal": "submitit's checkpoint signal requeues a job before its time limit",
     "wrap": "submitit writes the batch script",
-    "job_name": "the harness names the jobs",
     "time": "use --time-min (or execute: time_min)",
     "partition": "use --partition (or execute: partition)",
 }
