@@ -52,7 +52,7 @@ def new_record(case: Case, ctx: Any) -> Record:
         device_uuid=ctx.device_uuid,
         visible_devices=ctx.visible_devices,
         env_id=ctx.env_id,
-        **ctx.slurm,
+        **getattr(ctx, "slurm", {}),  # slurm_job_id, slurm_array_task_id, slurm_node (CaseContext)
         threads=torch.get_num_threads(),
         cores=hygiene.cores(),
         started_at=datetime.now(timezone.utc).isoformat(timespec="microseconds"),
