@@ -41,8 +41,10 @@ measure: {{warmup_ms: 0, min_samples: 2, rep_ms: 0, memory: false, timeout_s: 3}
     return path
 
 
-def cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+def cli(*args: str, timeout: float = 240, path: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": f"{PLUGINS}{os.pathsep}{ROOT}"}
+    if path is not None:
+        env["PATH"] = path
     cmd = [sys.executable, str(ROOT / "run_bench.py"), *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -215,23 +217,113 @@ def test_bad_input_starts_no_warm_child(tmp_path: Path, monkeypatch, capsys) -> 
     assert started == [] and not (tmp_path / "r").exists()
 
 
+def fake_slurm(folder: Path) -> str:
+    """A PATH where sbatch and squeue exist but sinfo finds no controller (as on a machine with
+    Slurm's client packages and no cluster configured)."""
+    folder.mkdir()
+    for name in ("sbatch", "squeue", "srun"):
+        (folder / name).write_text("#!/bin/sh\nexit 0\n")
+    (folder / "sinfo").write_text(
+        "#!/bin/sh\necho 'slurm_load_partitions: Unable to contact slurm controller (connect failure)' >&2\n"
+        "exit 1\n"
+    )
+    for tool in folder.iterdir():
+        tool.chmod(0o755)
+    return f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
 @pytest.mark.parametrize(
-    "args,needle",
+    "args,needle,path",
     [
-        (["--executor", "gpus"], "--executor gpus: no CUDA device is visible here"),
-        (["--executor", "slurm"], "--executor slurm: no Slurm here"),
-        (["--workers", "0"], "--workers: expected an int >= 1, found 0"),
-        (["--gpus", "a,b"], "--gpus: expected GPU ids like 0,1"),
-        (["--retry-crashed"], "--retry-crashed needs --resume"),
+        (["--executor", "gpus"], "--executor gpus: no CUDA device is visible here", None),
+        (["--executor", "slurm"], "--executor slurm: no Slurm here", "empty"),
+        (
+            ["--executor", "slurm"],
+            "--executor slurm: no Slurm controller answers here (`sinfo` failed: slurm_load_partitions: "
+            "Unable to contact slurm controller (connect failure))",
+            "fake",
+        ),
+        (
+            ["--partition", "gpu\n#SBATCH --wrap=x"],
+            "--partition: 'gpu\\n#SBATCH --wrap=x' cannot go into",
+            None,
+        ),
+        (["--slurm-param", "account=$(id)"], "--slurm-param 'account=$(id)': '$(id)' cannot go", None),
+        (["--workers", "0"], "--workers: expected an int >= 1, found 0", None),
+        (["--gpus", "a,b"], "--gpus: expected GPU ids like 0,1", None),
+        (["--retry-crashed"], "--retry-crashed needs --resume", None),
     ],
 )
 def test_executor_options_that_cannot_work_fail_before_anything_is_written(
-    tmp_path: Path, args: list[str], needle: str
+    tmp_path: Path, args: list[str], needle: str, path: str | None
 ) -> None:
     if args == ["--executor", "gpus"] and torch.cuda.is_available():
         pytest.skip("a GPU is visible here")
+    if path == "empty":
+        (tmp_path / "bin").mkdir()
+        path = str(tmp_path / "bin")
+    elif path == "fake":
+        path = fake_slurm(tmp_path / "bin")
     out = tmp_path / "run"
-    res = cli(str(scenario(tmp_path, "none")), "--out", str(out), *args)
+    res = cli(str(scenario(tmp_path, "none")), "--out", str(out), *args, path=path)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.strip().startswith("error: " + needle) and len(res.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def run_processes(out: Path) -> list[str]:
+    """Command lines of live processes that name the run directory (submitit jobs do)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(out) in text:
+            found.append(text)
+    return found
+
+
+@pytest.mark.slow  # two submitit jobs started, killed and resumed: ~30 s
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_killing_a_submitit_local_run_leaves_nothing_running_and_resume_records_each_case_once(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("submitit")
+    from harness.execute.rundir import _earlier_writers_alive
+
+    path = tmp_path / "slow.yaml"
+    path.write_text(
+        f"""name: kill-test
+device: cpu
+problem: {{batch: 1, heads: 2, head_dim: 8, seq_len: {LENGTHS}, mode: fwd}}
+variants:
+  - name: crashy
+    params: {{sleep_s: [0.5, 1.0]}}
+accuracy: {{rows: 8}}
+checks: {{causality: false, batch_independence: false}}
+measure: {{warmup_ms: 0, min_samples: 1, rep_ms: 0, memory: false, timeout_s: 60}}
+"""
+    )
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": f"{PLUGINS}{os.pathsep}{ROOT}"}
+    cmd = [sys.executable, str(ROOT / "run_bench.py"), str(path), "--out", str(out), "--quiet", "--no-plots"]
+    cmd += ["--executor", "submitit-local", "--workers", "2"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    started = out / "started.job0.jsonl"
+    deadline = time.monotonic() + 120
+    while not (started.exists() and started.read_text().strip()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    os.kill(proc.pid, 9)  # the parent only: its jobs and their workers must follow it
+    proc.wait()
+    deadline = time.monotonic() + 20
+    while (_earlier_writers_alive(out) or run_processes(out)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not run_processes(out) and not _earlier_writers_alive(out)
+    res = cli(str(path), "--out", str(out), "--resume", "--quiet", "--executor", "submitit-local")
+    assert res.returncode == 0, res.stderr
+    ids = [
+        r["case_id"] for p in out.glob("records.*.jsonl") for r in map(json.loads, p.read_text().splitlines())
+    ]
+    assert len(ids) == len(set(ids)) == 2 * len(LENGTHS)

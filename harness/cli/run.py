@@ -55,12 +55,27 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--time-min", type=int, help="slurm/submitit job time limit in minutes (default 60)")
     x.add_argument("--gpus-per-task", type=int, help="slurm GPUs per job")
     x.add_argument("--max-jobs", type=int, help="slurm jobs running at once")
+    x.add_argument(
+        "--cases-per-job",
+        type=int,
+        metavar="N",
+        help="slurm: pack case groups into jobs of about N cases, never splitting a group (default 25)",
+    )
+    x.add_argument(
+        "--slurm-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="slurm: any other sbatch option, e.g. account=proj qos=high constraint=a100 mem=64G "
+        "cpus_per_task=8 (repeatable; KEY alone is a flag, e.g. exclusive)",
+    )
     return p
 
 
 def _execution(args: argparse.Namespace, scenario) -> tuple[str, object]:
     """(executor name, ExecutorOptions): the command line over the scenario's `execute:` block."""
     from harness.execute.executors import EXECUTORS, ExecutorOptions
+    from harness.execute.slurm import SlurmSyntaxError, check_value, parse_cli_params
 
     block = scenario.execute
     name = args.executor or block.executor or "subprocess"
@@ -74,7 +89,7 @@ def _execution(args: argparse.Namespace, scenario) -> tuple[str, object]:
         gpus = tuple(g.strip() for g in args.gpus.split(",") if g.strip())
         if not gpus or not all(g.isdigit() for g in gpus):
             raise UsageError(f"--gpus: expected GPU ids like 0,1, found {args.gpus!r}")
-    for flag in ("workers", "time_min", "max_jobs"):
+    for flag in ("workers", "time_min", "max_jobs", "cases_per_job"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UsageError(f"--{flag.replace('_', '-')}: expected an int >= 1, found {value}")
@@ -86,6 +101,12 @@ def _execution(args: argparse.Namespace, scenario) -> tuple[str, object]:
         value = getattr(block, flag) if value is None else value
         return default if value is None else value
 
+    try:  # what reaches a batch script keeps to sbatch's syntax (the block is checked on loading)
+        if args.partition is not None:
+            check_value("--partition", args.partition)
+        cli_params = parse_cli_params(args.slurm_param)
+    except SlurmSyntaxError as err:
+        raise UsageError(str(err)) from None
     options = ExecutorOptions(
         workers=pick("workers", 1),
         gpus=list(gpus) if gpus is not None else None,
@@ -93,6 +114,8 @@ def _execution(args: argparse.Namespace, scenario) -> tuple[str, object]:
         time_min=pick("time_min", 60),
         gpus_per_task=pick("gpus_per_task", 0),
         max_jobs=pick("max_jobs", None),
+        cases_per_job=pick("cases_per_job", None),
+        slurm_params={**dict(block.slurm_params or ()), **cli_params},
         raise_errors=args.raise_errors,
     )
     options.check(executor_cls.runs_here)  # bounds (--workers by cores and memory), before any worker

@@ -11,6 +11,7 @@ from typing import Any
 
 from harness.common.names import suggest
 from harness.config import validate as v
+from harness.config.slurm_syntax import SlurmSyntaxError, check_param, check_value
 from harness.plugins.kinds import KINDS
 
 
@@ -23,6 +24,8 @@ class ExecuteSpec:
     time_min: int | None = None
     gpus_per_task: int | None = None
     max_jobs: int | None = None
+    cases_per_job: int | None = None
+    slurm_params: tuple[tuple[str, str | bool], ...] | None = None  # sbatch options, checked
 
 
 @dataclass(frozen=True)
@@ -57,14 +60,37 @@ def _gpus(raw: Any, where: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _slurm_word(raw: Any, where: str) -> str:
+    """A string that reaches a Slurm batch script as written (harness/execute/slurm.py)."""
+    try:
+        return check_value("", v.as_str(raw, where))
+    except SlurmSyntaxError as err:
+        raise v.Invalid(where, str(err).removeprefix(": ")) from None
+
+
+def _slurm_params(raw: Any, where: str) -> tuple[tuple[str, str | bool], ...]:
+    """A mapping of sbatch options (account: x, cpus_per_task: 8, exclusive: true), each checked."""
+    if not isinstance(raw, dict):
+        raise v.Invalid(where, f"expected a mapping of sbatch options (account: NAME), found {v.show(raw)}")
+    out = []
+    for name, value in raw.items():
+        try:
+            out.append(check_param("", name, value))
+        except SlurmSyntaxError as err:
+            raise v.Invalid(v.key(where, name), str(err).removeprefix(": ")) from None
+    return tuple(out)
+
+
 EXECUTE_CHECKS: dict[str, v.Check] = {
     "executor": v.optional(v.as_str),
     "workers": v.optional(partial(v.as_int, minimum=1)),
     "gpus": v.optional(_gpus),
-    "partition": v.optional(v.as_str),
+    "partition": v.optional(_slurm_word),
     "time_min": v.optional(partial(v.as_int, minimum=1)),
     "gpus_per_task": v.optional(partial(v.as_int, minimum=0)),
     "max_jobs": v.optional(partial(v.as_int, minimum=1)),
+    "cases_per_job": v.optional(partial(v.as_int, minimum=1)),
+    "slurm_params": v.optional(_slurm_params),
 }
 
 

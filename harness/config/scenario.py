@@ -136,7 +136,7 @@ def scenario_to_dict(s: Scenario) -> dict[str, Any]:
         "report": dataclasses.asdict(s.report),
         "task": dict(s.task),
         "execute": {
-            k: list(val) if isinstance(val, tuple) else val
+            k: (dict(val) if k == "slurm_params" else list(val)) if isinstance(val, tuple) else val
             for k, val in dataclasses.asdict(s.execute).items()
         },
     }

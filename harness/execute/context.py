@@ -8,6 +8,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from harness.config.scenario import Scenario
+from harness.execute.slurm import slurm_provenance
 from harness.measure import env
 from harness.measure.roofline import Roofline
 
@@ -37,6 +38,7 @@ class CaseContext:
         self.worker, self.env_id = worker, env_id
         self.host, self.device_name, self.device_uuid = host, device_name, device_uuid
         self.visible_devices = visible_devices
+        self.slurm: dict[str, str] = {}  # slurm_job_id, slurm_array_task_id, slurm_node ({} off Slurm)
         self.roofline: Roofline | None = None  # set by the runner when measure.roofline is on
         # what a kind keeps between the cases of one worker (the kernel kind: its fits, shared by
         # the fwd and fwd_bwd cases of one configuration, harness/kinds/kernel/fitting.py)
@@ -53,3 +55,4 @@ class CaseContext:
         facts = env.provenance(self.device)
         self.host, self.device_name = facts["host"], facts["device_name"]
         self.device_uuid, self.visible_devices = facts["device_uuid"], facts["visible_devices"]
+        self.slurm = slurm_provenance()

@@ -81,6 +81,8 @@ class ExecutorOptions:
     time_min: int = 60  # slurm / submitit job time limit, minutes
     gpus_per_task: int = 0  # slurm
     max_jobs: int | None = None  # slurm: jobs running at once (default: workers)
+    cases_per_job: int | None = None  # slurm: cases packed into one job (default slurm.DEFAULT_CASES_PER_JOB)
+    slurm_params: dict[str, str | bool] = field(default_factory=dict)  # slurm: more sbatch options, checked
     raise_errors: bool = False  # `--raise` (inline only): the first failing case re-raises
 
     def check(self, runs_here: bool = True) -> None:

@@ -138,6 +138,10 @@ class ChildWorker:
             self.last_exit = self.proc.wait()
             self.proc = None
 
+    def kill(self) -> None:
+        """End the child now (its process group), recording nothing for the case it runs."""
+        self._kill()
+
     def close(self) -> None:
         """End the child: close its stdin (it exits after its group), then make sure it is gone."""
         if self.proc is not None and self.proc.poll() is None:

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.common.files import open_append
@@ -27,6 +27,7 @@ from harness.common.files import open_append
 class WarmChild:
     proc: subprocess.Popen
     stderr_path: str
+    env: dict[str, str] = field(default_factory=dict)  # the extra environment it was started with
 
 
 _POOL: list[WarmChild] = []
@@ -57,26 +58,27 @@ def spawn(env: dict[str, str] | None = None, stderr_path: str | None = None) -> 
             start_new_session=True,  # its own process group: a kill takes its children too
             text=True,
         )
-    return WarmChild(proc, stderr_path)
+    return WarmChild(proc, stderr_path, dict(env or {}))
 
 
-def prespawn(count: int) -> None:
-    """Start `count` children for the default environment (no device pinning); the ones nobody
-    takes are ended at exit (the hook is registered here, on first use, never at import)."""
+def prespawn(count: int, env: dict[str, str] | None = None) -> None:
+    """Start `count` children for `env` (default: the default environment, no device pinning); the
+    ones nobody takes are ended at exit (the hook is registered here, on first use, never at import)."""
     global _HOOKED
     if count > 0 and not _HOOKED:
         atexit.register(_discard)
         _HOOKED = True
     for _ in range(count):
-        _POOL.append(spawn())
+        _POOL.append(spawn(env))
 
 
 def take(env: dict[str, str]) -> WarmChild | None:
-    """A live warm child for `env` (only the default environment is pre-spawned), or None."""
-    while _POOL and not env:
-        child = _POOL.pop()
-        if child.proc.poll() is None:
-            return child
+    """A live warm child started with exactly `env`, or None."""
+    for child in list(_POOL):
+        if child.env == env:
+            _POOL.remove(child)
+            if child.proc.poll() is None:
+                return child
     return None
 
 

@@ -25,6 +25,7 @@ from harness.config.sweep import Case, expand
 from harness.execute.context import CaseContext
 from harness.execute.devicelock import device_key, device_lock
 from harness.execute.lifecycle import run_case
+from harness.execute.rundir import hold_run
 from harness.execute.supervise import FailureRecord
 from harness.measure import env as env_mod
 from harness.measure.canary import CanaryClock
@@ -162,6 +163,9 @@ def main() -> int:
     if not first.strip():
         return 0  # a warm child nobody needed
     job = json.loads(first)
+    if os.environ.get("ATTNBENCH_WORKER_IGNORE_SIGTERM"):  # in a scheduler's job: see execute/job.py
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    hold_run(Path(job["run_dir"]))  # the run's writer lock is not taken over while this worker lives
     runner = Worker(Path(job["run_dir"]), job["device"], job["worker"], supervised=True)
     print("ready", flush=True)
     for line in sys.stdin:

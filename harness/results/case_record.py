@@ -55,6 +55,7 @@ def new_record(case: Case, ctx: Any, kind: str | None = None) -> Record:
         device_uuid=ctx.device_uuid,
         visible_devices=ctx.visible_devices,
         env_id=ctx.env_id,
+        **getattr(ctx, "slurm", {}),  # slurm_job_id, slurm_array_task_id, slurm_node (CaseContext)
         threads=torch.get_num_threads(),
         cores=hygiene.cores(),
         started_at=datetime.now(timezone.utc).isoformat(timespec="microseconds"),

@@ -58,6 +58,10 @@ FIELD_DOCS = {
     "visible_devices": 'the worker\'s CUDA_VISIBLE_DEVICES ("" when unset)',
     "env_id": "short hash of the worker's machine and software fingerprint: the run directory's "
     "`envs/<env_id>.json` (harness.measure.env.env_id)",
+    "slurm_job_id": "the Slurm job that ran it: SLURM_ARRAY_JOB_ID for an array task, else SLURM_JOB_ID "
+    '("" off Slurm)',
+    "slurm_array_task_id": 'its SLURM_ARRAY_TASK_ID (the job is `<slurm_job_id>_<task>`; "" off an array)',
+    "slurm_node": 'the node it ran on (SLURMD_NODENAME; "" off Slurm)',
     "threads": "torch intra-op threads in force (`measure.threads`: 1 by default on CPU)",
     "cores": "os.cpu_count() of the host; a time measured with `load_before` or `load_after` above it is "
     "marked ‡ in the report",

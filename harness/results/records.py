@@ -95,6 +95,9 @@ class Record:
     device_uuid: str = ""  # CUDA device UUID ("" on CPU)
     visible_devices: str = ""  # the worker's CUDA_VISIBLE_DEVICES
     env_id: str = ""  # envs/<env_id>.json of the run directory: the worker's fingerprint
+    slurm_job_id: str = ""  # SLURM_ARRAY_JOB_ID (an array task) or SLURM_JOB_ID; "" off Slurm
+    slurm_array_task_id: str = ""  # SLURM_ARRAY_TASK_ID
+    slurm_node: str = ""  # SLURMD_NODENAME
     threads: int | None = None
     cores: int | None = None  # os.cpu_count() of the host (the load average is judged against it)
     started_at: str = ""
@@ -197,6 +200,7 @@ def upgrade(row: dict[str, Any]) -> dict[str, Any]:
 
 FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Record) if f.name != "metrics")
 PROVENANCE = ("host", "worker", "device_name", "device_uuid", "visible_devices", "env_id")  # str, "" unknown
+PROVENANCE += ("slurm_job_id", "slurm_array_task_id", "slurm_node")
 
 
 def columns() -> list[str]:
