@@ -220,6 +220,21 @@ def test_noisy_timing_is_ambiguous_and_never_fails(tmp_path: Path) -> None:
     result = run_compare(tmp_path, base, head)
     assert result.counts[compare.AMBIGUOUS] > 0
     assert compare.exit_code(result) == 0
+    line = compare_markdown.verdict_line(result)
+    if not result.counts[compare.SAME]:  # never SAME for a run with no SAME case
+        assert line.startswith("**AMBIGUOUS**") and " SAME " not in line
+    md = compare_markdown.render_verdict_markdown(result)
+    assert "`run_bench.py ab` interleaves" in md and "confirm with" not in md
+
+
+def test_headline_names_the_counts_and_is_never_same_without_a_same_case(tmp_path: Path) -> None:
+    base = make_records(seed=1, n_samples=3)
+    head = edit(make_records(seed=2, n_samples=3), "linear", time_ms_samples=lambda s: [3 * x for x in s])
+    result = run_compare(tmp_path, base, head)  # 3 samples: too few for any confirmed time verdict
+    assert result.counts[compare.AMBIGUOUS] == 2 and result.verdict == compare.AMBIGUOUS
+    line = compare_markdown.verdict_line(result)
+    assert line.startswith("**AMBIGUOUS**: 2 of 6 compared cases undecided")
+    assert line.endswith(f" · AMBIGUOUS 2 · SAME {result.counts[compare.SAME]}")
 
 
 def test_env_difference_warns(tmp_path: Path) -> None:
@@ -234,8 +249,7 @@ def test_markdown_layout(tmp_path: Path) -> None:
     md = compare_markdown.render_verdict_markdown(run_compare(tmp_path, make_records(seed=1), head))
     first = md.splitlines()[0]
     assert first.startswith("**REGRESSED**")
-    for verdict in compare.VERDICTS:
-        assert f"{verdict} " in first  # every count is on the verdict line
+    assert first.endswith(" · REGRESSED 2 · SAME 4")  # the count of each verdict present, none other
     assert md.index("### Regressions") < md.index("<details>")
     assert md.count("<details>") == md.count("</details>") >= 2
     assert "<summary>Same (" in md

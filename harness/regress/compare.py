@@ -6,8 +6,9 @@ in every run. Each metric is judged as its `gate` in the metric registry says: d
 tightly (rel_err, CUDA peak memory, cost-model FLOPs), time on the raw samples with a bootstrap
 CI of the median ratio plus a Mann-Whitney U test (only a confident change beyond the threshold
 counts), on drift-corrected samples (harness/regress/drift.py: head times divided by the canary's
-head/base ratio; AMBIGUOUS when the canary moved more than half the threshold; a shift shared by
-most cases is one finding, "machine drift or a global change: confirm with `ab`"). A case ok in
+head/base ratio; a change is confirmed only when it holds at the least favourable end of the
+canary's correction range and clears the threshold by more than the cases' noise; a shift shared
+by most cases is one finding). A case ok in
 base and not in head is STATUS-CHANGED and counts as a regression. Only a confirmed regression
 fails (`exit_code` 1); AMBIGUOUS never does, nor heads the verdict. Bad input raises
 `CompareInputError` (one line; the CLI maps it to exit 2).
@@ -89,6 +90,7 @@ class ComparisonResult:
     env_warnings: list[str]
     drift: dr.Drift = field(default_factory=lambda: dr.Drift(None))
     shift: dr.SharedShift | None = None  # a time change shared by most cases: one finding
+    rounds: int = 0  # interleaved rounds per side (`ab`); 0: two single runs (`compare`)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -114,13 +116,21 @@ class ComparisonResult:
 
     @property
     def verdict(self) -> str:
-        """REGRESSED (confirmed), else NOTHING-COMPARED, IMPROVED (confirmed) or SAME (not AMBIGUOUS)."""
+        """REGRESSED (confirmed), else NOTHING-COMPARED, IMPROVED (confirmed), AMBIGUOUS (some case
+        undecided, none confirmed) or SAME (every compared case SAME): never SAME without one."""
         if self.regressed:
             return REGRESSED
         if self.nothing_compared:
             return NOTHING_COMPARED
         shift_up = self.shift is not None and self.shift.verdict == IMPROVED
-        return IMPROVED if self.counts[IMPROVED] or shift_up else SAME
+        if self.counts[IMPROVED] or shift_up:
+            return IMPROVED
+        return AMBIGUOUS if self.counts[AMBIGUOUS] or not self.counts[SAME] else SAME
+
+    @property
+    def undecided(self) -> list[CaseComparison]:
+        """Cases whose time change is AMBIGUOUS (ok in both runs, neither confirmed nor SAME)."""
+        return [c for c in self.cases if c.verdict == AMBIGUOUS]
 
     def by_verdict(self, verdict: str) -> list[CaseComparison]:
         return [c for c in self.cases if c.verdict == verdict]
@@ -142,20 +152,12 @@ def _deterministic(m: Metric, b: float, h: float) -> Finding:
     return Finding(m.name, verdict, b, h, h / b if b else None, reason=reason)
 
 
-def _samples_finding(m: Metric, b: dict, h: dict, opts: dict[str, Any]) -> Finding | None:
-    g = m.gate or Gate()
-    bs, hs = b.get(g.samples) or [], h.get(g.samples) or []
-    bm, hm = _num(b.get(m.name)), _num(h.get(m.name))
-    if not (bs or hs or bm or hm):
-        return None  # not measured in either run
-    if bs and list(bs) == list(hs):  # the same samples (a run compared with itself): nothing moved
-        return Finding(m.name, SAME, bm, hm, 1.0, (1.0, 1.0), 1.0, opts["gate_time"], "identical samples")
-    scale = opts["drift"].scale * opts["shift"]  # the run-level shift, removed before judging
-    hs = [x / scale for x in hs]
+def _judge_time(g: Gate, b: dict, h: dict, bs: list, hs: list, scale: float, opts: dict[str, Any]):
+    """`time_verdict` of base samples against head samples divided by `scale` (rounds too)."""
     h_rounds = h.get(g.rounds) if g.rounds else None
-    st = time_verdict(
+    return time_verdict(
         bs,
-        hs,
+        [x / scale for x in hs],
         opts["threshold"],
         opts["alpha"],
         opts["min_samples"],
@@ -164,10 +166,40 @@ def _samples_finding(m: Metric, b: dict, h: dict, opts: dict[str, Any]) -> Findi
         base_rounds=b.get(g.rounds) if g.rounds else None,
         head_rounds=[[x / scale for x in r] for r in h_rounds] if h_rounds else None,
     )
+
+
+def _samples_finding(m: Metric, b: dict, h: dict, opts: dict[str, Any]) -> Finding | None:
+    """A time verdict that scales with the evidence. The change is measured on head samples
+    divided by the canary's ratio (and a shared shift); it is confirmed only when it still holds
+    at the end of the canary's correction range least favourable to it (no correction at all, or
+    the canary's ratio widened by its own uncertainty) and clears the threshold by more than the
+    cases' noise between the runs (drift.noise_reason). Otherwise AMBIGUOUS, with the numbers."""
+    g = m.gate or Gate()
+    bs, hs = b.get(g.samples) or [], h.get(g.samples) or []
+    bm, hm = _num(b.get(m.name)), _num(h.get(m.name))
+    if not (bs or hs or bm or hm):
+        return None  # not measured in either run
+    if bs and list(bs) == list(hs):  # the same samples (a run compared with itself): nothing moved
+        return Finding(m.name, SAME, bm, hm, 1.0, (1.0, 1.0), 1.0, opts["gate_time"], "identical samples")
+    drift: dr.Drift = opts["drift"]
+    shift = opts["shift"]  # the run-level shift, removed before judging
+    st = _judge_time(g, b, h, bs, hs, drift.scale * shift, opts)
     ratio, verdict, reason = st.ratio, st.verdict, st.reason
-    why = dr.overrule(verdict, ratio, opts["drift"])
-    if why:
-        verdict, reason = AMBIGUOUS, why
+    if verdict in (REGRESSED, IMPROVED):
+        worst_scale = drift.worst_scale(slower=verdict == REGRESSED) * shift
+        worst = st if worst_scale == drift.scale * shift else _judge_time(g, b, h, bs, hs, worst_scale, opts)
+        if worst.verdict != verdict:
+            lo, hi = drift.correction_range()
+            verdict = AMBIGUOUS
+            reason = (
+                f"{ratio:.3f}× with the canary's correction ({drift.scale:.3f}×), but {worst.ratio:.3f}× "
+                f"({worst.reason or worst.verdict}) when the machine changed by {worst_scale / shift:.3f}× "
+                f"(the canary's range {lo:.3f}-{hi:.3f}×)"
+            )
+        else:
+            why = dr.noise_reason(worst.ratio, drift)
+            if why:
+                verdict, reason = AMBIGUOUS, why
     if ratio is None and bm and hm:  # no raw samples: the medians' ratio, but never a verdict on it
         ratio = hm / bm
     ci = (st.ci_lo, st.ci_hi) if st.ci_lo is not None and st.ci_hi is not None else None
