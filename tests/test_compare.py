@@ -333,3 +333,30 @@ def test_ab_merges_rounds_from_the_gates(tmp_path: Path) -> None:
     )
     result = compare.compare_runs(tmp_path / "merged", tmp_path / "merged", n_boot=200)
     assert compare.exit_code(result) == 0
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("time_ms_samples", [1.0, float("nan"), 1.0, 1.0, 1.0]),
+        ("time_ms_samples", [float("inf")] * 5),
+        ("time_ms_samples", [1.0, -1.0, 1.0, 1.0, 1.0]),
+        ("time_ms_median", float("nan")),
+        ("time_ms_median", -0.5),
+        ("time_ms_median", None),  # samples without their median
+        ("rel_err", float("nan")),
+    ],
+)
+def test_malformed_numbers_are_exit_2_naming_field_and_case(tmp_path: Path, capsys, field, value) -> None:
+    from harness.cli import main
+
+    base = write_run(tmp_path / "base", make_records(seed=1))
+    head = write_run(tmp_path / "head", make_records(seed=2))
+    rows = [json.loads(line) for line in (head / "records.jsonl").read_text().splitlines()]
+    for row in rows:  # a hand-edited file: json writes NaN and Infinity as they are
+        if row["label"] == "linear":
+            row[field] = value
+    (head / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["compare", str(base), str(head)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"field {field}" in err[0] and "linear-256" in err[0]
