@@ -43,7 +43,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
             samples = [f * x for x in r.metrics["time_ms_samples"]]
             recs.append(r.replace(time_ms_samples=samples, time_ms_median=float(np.median(samples))))
         run = write_run(tmp / f"run{i:02d}", recs)
-        meta = {"run_id": f"run{i:02d}", "git_sha": f"{i + 1:07x}" * 5, "started_at": f"2026-01-01T00:{i:02d}:00Z"}
+        meta = {"run_id": f"run{i:02d}", "git_sha": f"{i + 1:07x}" * 5}
+        meta["started_at"] = f"2026-01-01T00:{i:02d}:00Z"
         (run / "run.json").write_text(json.dumps(meta))
         (run / "report.md").write_text(f"# run {i}\n")
         history.add_run(run, store)
@@ -59,15 +60,18 @@ def test_site_is_self_contained_with_an_index_of_what_regressed(site: Path) -> N
     index = (site / "index.html").read_text()
     page = (site / "machine-Test_CPU-2t.html").read_text()
     for html in (index, page):
-        assert not re.search(r"<script[^>]+src=|<link[^>]+href=\"https?:", html)  # nothing fetched at view time
+        assert not re.search(r"<script[^>]+src=|<link[^>]+href=\"https?:", html)  # nothing fetched
     assert page.count("plotly.js v") == 1  # the library inlined once per page
     assert charts(page) == 6 * 3  # a chart per case and gated metric: time, rel_err, flops
     failing = re.findall(r'<tr class="fail">.*?</tr>', index)
     assert len(failing) == 2 and all("linear[N=" in row and "time_ms_median" in row for row in failing)
-    assert f"{STEP_AT:07x}" * 5 not in index and f"{STEP_AT:07x}"[:7] in index  # the commit range, shortened
+    before, after = (f"{i:07x}" * 5 for i in (STEP_AT, STEP_AT + 1))  # the runs' commits around the step
+    assert f"<code>{before[:12]}..{after[:12]}</code>" in index
     assert 'href="machine-Test_CPU-2t.html#linear_N_256_fp32_non-causal_fwd"' in index
-    assert page.count('href="reports/run') == POINTS and (site / "reports" / "run03.md").read_text() == "# run 3\n"
-    assert page.count("(worse)") == 2 and page.count('"line":{"color":"#b00020","dash":"dash"}') == 2  # marked
+    assert page.count('href="reports/run') == POINTS
+    assert (site / "reports" / "run03.md").read_text() == "# run 3\n"
+    assert page.count("(worse)") == 2  # each step's size on its chart, and a dashed line where it starts
+    assert page.count('"line":{"color":"#b00020","dash":"dash"}') == 2
 
 
 def chromium() -> str | None:
