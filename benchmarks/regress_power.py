@@ -60,7 +60,7 @@ variants:
     params: {{features: 64}}
   - name: {PLANT}
 accuracy: {{rows: 32}}
-measure: {{warmup_ms: 2, min_samples: 10, rep_ms: 5, timeout_s: 60}}
+measure: {{warmup_ms: 10, min_samples: 20, rep_ms: 60, timeout_s: 60}}
 """
 VARIANT = '''
 """{plant}: linear attention (attentions/linear) computed REPEAT times per call: a slowdown planted
