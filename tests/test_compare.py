@@ -215,8 +215,13 @@ def test_case_ids_match_across_run_ids(tmp_path: Path) -> None:
 
 
 def test_noisy_timing_is_ambiguous_and_never_fails(tmp_path: Path) -> None:
-    base = make_records(seed=1, n_samples=8, noise=0.5)
-    head = make_records(seed=2, n_samples=8, noise=0.5)
+    def noisy(seed: int) -> list[Record]:  # 50% noise; times stay positive (a negative one is malformed)
+        recs = make_records(seed=seed, n_samples=8, noise=0.5)
+        for label in VARIANTS:
+            recs = edit(recs, label, time_ms_samples=lambda s: [abs(x) + 1e-3 for x in s])
+        return recs
+
+    base, head = noisy(1), noisy(2)
     result = run_compare(tmp_path, base, head)
     assert result.counts[compare.AMBIGUOUS] > 0
     assert compare.exit_code(result) == 0
