@@ -50,7 +50,7 @@ SCENARIO = f"""name: power
 version: 1
 description: power of compare, ab and history check against a slowdown planted in code
 device: cpu
-problem: {{batch: 1, heads: 2, head_dim: 32, seq_len: [64, 256], dtype: fp32, causal: false, mode: fwd}}
+problem: {{batch: 1, heads: 1, head_dim: 16, seq_len: [32, 128], dtype: fp32, causal: false, mode: fwd}}
 inputs: {{dist: gaussian, scale: 1.0, seed: 0}}
 variants:
   - name: softmax
