@@ -37,7 +37,8 @@ h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 
 table { border-collapse: collapse; margin: 0.5em 0; }
 td, th { padding: 3px 8px; border-bottom: 1px solid #eee; text-align: left; font-size: 13px; }
 .worse { color: #b00020; font-weight: 600; } .better { color: #1b7a2f; }
-.chart { height: 300px; } .fail { background: #fde7ea; } code { font-size: 12px; }
+.charts { display: flex; flex-wrap: wrap; gap: 4px; }
+.fail { background: #fde7ea; } code { font-size: 12px; }
 """
 
 
@@ -113,8 +114,9 @@ def _figure(m_name: str, rows: pd.DataFrame, steps: list[Step], links: dict[str,
             xanchor="left", yanchor="top",
         )  # fmt: skip
     fig.update_layout(
-        margin={"l": 60, "r": 20, "t": 30, "b": 70},
-        height=300,
+        margin={"l": 55, "r": 10, "t": 30, "b": 70},
+        height=280,
+        width=360,  # three charts (the gated metrics of a case) side by side
         title={"text": f"{html.escape(m.title or m_name)} ({unit or '1'})", "font": {"size": 13}},
         xaxis={
             "tickmode": "array",
@@ -125,8 +127,8 @@ def _figure(m_name: str, rows: pd.DataFrame, steps: list[Step], links: dict[str,
         },
         showlegend=False,
     )
-    if m_name.startswith("time"):
-        fig.update_yaxes(type="log")
+    if m_name.startswith("time") or (m_name == "rel_err" and (y > 0).all()):
+        fig.update_yaxes(type="log")  # times on a loaded machine span decades; exact rel_err is ~1e-7
     return fig
 
 
@@ -147,7 +149,7 @@ def machine_page(
     n = 0
     for _, case in rows.groupby("case_id", sort=False):
         name = series_name(case.iloc[0])
-        parts.append(f'<h2 id="{html.escape(slug(name))}">{html.escape(name)}</h2>')
+        parts.append(f'<h2 id="{html.escape(slug(name))}">{html.escape(name)}</h2><div class="charts">')
         for m_name in result.metrics:
             if m_name not in case or not case[m_name].notna().any():
                 continue
@@ -159,7 +161,7 @@ def machine_page(
                     include_plotlyjs=False,
                     div_id=f"chart-{n}",
                     post_script=CLICK,
-                    config={"displaylogo": False, "responsive": True},
+                    config={"displaylogo": False, "displayModeBar": False},
                 )
             )
             n += 1
