@@ -188,10 +188,10 @@ def compare_runs(
         "shift": 1.0,
     }
     cases = _judge_all(base, head, opts)
-    timed = [(f.verdict, f.ratio) for c in cases if (f := _time_finding(c)) is not None and f.ratio]
-    shift = dr.shared_shift(timed, opts["drift"].ratio)
+    timed = [(c.label, f.verdict, f.ratio) for c in cases if (f := _time_finding(c)) is not None and f.ratio]
+    shift = dr.shared_shift([(v, r) for _, v, r in timed], opts["drift"].ratio)
     opts["shift"] = shift.factor if shift is not None else 1.0  # one finding; cases judged relative to it
-    opts["drift"] = dr.with_floor(opts["drift"], [r / opts["shift"] for _, r in timed])
+    opts["drift"] = dr.with_floor(opts["drift"], [(lab, r / opts["shift"]) for lab, _, r in timed])
     if shift is not None or opts["drift"].floor > 1.0:
         cases = _judge_all(base, head, opts)
     dr.lone_changes(cases, _time_finding, opts["drift"].center)  # a burst of load hits one case

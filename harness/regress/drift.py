@@ -63,6 +63,8 @@ class Drift:
     center: float = 1.0  # the median case change the floor is centred on
     floor_cases: int = 0  # cases the floor was measured on (0: too few; the wander stands in for it)
     ci: float = 0.0  # >= 0, log units: the canary ratio's own uncertainty (CANARY_Z standard errors)
+    # label -> (floor, center, cases) measured on the other configurations' cases only
+    floors: dict[str, tuple[float, float, int]] = field(default_factory=dict)
 
     @property
     def scale(self) -> float:
@@ -132,40 +134,56 @@ def canary_drift(base_dir: Path, head_dir: Path, threshold: float) -> Drift:
     return Drift(ratio, workloads, wander, len(base), len(head), threshold, ci=CANARY_Z * se)
 
 
-def noise_reason(ratio: float | None, drift: Drift) -> str | None:
+def noise_reason(ratio: float | None, drift: Drift, label: str | None = None) -> str | None:
     """Why a confirmed time change (REGRESSED/IMPROVED; `ratio` = head/base after the worst-case
     correction) is not evidence: it does not clear the threshold by more than the cases' noise
-    between the runs (relative to their median change); None when it does."""
+    between the runs (relative to their median change), measured on the other configurations'
+    cases when `label` has its own band (`with_floor`); None when it does."""
     if ratio is None or ratio <= 0:
         return None
-    band = drift.noise_band()
+    floor, center, cases = drift.floors.get(label or "", (drift.floor, drift.center, drift.floor_cases))
+    band = floor if cases else drift.wander
     need = math.log1p(drift.threshold) + math.log(band)
-    change = math.log(ratio / drift.center) if drift.floor_cases else math.log(ratio)
+    change = math.log(ratio / center) if cases else math.log(ratio)
     if abs(change) > need:
         return None
-    if drift.floor_cases:
+    if cases:
         return (
             f"{ratio:.3f}× does not clear the threshold by more than the cases' noise between the runs "
-            f"(±{band - 1:.1%} around {drift.center:.3f}×, {drift.floor_cases} cases)"
+            f"(±{band - 1:.1%} around {center:.3f}×, {cases} cases of other configurations)"
         )
     return f"{ratio:.3f}× does not clear the threshold by more than the canary's wander (±{band - 1:.1%})"
 
 
-def with_floor(drift: Drift, ratios: list[float]) -> Drift:
-    """`drift` with the cross-case noise band of these (canary-corrected) head/base time ratios:
-    FLOOR_SIGMAS robust standard deviations (MAD) of their logs around their median, from at least
-    FLOOR_MIN_CASES cases. Unchanged code changes most cases' times by run-to-run noise alone
-    (measured here: 0.66-1.65x between two serial runs on a loaded 2-core CPU, canary steady), so
-    a case must clear the threshold by more than that spread; a regression of one configuration
-    among many stands out of it. The median makes it robust to fewer than half the cases moving."""
+def _band(ratios: list[float]) -> tuple[float, float, int] | None:
+    """(floor, center, cases): FLOOR_SIGMAS robust standard deviations (MAD) of the logs of these
+    ratios around their median, and that median; None below FLOOR_MIN_CASES cases."""
     logs = np.log([r for r in ratios if r > 0])
     if logs.size < FLOOR_MIN_CASES:
-        return drift
+        return None
     center = float(np.median(logs))
     sigma = 1.4826 * float(np.median(np.abs(logs - center)))
-    return replace(
-        drift, floor=math.exp(FLOOR_SIGMAS * sigma), center=math.exp(center), floor_cases=logs.size
-    )
+    return math.exp(FLOOR_SIGMAS * sigma), math.exp(center), int(logs.size)
+
+
+def with_floor(drift: Drift, ratios: list[tuple[str, float]]) -> Drift:
+    """`drift` with the cross-case noise band of these (label, canary-corrected head/base time
+    ratio) pairs: FLOOR_SIGMAS robust standard deviations (MAD) of their logs around their median,
+    from at least FLOOR_MIN_CASES cases; for each configuration, the band of the other
+    configurations' cases (a change being judged never widens its own yardstick). Unchanged code
+    changes most cases' times by run-to-run noise alone (measured here: 0.66-1.65x between two
+    serial runs on a loaded 2-core CPU, canary steady), so a case must clear the threshold by more
+    than that spread; a regression of one configuration among many stands out of it."""
+    every = _band([r for _, r in ratios])
+    if every is None:
+        return drift
+    floors = {}
+    for label in {lab for lab, _ in ratios}:
+        band = _band([r for lab, r in ratios if lab != label])
+        if band is not None:
+            floors[label] = band
+    floor, center, cases = every
+    return replace(drift, floor=floor, center=center, floor_cases=cases, floors=floors)
 
 
 @dataclass(frozen=True)

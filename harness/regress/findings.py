@@ -94,7 +94,7 @@ def samples_finding(m: Metric, b: dict, h: dict, opts: dict[str, Any]) -> Findin
                 f"(the canary's range {lo:.3f}-{hi:.3f}×)"
             )
         else:
-            why = dr.noise_reason(worst.ratio, drift)
+            why = dr.noise_reason(worst.ratio, drift, str(h.get("label")))
             if why:
                 verdict, reason = AMBIGUOUS, why
     if ratio is None and bm and hm:  # no raw samples: the medians' ratio, but never a verdict on it
