@@ -10,8 +10,8 @@ plugin is) that computes real linear attention (attentions/linear) REPEAT times 
 "revision" is a copy of that plugin with its own REPEAT (base 4; 5, 6 and 8 for 1.25x, 1.5x and
 2x: calls of 0.4-0.8 ms on the small problem below, since on a loaded 2-core machine a call of 1-2 ms
 is preempted in about half its samples, measured here), run with its folder on PYTHONPATH: the
-scenario, the case ids and everything else are the same, as for two commits of the plugin. The scenario holds four built-in variants beside it, so the
-cross-case rules see unchanged cases too.
+scenario, the case ids and everything else are the same, as for two commits of the plugin. The
+scenario holds four built-in variants beside it, so the cross-case rules see unchanged cases too.
 
 - compare: `--tries` serial triples (base, 1.5x, 2x; the order rotates), each slowed run compared
   with the base run before it; caught = exit 1 with planted_linear among the regressions.
