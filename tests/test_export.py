@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -93,3 +94,44 @@ def test_bad_input_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "no records.jsonl" in err[0]
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_pytest_benchmark_compare_groups_every_benchmark_with_its_problems_peers(tmp_path: Path) -> None:
+    from collections import Counter
+
+    from harness.results.export import problem_name
+    from harness.results.records import read_records
+
+    run = REPO / "results" / "cpu-odd"  # labels with an impl: performer[native], flash[sdpa], luna[chunked]
+    out = tmp_path / "0001_odd.json"
+    assert cli_main(["export", str(run), "--format", "pytest-benchmark", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert any("][" in b["name"] for b in doc["benchmarks"])  # the case that used to break the grouping
+    res = subprocess.run(
+        [shutil.which("pytest-benchmark"), "compare", str(out)], capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0, res.stderr
+    groups = {g: int(n) for g, n in re.findall(r"benchmark '([^']+)': (\d+) tests", res.stdout)}
+    ok = [r for r in read_records(run / "records.jsonl") if r["status"] == "ok" and r.get("time_ms_samples")]
+    assert groups == dict(Counter(problem_name(r) for r in ok))  # one group per problem, all its peers
+    assert sum(groups.values()) == len(doc["benchmarks"]) and min(groups.values()) > 1
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("time_ms_samples", [1.0, float("nan")], "time_ms_samples"),
+        ("time_ms_samples", [1.0, -2.0], "time_ms_samples"),
+        ("time_ms_samples", [float("inf")] * 3, "time_ms_samples"),
+        ("time_ms_median", None, "time_ms_median"),
+    ],
+)
+def test_malformed_times_are_one_line_exit_2(tmp_path: Path, capsys, field: str, value, message: str) -> None:
+    run = write_run(tmp_path / "run", edit(make_records(), "linear", **{field: value}))
+    out = tmp_path / "b.json"
+    assert cli_main(["export", str(run), "--format", "pytest-benchmark", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and "linear-256" in err[0]

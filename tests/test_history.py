@@ -71,7 +71,8 @@ def test_twenty_aa_points_stay_quiet(frames, tmp_path: Path) -> None:
     store = tmp_path / "store"
     add_series(store, frames, {})
     result = steps_of(store)
-    assert result.series == 6 and not result.steps
+    assert result.metrics == ("time_ms_median", "rel_err", "flops")  # every gated metric the runs carry
+    assert result.series == 3 * 6 + 1 and not result.steps  # + the runs' shared change
     assert cli_main(["history", "check", "--store", str(store)]) == 0
 
 
@@ -127,3 +128,95 @@ def test_bad_input_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
     assert cli_main(["history", "add", str(tmp_path / "nothing"), "--store", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("error: ") for line in err)
+
+
+def test_show_then_check_on_one_store_writes_nothing_inside_it(
+    frames, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    store = tmp_path / "store"
+    add_series(store, frames, {i: 1.3 for i in range(17, N_POINTS)})
+    before = sorted(p.relative_to(store) for p in store.rglob("*"))
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["history", "show", "--store", str(store)]) == 0  # default: ./history-plots
+    assert sorted((tmp_path / "history-plots").glob("*.png"))
+    assert cli_main(["history", "check", "--store", str(store)]) == 1
+    assert cli_main(["history", "show", "--store", str(store)]) == 0
+    assert sorted(p.relative_to(store) for p in store.rglob("*")) == before
+    assert cli_main(["history", "show", "--store", str(store), "--out", str(store / "plots")]) == 2
+    assert "inside the store" in capsys.readouterr().err
+
+
+def test_reader_ignores_foreign_files_and_names_a_corrupt_one(frames, tmp_path: Path, capsys) -> None:
+    store = tmp_path / "store"
+    add_series(store, frames, {}, n=8)
+    (store / "plots").mkdir()
+    (store / "plots" / "old.png").write_bytes(b"\x89PNG junk")
+    (store / "notes.parquet").write_text("not parquet")
+    (store / "machine=Test_CPU-2t" / "README.txt").write_text("mine")
+    assert history.load_store(store)["point"].nunique() == 8
+    pd.DataFrame({"x": [1]}).to_parquet(store / "machine=Test_CPU-2t" / "run-foreign.parquet")
+    assert cli_main(["history", "check", "--store", str(store)]) == 2
+    (store / "machine=Test_CPU-2t" / "run-foreign.parquet").write_bytes(b"PAR1 torn")
+    assert cli_main(["history", "show", "--store", str(store), "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all("run-foreign.parquet" in line for line in err)
+    assert "no column" in err[0] and "not a readable history file" in err[1]
+
+
+def test_store_keeps_the_canary_and_each_cases_noise(tmp_path: Path) -> None:
+    from tests.test_drift import write_canary
+
+    run = write_run(tmp_path / "run", make_records(run_id="r1", noise=0.04))
+    write_canary(run, 1.2, points=5)
+    row = history.run_frame(run).iloc[0]
+    assert row["canary_matmul_ms"] == pytest.approx(2.4, rel=0.02) and row["canary_points"] == 5
+    assert 0 < row["noise"] and row["n_samples"] == 20 and row["run_dir"] == str(run.resolve())
+
+
+def test_a_step_in_rel_err_is_found_and_explained(frames, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    for i, df in enumerate(frames):
+        df = df.copy()
+        if i >= 16:
+            df.loc[df["label"] == "linear", "rel_err"] *= 1.5
+        history.add_frame(store, df)
+    result = steps_of(store)
+    (step,) = [s for s in result.failing if s.metric == "rel_err" and s.case.startswith("linear[N=256")]
+    assert step.ratio == pytest.approx(1.5) and step.worse and step.start == 16
+    text = step.describe()
+    assert (step.commit_before, step.commit) == (f"{15:040x}", f"{16:040x}")  # the commit range
+    for part in (
+        "rel_err of linear[N=256",
+        "1.500× higher (worse)",
+        "between 000000000000..",
+        "standard errors",
+    ):
+        assert part in text
+    assert not [s for s in result.steps if s.metric == "time_ms_median"]
+
+
+def test_a_drift_of_every_case_seen_by_the_canary_is_no_step(frames, tmp_path: Path) -> None:
+    from tests.test_drift import write_canary
+
+    runs = tmp_path / "runs"
+    store = tmp_path / "store"
+    for i, df in enumerate(frames[:12]):
+        factor = 1.4 if i >= 8 else 1.0  # the machine got slower for the last 4 runs, canary too
+        run = write_run(runs / f"r{i}", make_records(seed=i, run_id=f"r{i:02d}"))
+        write_canary(run, factor, points=5, seed=i)
+        df = df.copy()
+        for col in ("time_ms_median", "time_ms_p20", "time_ms_p80"):
+            df[col] *= factor
+        for col, value in history.canary_summary(run).items():
+            df[col] = value
+        history.add_frame(store, df)
+    assert not steps_of(store).steps
+
+
+def test_malformed_times_are_exit_2_naming_field_and_case(tmp_path: Path, capsys) -> None:
+    from tests.test_compare import edit
+
+    run = write_run(tmp_path / "run", edit(make_records(), "linear", time_ms_median=float("nan")))
+    assert cli_main(["history", "add", str(run), "--store", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "time_ms_median" in err and "linear-256" in err and len(err.splitlines()) == 1

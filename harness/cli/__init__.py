@@ -56,7 +56,7 @@ COMMANDS: dict[str, Command] = {
         ("ab", "interleaved A/B timing of two checkouts (exit 1 on a regression)", "harness.cli.regress:ab"),
         (
             "history",
-            "add a run to a history store; show or check it across commits (exit 1 on a new step)",
+            "add a run to a history store; show, check or publish it (exit 1 on a new step)",
             "harness.cli.history:main",
         ),
         ("export", "write a run as pytest-benchmark JSON, csv or parquet", "harness.cli.export:main"),

@@ -4,6 +4,9 @@
 temporary git worktrees and runs the same scenario with each on this machine, interleaved in
 rounds (base, head, head, base, base, head, ...: the order alternates so drift in the machine's
 state hits both sides alike), merges each side's raw time samples per case and compares the two.
+It runs `--rounds` rounds, then one more at a time while some case could still hide a change of
+DECIDE_FACTOR (1.3x) or more (`undecided`), up to `--max-rounds`: the number of rounds scales with
+the machine's noise, and a case still AMBIGUOUS at the cap is reported as such, never as SAME.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from statistics import median
 
@@ -160,6 +164,68 @@ def _run_relaying(cmd: list[str], cwd: Path, tag: str) -> int:
     return proc.returncode
 
 
+DECIDE_FACTOR = 1.3  # ab runs more rounds until every case's change of this size or more is decided
+DEFAULT_MIN_ROUNDS = 3
+DEFAULT_MAX_ROUNDS = 10
+
+
+def undecided(
+    result: compare.ComparisonResult, factor: float = DECIDE_FACTOR
+) -> list[compare.CaseComparison]:
+    """Cases whose time verdict could still hide a change of `factor` or more: AMBIGUOUS, with no
+    interval or one that reaches beyond [1/factor, factor]. An AMBIGUOUS case whose interval lies
+    inside is decided for this purpose (whatever it hides is smaller than `factor`)."""
+    out = []
+    timed = compare.time_metric()
+    for c in result.undecided:
+        f = c.finding(timed.name) if timed else None
+        if f is None or f.ci is None or f.ci[0] < 1.0 / factor or f.ci[1] > factor:
+            out.append(c)
+    return out
+
+
+def interleave(
+    run_side: Callable[[str, int, Path], None],
+    out: Path,
+    judge: Callable[[Path, Path], compare.ComparisonResult],
+    min_rounds: int = DEFAULT_MIN_ROUNDS,
+    max_rounds: int = DEFAULT_MAX_ROUNDS,
+    factor: float = DECIDE_FACTOR,
+) -> compare.ComparisonResult:
+    """Run rounds (base, head, head, base, base, head, ...) with `run_side(side, round, run_dir)`,
+    at least `min_rounds` and then one more while some case could still hide a change of `factor`
+    or more (`undecided`), up to `max_rounds`; merge each side's rounds (`merge_rounds`) into
+    out/base and out/head and return `judge(out/base, out/head)` with `rounds` set."""
+    rounds: dict[str, list[Path]] = {"base": [], "head": []}
+    result = None
+    for r in range(max_rounds):
+        for side in ("base", "head") if r % 2 == 0 else ("head", "base"):
+            run_dir = out / f"{side}-round{r}"
+            run_side(side, r, run_dir)
+            rounds[side].append(run_dir)
+        if r + 1 < min_rounds:
+            continue
+        for side in ("base", "head"):
+            shutil.rmtree(out / side, ignore_errors=True)
+            merge_rounds(rounds[side], out / side)
+        result = judge(out / "base", out / "head")
+        result.rounds = r + 1
+        left = undecided(result, factor)
+        if not left:
+            break
+        if r + 1 < max_rounds:
+            names = ", ".join(f"{c.label} N={c.seq_len}" for c in left[:4])
+            names += " ..." if len(left) > 4 else ""
+            print(
+                f"ab: after {r + 1} rounds {len(left)} case(s) could still hide a {factor:g}× change "
+                f"({names}): one more round",
+                file=sys.stderr,
+                flush=True,
+            )
+    assert result is not None  # min_rounds <= max_rounds
+    return result
+
+
 def ab_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="run-bench ab", description="Run a scenario at two revisions, interleaved, and compare."
@@ -169,13 +235,27 @@ def ab_main(argv: list[str]) -> int:
     p.add_argument(
         "--head", help="head git revision (default: this working tree, uncommitted changes included)"
     )
-    p.add_argument("--rounds", type=int, default=3, help="rounds of (base, head) runs (default 3)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=DEFAULT_MIN_ROUNDS,
+        help=f"rounds of (base, head) runs before the first verdict (default {DEFAULT_MIN_ROUNDS}, >= 2)",
+    )
+    p.add_argument(
+        "--max-rounds",
+        type=int,
+        default=DEFAULT_MAX_ROUNDS,
+        help=f"more rounds, one at a time, until every {DECIDE_FACTOR:g}x change is decided, up to this "
+        f"many (default {DEFAULT_MAX_ROUNDS})",
+    )
     p.add_argument("--device", choices=("cpu", "cuda", "auto"))
     p.add_argument("--out", type=Path, help="keep the runs here (default: a temporary directory)")
     _compare_args(p)
     args = p.parse_args(argv)
-    if args.rounds < 1:
-        raise AbError(f"--rounds: expected an integer >= 1, found {args.rounds}")
+    if args.rounds < 2:
+        raise AbError(f"--rounds: expected an integer >= 2, found {args.rounds}")
+    if args.max_rounds < args.rounds:
+        raise AbError(f"--max-rounds: expected an integer >= --rounds ({args.rounds}), got {args.max_rounds}")
     try:  # a file, or a shipped scenario by name (`ab quick`)
         scenario = Path(resolve_scenario(str(args.scenario))).resolve()
     except Invalid as err:
@@ -190,33 +270,23 @@ def ab_main(argv: list[str]) -> int:
         if args.head is not None:
             trees.append(head_tree)
         sides = {"base": base_tree, "head": head_tree}
-        rounds: dict[str, list[Path]] = {"base": [], "head": []}
-        for r in range(args.rounds):
-            order = ("base", "head") if r % 2 == 0 else ("head", "base")
-            for side in order:
-                run_dir = out / f"{side}-round{r}"
-                cmd = [
-                    sys.executable,
-                    "run_bench.py",
-                    str(scenario),
-                    "--out",
-                    str(run_dir),
-                    "--no-plots",
-                ]
-                if args.device:
-                    cmd += ["--device", args.device]
-                tag = f"ab: round {r + 1}/{args.rounds} {side}"
-                print(tag, file=sys.stderr, flush=True)
-                res = _run_relaying(cmd, sides[side], tag)
-                if res != 0:
-                    raise AbError(f"{side} run failed with exit code {res} ({' '.join(cmd)})")
-                rounds[side].append(run_dir)
-        for side in ("base", "head"):
-            merge_rounds(rounds[side], out / side)
+
+        def run_side(side: str, r: int, run_dir: Path) -> None:
+            cmd = [sys.executable, "run_bench.py", str(scenario), "--out", str(run_dir), "--no-plots"]
+            if args.device:
+                cmd += ["--device", args.device]
+            tag = f"ab: round {r + 1} (of {args.rounds}-{args.max_rounds}) {side}"
+            print(tag, file=sys.stderr, flush=True)
+            res = _run_relaying(cmd, sides[side], tag)
+            if res != 0:
+                raise AbError(f"{side} run failed with exit code {res} ({' '.join(cmd)})")
+
+        def judge(base: Path, head: Path) -> compare.ComparisonResult:
+            gate = not args.no_time_gate
+            return compare.compare_runs(base, head, args.threshold, args.alpha, gate_time=gate)
+
         try:
-            result = compare.compare_runs(
-                out / "base", out / "head", args.threshold, args.alpha, gate_time=not args.no_time_gate
-            )
+            result = interleave(run_side, out, judge, args.rounds, args.max_rounds)
         except compare.CompareInputError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -6,8 +6,9 @@ in every run. Each metric is judged as its `gate` in the metric registry says: d
 tightly (rel_err, CUDA peak memory, cost-model FLOPs), time on the raw samples with a bootstrap
 CI of the median ratio plus a Mann-Whitney U test (only a confident change beyond the threshold
 counts), on drift-corrected samples (harness/regress/drift.py: head times divided by the canary's
-head/base ratio; AMBIGUOUS when the canary moved more than half the threshold; a shift shared by
-most cases is one finding, "machine drift or a global change: confirm with `ab`"). A case ok in
+head/base ratio; a change is confirmed only when it holds at the least favourable end of the
+canary's correction range and clears the threshold by more than the cases' noise; a shift shared
+by most cases is one finding). A case ok in
 base and not in head is STATUS-CHANGED and counts as a regression. Only a confirmed regression
 fails (`exit_code` 1); AMBIGUOUS never does, nor heads the verdict. Bad input raises
 `CompareInputError` (one line; the CLI maps it to exit 2).
@@ -19,32 +20,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.measure.stats import AMBIGUOUS, IMPROVED, REGRESSED, SAME, time_verdict
-from harness.plugins.metrics import Gate, Metric, gated_metrics
+from harness.measure.stats import AMBIGUOUS, IMPROVED, REGRESSED, SAME
+from harness.plugins.metrics import Metric, gated_metrics
 from harness.regress import drift as dr
 from harness.regress import runs
+from harness.regress.findings import Finding, gate_finding
 from harness.regress.runs import ENV_KEYS, CompareInputError, RunData, env_warnings, load_run
 
 VariantTime = dr.VariantTime
 NEW, MISSING, STATUS_CHANGED = "NEW", "MISSING", "STATUS-CHANGED"
 NOTHING_COMPARED = "NOTHING-COMPARED"  # a run-level verdict only (exit 2), never a case's
 VERDICTS = (REGRESSED, STATUS_CHANGED, IMPROVED, AMBIGUOUS, SAME, NEW, MISSING)
-__all__ = ["AMBIGUOUS", "ENV_KEYS", "IMPROVED", "REGRESSED", "SAME", "CompareInputError", "VariantTime"]
-
-
-@dataclass
-class Finding:
-    """One metric's comparison for one case. ratio = head / base."""
-
-    metric: str  # a gated metric's name (harness.plugins.metrics), or "status"
-    verdict: str
-    base: Any
-    head: Any
-    ratio: float | None = None
-    ci: tuple[float, float] | None = None
-    p_value: float | None = None
-    gated: bool = True  # False: reported, never decides the case verdict (time on CPU CI)
-    reason: str = ""
+__all__ = [
+    "AMBIGUOUS", "ENV_KEYS", "IMPROVED", "REGRESSED", "SAME", "CompareInputError", "Finding", "VariantTime",
+    "gate_finding",
+]  # fmt: skip
 
 
 @dataclass
@@ -89,6 +79,7 @@ class ComparisonResult:
     env_warnings: list[str]
     drift: dr.Drift = field(default_factory=lambda: dr.Drift(None))
     shift: dr.SharedShift | None = None  # a time change shared by most cases: one finding
+    rounds: int = 0  # interleaved rounds per side (`ab`); 0: two single runs (`compare`)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -114,87 +105,24 @@ class ComparisonResult:
 
     @property
     def verdict(self) -> str:
-        """REGRESSED (confirmed), else NOTHING-COMPARED, IMPROVED (confirmed) or SAME (not AMBIGUOUS)."""
+        """REGRESSED (confirmed), else NOTHING-COMPARED, IMPROVED (confirmed), AMBIGUOUS (some case
+        undecided, none confirmed) or SAME (every compared case SAME): never SAME without one."""
         if self.regressed:
             return REGRESSED
         if self.nothing_compared:
             return NOTHING_COMPARED
         shift_up = self.shift is not None and self.shift.verdict == IMPROVED
-        return IMPROVED if self.counts[IMPROVED] or shift_up else SAME
+        if self.counts[IMPROVED] or shift_up:
+            return IMPROVED
+        return AMBIGUOUS if self.counts[AMBIGUOUS] or not self.counts[SAME] else SAME
+
+    @property
+    def undecided(self) -> list[CaseComparison]:
+        """Cases whose time change is AMBIGUOUS (ok in both runs, neither confirmed nor SAME)."""
+        return [c for c in self.cases if c.verdict == AMBIGUOUS]
 
     def by_verdict(self, verdict: str) -> list[CaseComparison]:
         return [c for c in self.cases if c.verdict == verdict]
-
-
-# ----- per-case verdicts ----------------------------------------------------------------------
-def _num(x: Any) -> float | None:
-    return float(x) if isinstance(x, int | float) and not isinstance(x, bool) else None
-
-
-def _deterministic(m: Metric, b: float, h: float) -> Finding:
-    """REGRESSED when head is worse than base beyond the gate (factor x base + abs), IMPROVED when
-    better by as much, else SAME; `worse` follows the metric's direction."""
-    g = m.gate or Gate()
-    up, down = h > b * g.factor + g.abs, h < (b - g.abs) / g.factor
-    worse, better = (down, up) if m.direction == "higher" else (up, down)
-    verdict = REGRESSED if worse else IMPROVED if better else SAME
-    reason = g.reason if g.reason and verdict != SAME else m.gate_rule() if worse else ""
-    return Finding(m.name, verdict, b, h, h / b if b else None, reason=reason)
-
-
-def _samples_finding(m: Metric, b: dict, h: dict, opts: dict[str, Any]) -> Finding | None:
-    g = m.gate or Gate()
-    bs, hs = b.get(g.samples) or [], h.get(g.samples) or []
-    bm, hm = _num(b.get(m.name)), _num(h.get(m.name))
-    if not (bs or hs or bm or hm):
-        return None  # not measured in either run
-    if bs and list(bs) == list(hs):  # the same samples (a run compared with itself): nothing moved
-        return Finding(m.name, SAME, bm, hm, 1.0, (1.0, 1.0), 1.0, opts["gate_time"], "identical samples")
-    scale = opts["drift"].scale * opts["shift"]  # the run-level shift, removed before judging
-    hs = [x / scale for x in hs]
-    h_rounds = h.get(g.rounds) if g.rounds else None
-    st = time_verdict(
-        bs,
-        hs,
-        opts["threshold"],
-        opts["alpha"],
-        opts["min_samples"],
-        opts["n_boot"],
-        opts["seed"],
-        base_rounds=b.get(g.rounds) if g.rounds else None,
-        head_rounds=[[x / scale for x in r] for r in h_rounds] if h_rounds else None,
-    )
-    ratio, verdict, reason = st.ratio, st.verdict, st.reason
-    why = dr.overrule(verdict, ratio, opts["drift"])
-    if why:
-        verdict, reason = AMBIGUOUS, why
-    if ratio is None and bm and hm:  # no raw samples: the medians' ratio, but never a verdict on it
-        ratio = hm / bm
-    ci = (st.ci_lo, st.ci_hi) if st.ci_lo is not None and st.ci_hi is not None else None
-    return Finding(m.name, verdict, bm, hm, ratio, ci, st.p_value, opts["gate_time"], reason)
-
-
-def gate_finding(m: Metric, b: dict, h: dict, opts: dict[str, Any]) -> Finding | None:
-    """What the metric's gate says about one case ok in both runs; None when it does not apply."""
-    g = m.gate
-    if g is None:
-        return None
-    if g.kind == "samples":
-        return _samples_finding(m, b, h, opts)
-    if g.devices is not None and not (b.get("device") in g.devices and h.get("device") in g.devices):
-        return None
-    bv, hv = _num(b.get(m.name)), _num(h.get(m.name))
-    if bv is None or hv is None:
-        return None
-    f = _deterministic(m, bv, hv)
-    budget = opts["budget"].get(m.name, {})
-    limit = budget.get(h["label"], budget.get(h["variant"]))
-    if limit is not None and m.is_better(limit, hv):
-        f.verdict, f.reason = (
-            REGRESSED,
-            f"{'below' if m.direction == 'higher' else 'above'} the budget {limit:g}",
-        )
-    return f
 
 
 def compare_case(b: dict, h: dict, opts: dict[str, Any]) -> CaseComparison:
@@ -260,10 +188,10 @@ def compare_runs(
         "shift": 1.0,
     }
     cases = _judge_all(base, head, opts)
-    timed = [(f.verdict, f.ratio) for c in cases if (f := _time_finding(c)) is not None and f.ratio]
-    shift = dr.shared_shift(timed, opts["drift"].ratio)
+    timed = [(c.label, f.verdict, f.ratio) for c in cases if (f := _time_finding(c)) is not None and f.ratio]
+    shift = dr.shared_shift([(v, r) for _, v, r in timed], opts["drift"].ratio)
     opts["shift"] = shift.factor if shift is not None else 1.0  # one finding; cases judged relative to it
-    opts["drift"] = dr.with_floor(opts["drift"], [r / opts["shift"] for _, r in timed])
+    opts["drift"] = dr.with_floor(opts["drift"], [(lab, r / opts["shift"]) for lab, _, r in timed])
     if shift is not None or opts["drift"].floor > 1.0:
         cases = _judge_all(base, head, opts)
     dr.lone_changes(cases, _time_finding, opts["drift"].center)  # a burst of load hits one case

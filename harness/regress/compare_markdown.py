@@ -117,9 +117,16 @@ def _details(summary: str, body: str) -> list[str]:
     return ["", "<details>", f"<summary>{summary}</summary>", "", body, "", "</details>"]
 
 
+def counts_text(result: ComparisonResult) -> str:
+    """`REGRESSED 1 · AMBIGUOUS 3 · SAME 6`: every verdict that some case has, in VERDICTS order."""
+    counts = result.counts
+    return " · ".join(f"{v} {counts[v]}" for v in VERDICTS if counts[v]) or "no cases"
+
+
 def verdict_line(result: ComparisonResult) -> str:
-    """First line of the report: the verdict from confirmed findings only (a shared shift is one
-    finding, AMBIGUOUS never heads it), then the count of every verdict."""
+    """First line of the report: the run's verdict from confirmed findings (a shared shift is one
+    finding; AMBIGUOUS heads it only when no change was confirmed and some case is undecided; SAME
+    only when compared cases were SAME), then the count of each verdict present."""
     counts = result.counts
     n_reg = len(result.regressions)
     compared = sum(counts[v] for v in VERDICTS if v not in (NEW, MISSING))
@@ -133,12 +140,30 @@ def verdict_line(result: ComparisonResult) -> str:
         head = f"**{result.verdict}**: one shift shared by most cases: {shift.describe()}"
     elif counts[IMPROVED]:
         head = f"**{IMPROVED}**: {counts[IMPROVED]} of {compared} compared cases improved, none regressed"
+    elif result.verdict == AMBIGUOUS:
+        head = (
+            f"**{AMBIGUOUS}**: {counts[AMBIGUOUS]} of {compared} compared cases undecided "
+            f"(the evidence does not reach a verdict), none regressed"
+        )
     else:
-        head = f"**{result.verdict}**: no confirmed change in {compared} compared cases"
-    if result.drift.moved:
-        moved = f"{result.drift.ratio:.3f}×"
-        head += f" (the canary moved {moved}: machine drift or a global change: confirm with `ab`)"
-    return head + " · " + " · ".join(f"{v} {counts[v]}" for v in VERDICTS)
+        head = f"**{result.verdict}**: no change in {compared} compared cases"
+    return f"{head} · {counts_text(result)}"
+
+
+def _undecided_note(result: ComparisonResult) -> str:
+    """What to do about AMBIGUOUS cases: `ab` decides them (its rounds are interleaved); in an `ab`
+    result, how many rounds were run and that the cap was reached."""
+    if not result.undecided:
+        return ""
+    if result.rounds:
+        return (
+            f" {len(result.undecided)} case(s) still undecided after {result.rounds} interleaved rounds "
+            "per side (the cap): their changes are below what this machine's noise lets a verdict reach."
+        )
+    return (
+        f" {len(result.undecided)} case(s) undecided between these two runs: `run_bench.py ab` interleaves "
+        "the revisions in rounds until each case is decided."
+    )
 
 
 def render_verdict_markdown(result: ComparisonResult) -> str:
@@ -158,6 +183,10 @@ def render_verdict_markdown(result: ComparisonResult) -> str:
         "",
         f"base `{result.base.run_id}` → head `{result.head.run_id}` · {time_rule}; {gates}; "
         "a status that leaves ok counts as a regression",
+        "",
+        f"A time change is confirmed when it holds with the canary's correction at the end of its range "
+        f"least favourable to it and clears ±{result.threshold:.0%} by more than the cases' noise between "
+        "the runs; otherwise it is AMBIGUOUS, which never fails." + _undecided_note(result),
         "",
         f"Drift: {_md(result.drift.describe())}",
     ]

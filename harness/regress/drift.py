@@ -1,23 +1,27 @@
-"""Drift between two runs: what the canary says, and a shift shared by every case.
+"""Drift between two runs: what the canary says, how sure it is, and a shift shared by every case.
 
 Most of the time difference between two runs on a shared machine is drift between them (other
 load, clocks, thermal state), which no statistic inside one run sees. Each run times a fixed
 canary workload at intervals (harness/measure/canary.py); here:
 
 - `canary_drift`: the head/base ratio of the canary's median times (geometric mean over its
-  workloads), and how far the canary strays from its own run's median while the runs go on
-  (`wander`: WANDER_SIGMAS robust standard deviations, from the median absolute log deviation of
-  every canary point of both runs).
-- `compare` divides the head run's case times by that ratio before judging a case, and
-  `overrule` downgrades a confirmed time verdict to AMBIGUOUS when the canary moved more than half
-  the threshold between the runs (the correction itself is then too large to trust), or when the
-  case's change is inside the noise floor: `with_floor`'s, FLOOR_SIGMAS robust standard
-  deviations of every case's change around their median (from >= FLOOR_MIN_CASES cases: the
-  direct measure of how far unchanged cases move between the runs), else the canary's wander.
+  workloads), its own uncertainty (`ci`: CANARY_Z standard errors of that log ratio, from the
+  spread of the canary points around their run's median), and how far the canary strays from its
+  own run's median while the runs go on (`wander`).
+- The correction is uncertain as a whole: the canary times the machine at other moments than a
+  case, so the true machine change lies anywhere between none and the canary's ratio (widened by
+  its `ci`): `Drift.correction_range`. `compare` confirms a time change only when it holds at the
+  end of that range least favourable to it (`worst_scale`): a 2x slowdown with the canary at 1.07x
+  is still >= 1.87x, a uniform 1.2x with the canary at 1.2x is nothing. There is no blanket veto:
+  a large canary move only makes the evidence needed larger, by its own size.
+- `with_floor`: the cases' noise between the runs, FLOOR_SIGMAS robust standard deviations of
+  every case's (corrected) change around their median, from >= FLOOR_MIN_CASES cases (else the
+  canary's wander stands in); `noise_reason` says when a change does not clear the threshold by
+  more than that noise.
 - `lone_changes`: a confirmed change of one case that the other cases of its configuration do
   not share is AMBIGUOUS (a burst of load during that case's timing looks the same).
 - `shared_shift`: when at least `SHARED_FRACTION` of the timed cases moved the same way, that is
-  one finding, "machine drift or a global change: confirm with `ab`", never many regressions;
+  one finding (a global change, or drift the canary did not see), never many regressions;
   cases are then judged relative to the shift.
 - `variant_times`: the per-configuration geometric mean of the (corrected) time ratios.
 """
@@ -39,13 +43,15 @@ from harness.measure.stats import AMBIGUOUS, IMPROVED, REGRESSED, SAME, geomean
 SHARED_FRACTION = 0.75  # of the timed cases, moving the same way, make a shared shift
 SHARED_MIN_CASES = 4  # fewer timed cases never make a shared shift
 FLOOR_MIN_CASES = 6  # fewer timed cases give no cross-case noise floor (too few to estimate it)
-FLOOR_SIGMAS = 3.0
+FLOOR_SIGMAS = 2.5  # the cases' noise band, added to the threshold (one-sided, per case)
 WANDER_SIGMAS = 2.0  # the wander band: this many robust standard deviations of the canary points
+CANARY_Z = 2.576  # the canary ratio's uncertainty: a two-sided 99% normal interval of its log
 
 
 @dataclass(frozen=True)
 class Drift:
-    """The canary's head/base ratio (> 1: the head run's machine was slower) and its wander."""
+    """The canary's head/base ratio (> 1: the head run's machine was slower), its uncertainty and
+    its wander, and (after `with_floor`) the cases' noise between the runs."""
 
     ratio: float | None  # None: a run has no canary (recorded before it existed)
     workloads: dict[str, float] = field(default_factory=dict)  # workload -> head/base median ratio
@@ -53,36 +59,56 @@ class Drift:
     n_base: int = 0  # canary points in each run
     n_head: int = 0
     threshold: float = 0.05
-    floor: float = 1.0  # >= 1: the spread of every case's change between the runs (`with_floor`)
+    floor: float = 1.0  # >= 1: the cases' noise band between the runs (`with_floor`)
     center: float = 1.0  # the median case change the floor is centred on
     floor_cases: int = 0  # cases the floor was measured on (0: too few; the wander stands in for it)
+    ci: float = 0.0  # >= 0, log units: the canary ratio's own uncertainty (CANARY_Z standard errors)
+    # label -> (floor, center, cases) measured on the other configurations' cases only
+    floors: dict[str, tuple[float, float, int]] = field(default_factory=dict)
 
     @property
     def scale(self) -> float:
-        """What head times are divided by before judging a case (1 without a canary)."""
+        """What head times are divided by for the reported (point) correction (1 without a canary)."""
         return self.ratio if self.ratio is not None else 1.0
 
     @property
     def moved(self) -> bool:
-        """The canary moved more than half the threshold between the runs."""
+        """The canary moved more than half the threshold between the runs (described, never a veto)."""
         return self.ratio is not None and abs(math.log(self.ratio)) > math.log1p(self.threshold / 2)
+
+    def correction_range(self) -> tuple[float, float]:
+        """(lo, hi): the machine change between the runs lies between no change and the canary's
+        ratio widened by its uncertainty, as factors head times may be divided by."""
+        if self.ratio is None:
+            return 1.0, 1.0
+        c = math.log(self.ratio)
+        return math.exp(min(0.0, c - self.ci)), math.exp(max(0.0, c + self.ci))
+
+    def worst_scale(self, slower: bool) -> float:
+        """The correction least favourable to a change in that direction: the largest factor for
+        a slowdown (it shrinks it), the smallest for a speed-up."""
+        lo, hi = self.correction_range()
+        return hi if slower else lo
+
+    def noise_band(self) -> float:
+        """>= 1: how far beyond the threshold (as a factor) a case's change must reach: the cases'
+        noise between the runs, else the canary's wander when too few cases give it."""
+        return self.floor if self.floor_cases else self.wander
 
     def describe(self) -> str:
         if self.ratio is None:
             side = "base" if not self.n_base else "head"
             return f"no canary in the {side} run: drift between the runs is not corrected"
         parts = ", ".join(f"{k.removesuffix('_ms')} {v:.3f}×" for k, v in self.workloads.items())
+        lo, hi = self.correction_range()
         text = (
-            f"canary head/base {self.ratio:.3f}× ({parts}; {self.n_base} and {self.n_head} points), "
-            f"wander ±{self.wander - 1:.1%}"
+            f"canary head/base {self.ratio:.3f}× ({parts}; {self.n_base} and {self.n_head} points; "
+            f"the machine change is taken as anywhere in {lo:.3f}-{hi:.3f}×), wander ±{self.wander - 1:.1%}"
         )
-        if self.floor > 1.0:
-            text += f"; every case's change spread ±{self.floor - 1:.1%} around {self.center:.3f}×"
-        if self.moved:
+        if self.floor_cases:
             text += (
-                f": the machine moved more than half the threshold ({self.threshold / 2:.1%}) between the "
-                "runs; time verdicts beyond the band are AMBIGUOUS: machine drift or a global change: "
-                "confirm with `ab`"
+                f"; the cases' noise ±{self.floor - 1:.1%} around {self.center:.3f}× "
+                f"({self.floor_cases} cases)"
             )
         return text
 
@@ -102,44 +128,62 @@ def canary_drift(base_dir: Path, head_dir: Path, threshold: float) -> Drift:
     devs = [abs(math.log(_point_index(p, m))) for pts, m in zip((base, head), meds, strict=True) for p in pts]
     sigma = float(np.median(devs)) / 0.6745  # robust: one preempted canary point does not set the band
     wander = math.exp(WANDER_SIGMAS * sigma)
-    return Drift(geomean(list(workloads.values())), workloads, wander, len(base), len(head), threshold)
+    # the standard error of a difference of two medians of n_b and n_h points (1.2533 sigma / sqrt n)
+    se = 1.2533 * sigma * math.sqrt(1.0 / len(base) + 1.0 / len(head))
+    ratio = geomean(list(workloads.values()))
+    return Drift(ratio, workloads, wander, len(base), len(head), threshold, ci=CANARY_Z * se)
 
 
-def overrule(verdict: str, ratio: float | None, drift: Drift) -> str | None:
-    """The reason a confirmed time verdict (REGRESSED/IMPROVED, on canary-corrected times) is
-    AMBIGUOUS instead, or None when it stands."""
-    if verdict not in (REGRESSED, IMPROVED) or ratio is None or ratio <= 0:
+def noise_reason(ratio: float | None, drift: Drift, label: str | None = None) -> str | None:
+    """Why a confirmed time change (REGRESSED/IMPROVED; `ratio` = head/base after the worst-case
+    correction) is not evidence: it does not clear the threshold by more than the cases' noise
+    between the runs (relative to their median change), measured on the other configurations'
+    cases when `label` has its own band (`with_floor`); None when it does."""
+    if ratio is None or ratio <= 0:
         return None
-    if drift.moved:
+    floor, center, cases = drift.floors.get(label or "", (drift.floor, drift.center, drift.floor_cases))
+    band = floor if cases else drift.wander
+    need = math.log1p(drift.threshold) + math.log(band)
+    change = math.log(ratio / center) if cases else math.log(ratio)
+    if abs(change) > need:
+        return None
+    if cases:
         return (
-            f"the canary moved {drift.ratio:.3f}× between the runs (more than half the threshold; this case "
-            f"{ratio * drift.ratio:.3f}× uncorrected): machine drift or a global change: confirm with `ab`"
+            f"{ratio:.3f}× does not clear the threshold by more than the cases' noise between the runs "
+            f"(±{band - 1:.1%} around {center:.3f}×, {cases} cases of other configurations)"
         )
-    if not drift.floor_cases and abs(math.log(ratio)) <= math.log(drift.wander):
-        return f"within the machine's own drift during the runs (the canary wandered ±{drift.wander - 1:.1%})"
-    if drift.floor_cases and abs(math.log(ratio / drift.center)) <= math.log(drift.floor):
-        return (
-            f"within the spread of every case's change between the runs (±{drift.floor - 1:.1%} around "
-            f"{drift.center:.3f}×): not distinguishable from run-to-run noise"
-        )
-    return None
+    return f"{ratio:.3f}× does not clear the threshold by more than the canary's wander (±{band - 1:.1%})"
 
 
-def with_floor(drift: Drift, ratios: list[float]) -> Drift:
-    """`drift` with the cross-case noise floor of these (canary-corrected) head/base time ratios:
-    FLOOR_SIGMAS robust standard deviations (MAD) of their logs around their median, from at least
-    FLOOR_MIN_CASES cases. Unchanged code changes most cases' times by run-to-run noise alone
-    (measured here: 0.66-1.65x between two serial runs on a loaded 2-core CPU, canary steady), so
-    a case whose change sits inside that spread is not evidence; a regression of one configuration
-    among many stands out of it. The median makes it robust to fewer than half the cases moving."""
+def _band(ratios: list[float]) -> tuple[float, float, int] | None:
+    """(floor, center, cases): FLOOR_SIGMAS robust standard deviations (MAD) of the logs of these
+    ratios around their median, and that median; None below FLOOR_MIN_CASES cases."""
     logs = np.log([r for r in ratios if r > 0])
     if logs.size < FLOOR_MIN_CASES:
-        return drift
+        return None
     center = float(np.median(logs))
     sigma = 1.4826 * float(np.median(np.abs(logs - center)))
-    return replace(
-        drift, floor=math.exp(FLOOR_SIGMAS * sigma), center=math.exp(center), floor_cases=logs.size
-    )
+    return math.exp(FLOOR_SIGMAS * sigma), math.exp(center), int(logs.size)
+
+
+def with_floor(drift: Drift, ratios: list[tuple[str, float]]) -> Drift:
+    """`drift` with the cross-case noise band of these (label, canary-corrected head/base time
+    ratio) pairs: FLOOR_SIGMAS robust standard deviations (MAD) of their logs around their median,
+    from at least FLOOR_MIN_CASES cases; for each configuration, the band of the other
+    configurations' cases (a change being judged never widens its own yardstick). Unchanged code
+    changes most cases' times by run-to-run noise alone (measured here: 0.66-1.65x between two
+    serial runs on a loaded 2-core CPU, canary steady), so a case must clear the threshold by more
+    than that spread; a regression of one configuration among many stands out of it."""
+    every = _band([r for _, r in ratios])
+    if every is None:
+        return drift
+    floors = {}
+    for label in {lab for lab, _ in ratios}:
+        band = _band([r for lab, r in ratios if lab != label])
+        if band is not None:
+            floors[label] = band
+    floor, center, cases = every
+    return replace(drift, floor=floor, center=center, floor_cases=cases, floors=floors)
 
 
 @dataclass(frozen=True)
@@ -156,8 +200,9 @@ class SharedShift:
         way = "slower" if self.factor > 1 else "faster"
         canary = "no canary" if self.canary is None else f"canary {self.canary:.3f}×"
         return (
-            f"{self.n} of {self.of} timed cases {self.factor:.3f}× {way} together ({canary}): machine drift "
-            "or a global change: confirm with `ab` (cases are judged relative to this shift)"
+            f"{self.n} of {self.of} timed cases {self.factor:.3f}× {way} together ({canary}; each beyond the "
+            "canary's uncertainty): a global change, or machine drift the canary did not see (cases are "
+            "judged relative to this shift)"
         )
 
 
@@ -219,8 +264,7 @@ def lone_changes(cases: list, time_finding: Callable[[Any], Any], center: float 
             f.verdict = AMBIGUOUS
             f.reason = (
                 f"only this case of {c.label} moved ({f.ratio:.3f}×; its {len(others)} other case(s) "
-                f"{math.exp(theirs) * center:.3f}×): a burst of load during its timing looks the same; "
-                "confirm with `ab`"
+                f"{math.exp(theirs) * center:.3f}×): a burst of load during its timing looks the same"
             )
             if f.gated:
                 gated = {x.verdict for x in c.findings if x.gated}

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness.common.errors import UserError
-from harness.plugins.metrics import gated_metrics
+from harness.plugins.metrics import Metric, gated_metrics
 from harness.results.records import READABLE_SCHEMAS, read_records
 
 ENV_KEYS = ("cpu", "gpu", "gpu_driver", "cuda", "torch", "threads")  # = harness.measure.env.FINGERPRINT_KEYS
@@ -80,6 +82,24 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+def gated_metrics_for(records: Iterable[Mapping[str, Any]]) -> list[Metric]:
+    """The gated metrics that these records carry: a gated metric of the records' kinds
+    (`harness.plugins.metrics.gated_metrics(kind)`) that some record has a value for, on a device
+    its gate covers. `compare` and `history` go through this one function."""
+    rows = list(records)
+    out, seen = [], set()
+    kinds = dict.fromkeys(str(r.get("kind") or "kernel") for r in rows)  # schema 1-3: kernel or claimed
+    pool = [m for k in kinds for m in gated_metrics(k)] or gated_metrics()
+    for m in pool:
+        if m.name in seen:
+            continue
+        seen.add(m.name)
+        devices = m.gate.devices if m.gate is not None else None
+        if any(r.get(m.name) is not None and (devices is None or r.get("device") in devices) for r in rows):
+            out.append(m)
+    return out
+
+
 def _numbers(value: Any, depth: int) -> bool:
     """A number (bool excluded), or (depth > 0) a list of such, nested `depth` deep."""
     if depth == 0:
@@ -87,8 +107,29 @@ def _numbers(value: Any, depth: int) -> bool:
     return isinstance(value, list) and all(_numbers(x, depth - 1) for x in value)
 
 
+def _flat(value: Any) -> list[float]:
+    return [float(x) for v in value for x in _flat(v)] if isinstance(value, list) else [float(value)]
+
+
+def _bad_number(value: Any, positive: bool) -> str:
+    """'' when every number in `value` (a number or nested lists) is finite and >= 0 (> 0 when
+    `positive`), else what the first bad one is."""
+    for x in _flat(value):
+        if not math.isfinite(x):
+            return f"{x}"
+        if x < 0 or (positive and x == 0):
+            return f"{x:g} ({'not positive' if positive else 'negative'})"
+    return ""
+
+
+TIME_PAIRS = (("time_ms_samples", "time_ms_median"),)  # an ok record with one of a pair has the other
+
+
 def malformed_field(rec: dict[str, Any]) -> str:
-    """'' when every field compare reads has its type, else `field NAME: expected ..., found ...`."""
+    """'' when every field compare and history read is well formed, else `field NAME: expected
+    ..., found ...`: the identity fields' types, and every gated metric (and its raw samples and
+    rounds) null or a finite number >= 0 (time samples > 0; NaN, inf and negatives are malformed,
+    never a verdict), and an ok record's median time and its samples both present or both absent."""
     for name, types in FIELD_TYPES.items():
         value = rec[name]
         ok = isinstance(value, types) and (name == "causal" or not isinstance(value, bool))
@@ -102,9 +143,21 @@ def malformed_field(rec: dict[str, Any]) -> str:
             fields.append((m.gate.rounds, 2))
         for name, depth in fields:
             value = rec.get(name)
-            if value is not None and not _numbers(value, depth):
-                want = ("a number", "a list of numbers", "a list of lists of numbers")[depth]
+            if value is None:
+                continue
+            want = ("a number", "a list of numbers", "a list of lists of numbers")[depth]
+            if not _numbers(value, depth):
                 return f"field {name}: expected null or {want}, found {value!r:.60}"
+            bad = _bad_number(value, positive=depth > 0)
+            if bad:
+                sign = "> 0" if depth > 0 else ">= 0"
+                return f"field {name}: expected null or {want}, finite and {sign}, found {bad}"
+    if rec.get("status") == "ok":
+        for samples, med in TIME_PAIRS:
+            have = [k for k in (samples, med) if rec.get(k) not in (None, [])]
+            if len(have) == 1:
+                missing = med if have == [samples] else samples
+                return f"field {missing}: missing, while {have[0]} is recorded (an ok case has both)"
     return ""
 
 

@@ -3,7 +3,8 @@
 - `pytest-benchmark`: the JSON that `pytest-benchmark compare` and GitHub's benchmark-tracking
   actions (benchmark-action/github-action-benchmark, `tool: pytest`) read. One benchmark per ok
   case with raw time samples: `name` is the configuration and problem
-  (`linear[N=256,fp32,non-causal,fwd]`), `fullname` prefixes the scenario, `group` is the problem,
+  (`linear[N=256,fp32,non-causal,fwd]`), `fullname` prefixes the scenario, `group` is the problem
+  (`N=256,fp32,non-causal,fwd`: every configuration run on it, `performer[native]` included),
   `stats` are computed by pytest-benchmark's own `Stats` class from the samples (in seconds, as
   pytest-benchmark stores them), so every derived field (iqr, outliers, ops) means what it means
   there. `extra_info` carries the case id, rel_err and memory. Cases that did not finish ok have no
@@ -17,6 +18,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,9 @@ from harness.results.record_check import record_problem
 from harness.results.records import export_frame, read_records
 
 FORMATS = ("pytest-benchmark", "csv", "parquet")
-EXTRA_KEYS = ("case_id", "variant", "impl", "seq_len", "dtype", "causal", "mode", "rel_err", "peak_mem_bytes")
+EXTRA_KEYS = (
+    "case_id", "label", "variant", "impl", "seq_len", "dtype", "causal", "mode", "rel_err", "peak_mem_bytes"
+)  # fmt: skip
 
 
 class ExportError(UserError, ValueError):
@@ -58,10 +62,35 @@ def run_records(run_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def case_name(rec: dict[str, Any]) -> str:
-    """`label[N=256,fp32,causal,fwd]`: the configuration and the problem of a case."""
+def problem_name(rec: dict[str, Any]) -> str:
+    """`N=256,fp32,causal,fwd`: the problem of a case (every configuration run on it shares it)."""
     causal = "causal" if rec.get("causal") else "non-causal"
-    return f"{rec['label']}[N={rec['seq_len']},{rec['dtype']},{causal},{rec['mode']}]"
+    return f"N={rec['seq_len']},{rec['dtype']},{causal},{rec['mode']}"
+
+
+def case_name(rec: dict[str, Any]) -> str:
+    """`label[N=256,fp32,causal,fwd]`: the configuration (a label may carry its impl,
+    `performer[native]`) and the problem of a case."""
+    return f"{rec['label']}[{problem_name(rec)}]"
+
+
+def _time_samples(rec: dict[str, Any]) -> list[float]:
+    """An ok record's raw time samples, checked: a non-empty list of finite numbers > 0, and its
+    median time recorded; anything else is malformed (ExportError naming the field and the case)."""
+    case = f"case {str(rec.get('case_id'))[:40]!r}"
+    samples = rec.get("time_ms_samples")
+    if samples in (None, []):
+        return []
+    ok = isinstance(samples, list) and all(
+        isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and x > 0 for x in samples
+    )
+    if not ok:
+        want = "expected a list of finite numbers > 0"
+        raise ExportError(f"{case}: field time_ms_samples: {want}, found {samples!r:.60}")
+    median = rec.get("time_ms_median")
+    if not (isinstance(median, int | float) and not isinstance(median, bool) and math.isfinite(median)):
+        raise ExportError(f"{case}: field time_ms_median: expected a finite number, found {median!r:.60}")
+    return [float(x) for x in samples]
 
 
 def _machine_info(env: dict[str, Any]) -> dict[str, Any]:
@@ -90,17 +119,17 @@ def to_pytest_benchmark(run_dir: Path) -> tuple[dict[str, Any], int]:
     env, meta = _read_json(run_dir / "env.json"), _read_json(run_dir / "run.json")
     benchmarks, skipped = [], 0
     for rec in rows:
-        samples = rec.get("time_ms_samples") or []
-        if rec.get("status") != "ok" or not samples:
+        samples = _time_samples(rec) if rec.get("status") == "ok" else []
+        if not samples:
             skipped += 1
             continue
         stats = Stats()
         for ms in samples:
-            stats.update(float(ms) / 1e3)
+            stats.update(ms / 1e3)
         name = case_name(rec)
         benchmarks.append(
             {
-                "group": name[name.index("[") :],
+                "group": problem_name(rec),  # `pytest-benchmark compare` groups by it: a problem's peers
                 "name": name,
                 "fullname": f"{rec.get('scenario', 'attnbench')}::{name}",
                 "params": dict(rec.get("params") or {}),
