@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from harness.regress import compare, compare_markdown
-from harness.results.records import Record, append_record, read_records
+from harness.results.record_lines import read_records
+from harness.results.records import Record, append_record
 
 REPO = Path(__file__).resolve().parent.parent
 LENGTHS = (256, 1024)

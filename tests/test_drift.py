@@ -21,7 +21,8 @@ from harness.measure.canary import COPY_CHUNKS, MATMUL_SLICES, WORKLOADS, read_c
 from harness.regress import compare, compare_markdown
 from harness.regress.ab import compare_main
 from harness.regress.drift import Drift, noise_reason, shared_shift
-from harness.results.records import Record, append_record, read_records
+from harness.results.record_lines import read_records
+from harness.results.records import Record, append_record
 from tests.test_compare import edit, make_records, write_run
 
 TINY = """name: tiny

@@ -103,7 +103,7 @@ def test_pytest_benchmark_compare_groups_every_benchmark_with_its_problems_peers
     from collections import Counter
 
     from harness.results.export import problem_name
-    from harness.results.records import read_records
+    from harness.results.record_lines import read_records
 
     run = REPO / "results" / "cpu-odd"  # labels with an impl: performer[native], flash[sdpa], luna[chunked]
     out = tmp_path / "0001_odd.json"

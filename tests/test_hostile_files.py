@@ -21,7 +21,7 @@ from harness.config.scenario import load_scenario
 from harness.execute.runner import default_out_dir
 from harness.plugins.contract import AttentionVariant, Capabilities
 from harness.plugins.variants import VARIANTS
-from harness.results.records import read_records
+from harness.results.record_lines import read_records
 
 SCENARIO = """name: hostile
 device: cpu

@@ -30,7 +30,7 @@ from harness.common.errors import UserError
 from harness.common.files import UnsafePathError, atomic_path, ensure_dir, writable_target
 from harness.execute.executors import ExecutorError, ExecutorOptions, max_workers
 from harness.results import record_lines
-from harness.results.records import read_records
+from harness.results.record_lines import read_records
 from tests.test_compare import make_records, write_run
 
 ROOT = Path(__file__).resolve().parents[1]

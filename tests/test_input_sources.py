@@ -33,7 +33,7 @@ from harness.plugins import registry as registry_mod
 from harness.plugins.contract import AttentionVariant, Capabilities, FitSpec, Problem
 from harness.plugins.registry import Registry
 from harness.plugins.variants import VARIANTS
-from harness.results.records import read_records
+from harness.results.record_lines import read_records
 
 Shape = tuple[int, int, int, int]
 

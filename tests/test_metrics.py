@@ -20,7 +20,8 @@ from harness.plugins.metrics import (
 )
 from harness.regress import compare, compare_markdown
 from harness.results import fields_doc
-from harness.results.records import FIELDS, read_records
+from harness.results.record_lines import read_records
+from harness.results.records import FIELDS
 from tests.test_compare import edit, make_records, run_compare
 from tests.test_report import render, row_of
 

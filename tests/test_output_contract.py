@@ -17,7 +17,7 @@ from harness.measure import output_contract as oc
 from harness.measure.failures import one_line, trace_tail
 from harness.plugins.contract import AttentionVariant, Capabilities
 from harness.plugins.variants import VARIANTS
-from harness.results.records import read_records
+from harness.results.record_lines import read_records
 
 
 class Unprintable(Exception):

@@ -16,7 +16,7 @@ from harness.execute.plan import group_key, plan
 from harness.execute.progress import QuietReporter
 from harness.execute.runner import run_scenario
 from harness.plugins.kinds import KINDS
-from harness.results.records import read_records
+from harness.results.record_lines import read_records
 
 ROOT = Path(__file__).resolve().parents[1]
 

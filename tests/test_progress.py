@@ -17,7 +17,8 @@ from harness.execute.progress import PlainReporter, RichReporter, clock
 from harness.kinds.kernel.digest import digest, digest_table
 from harness.kinds.kernel.slide import slide_plot
 from harness.regress.ab import _run_relaying
-from harness.results.records import Record, read_records, to_dataframe
+from harness.results.record_lines import read_records
+from harness.results.records import Record, to_dataframe
 
 ROOT = Path(__file__).resolve().parents[1]
 ODD = ROOT / "results" / "cpu-odd" / "records.jsonl"  # a committed run: 14 configurations, N 63 and 1000

@@ -100,7 +100,7 @@ def test_captured_source_splits_cache_and_e2e_run(tmp_path: Path, monkeypatch: p
     from harness.execute.progress import QuietReporter
     from harness.execute.runner import run_scenario
     from harness.inputs.captured import CapturedSource
-    from harness.results.records import read_records
+    from harness.results.record_lines import read_records
 
     monkeypatch.setenv("ATTNBENCH_CACHE", str(tmp_path / "cache"))
     folder = _tiny_model_folder(tmp_path)
@@ -248,7 +248,7 @@ def test_unwritable_capture_cache_warns_once_and_cases_stay_ok(
     from harness.execute.progress import QuietReporter
     from harness.execute.runner import run_scenario
     from harness.inputs.captured import CapturedSource
-    from harness.results.records import read_records
+    from harness.results.record_lines import read_records
 
     (tmp_path / "blocker").write_text("a file where the cache folder's parent should be")
     _fresh_cache(monkeypatch, tmp_path / "blocker" / "cache")

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 
 from harness.plugins.metrics import metrics_of
+from harness.results.record_lines import read_records
 from harness.results.records import (
     FIELDS,
     SCHEMA_VERSION,
     Record,
     append_record,
-    read_records,
     to_dataframe,
     to_json_line,
     write_parquet,

@@ -20,7 +20,7 @@ from harness.execute.rundir import RunDirError
 from harness.execute.runner import run_scenario
 from harness.plugins.contract import AttentionVariant, Capabilities, Problem
 from harness.plugins.variants import VARIANTS
-from harness.results.records import read_records
+from harness.results.record_lines import read_records
 from harness.results.run_records import read_run_records
 
 ROOT = Path(__file__).resolve().parent.parent

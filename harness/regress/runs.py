@@ -11,7 +11,8 @@ from typing import Any
 
 from harness.common.errors import UserError
 from harness.plugins.metrics import Metric, gated_metrics
-from harness.results.records import READABLE_SCHEMAS, read_records
+from harness.results.record_lines import read_records
+from harness.results.records import READABLE_SCHEMAS
 
 ENV_KEYS = ("cpu", "gpu", "gpu_driver", "cuda", "torch", "threads")  # = harness.measure.env.FINGERPRINT_KEYS
 REQUIRED_KEYS = ("case_id", "status", "variant", "label", "seq_len", "dtype", "causal", "mode")

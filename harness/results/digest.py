@@ -16,7 +16,8 @@ from harness.plugins.kinds import KINDS, BenchmarkKind
 from harness.plugins.metrics import METRICS
 from harness.plugins.registry import PluginLoadError, UnknownPluginError
 from harness.results.record_check import record_problem
-from harness.results.records import read_records, to_dataframe
+from harness.results.record_lines import read_records
+from harness.results.records import to_dataframe
 
 
 def headline_table(df: pd.DataFrame, kind: BenchmarkKind) -> Table | None:

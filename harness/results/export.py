@@ -26,7 +26,8 @@ from typing import Any
 from harness.common.errors import UserError
 from harness.common.files import atomic_path, read_json_file, write_atomic
 from harness.results.record_check import record_problem
-from harness.results.records import export_frame, read_records
+from harness.results.record_lines import read_records
+from harness.results.records import export_frame
 
 FORMATS = ("pytest-benchmark", "csv", "parquet")
 EXTRA_KEYS = (

@@ -29,12 +29,6 @@ from harness.plugins.kinds import KINDS
 from harness.plugins.metrics import METRICS, derive, metrics_of
 from harness.plugins.registry import PluginLoadError, UnknownPluginError
 from harness.plugins.variants import VARIANTS
-from harness.results.record_lines import (  # noqa: F401  (reading lives there; these names stay here)
-    corrupt_case_ids,
-    parse_line,
-    read_records,
-    repair_torn_tail,
-)
 
 SCHEMA_VERSION = 4
 READABLE_SCHEMAS = (1, 2, 3, 4)

@@ -19,7 +19,8 @@ from harness.plugins.metrics import METRICS
 from harness.plugins.registry import PluginLoadError, UnknownPluginError
 from harness.results.markdown import md_cell, md_table
 from harness.results.record_check import record_problem
-from harness.results.records import FIELDS, read_records, to_dataframe
+from harness.results.record_lines import read_records
+from harness.results.records import FIELDS, to_dataframe
 
 ENV_FACTS = (("cuda", "CUDA {}"), ("torch", "torch {}"), ("threads", "{} threads"), ("git_sha", "git {:.10}"))
 
