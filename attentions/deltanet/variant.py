@@ -134,10 +134,6 @@ class DeltaNetAttention(AttentionVariant):
         )
 
     @classmethod
-    def layout_for(cls, impl: str) -> str:
-        return cls.capabilities_for(impl).layout
-
-    @classmethod
     def not_supported_reasons(cls, problem: Problem, params: DeltaNetParams, impl: str) -> list[str]:
         reasons = super().not_supported_reasons(problem, params, impl)
         if not problem.causal:  # replace the base's generic line with the why

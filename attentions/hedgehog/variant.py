@@ -127,10 +127,6 @@ class HedgehogAttention(AttentionVariant):
         )
 
     @classmethod
-    def layout_for(cls, impl: str) -> str:
-        return cls.capabilities_for(impl).layout
-
-    @classmethod
     def not_supported_reasons(cls, problem: Problem, params: HedgehogParams, impl: str) -> list[str]:
         reasons = super().not_supported_reasons(problem, params, impl)
         if impl == "fla" and params.window > 0:

@@ -100,10 +100,6 @@ class LinearAttention(AttentionVariant):
         )
 
     @classmethod
-    def layout_for(cls, impl: str) -> str:
-        return cls.capabilities_for(impl).layout
-
-    @classmethod
     def feature_dim(cls, problem: Problem, params: LinearParams) -> int | None:
         return problem.head_dim
 

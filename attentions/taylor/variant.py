@@ -143,10 +143,6 @@ class TaylorAttention(AttentionVariant):
         )
 
     @classmethod
-    def layout_for(cls, impl: str) -> str:
-        return cls.capabilities_for(impl).layout
-
-    @classmethod
     def not_supported_reasons(cls, problem: Problem, params: TaylorParams, impl: str) -> list[str]:
         reasons = super().not_supported_reasons(problem, params, impl)
         if impl in FLA_IMPLS:

@@ -97,10 +97,6 @@ class WindowAttention(AttentionVariant):
         )
 
     @classmethod
-    def layout_for(cls, impl: str) -> str:
-        return cls.capabilities_for(impl).layout
-
-    @classmethod
     def feature_dim(cls, problem: Problem, params: WindowParams) -> int | None:
         """The keys a query sees at most: W causal, 2W - 1 non-causal (capped at N)."""
         return min(params.window if problem.causal else 2 * params.window - 1, problem.seq_len)

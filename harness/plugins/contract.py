@@ -235,8 +235,9 @@ class AttentionVariant(nn.Module):
 
     @classmethod
     def layout_for(cls, impl: str) -> str:
-        """Input/output layout of `impl` ("bhnd" or "bnhd"); the runner builds inputs in it."""
-        return cls.capabilities.layout
+        """Input/output layout of `impl` ("bhnd" or "bnhd"), from `capabilities_for(impl)`; the
+        runner builds inputs in it."""
+        return cls.capabilities_for(impl).layout
 
     @classmethod
     def feature_dim(cls, problem: Problem, params: Any) -> int | None:
