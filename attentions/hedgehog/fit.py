@@ -18,15 +18,12 @@ LoLCATs does.
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from attentions.hedgehog.features import hedgehog_features
-from attentions.luna.fit import distill_loss
+from attentions.luna.fit import distill_weights
 from attentions.window_linear.weights import hybrid_row_weights
 from harness.plugins.contract import FitResult, FitSpec, Teacher
 
@@ -46,30 +43,11 @@ def fit_hedgehog(
     calib_batches: Sequence[tuple[Tensor, Tensor, Tensor]], teacher: Teacher, spec: FitSpec,
     log_scale: nn.Parameter | None = None,
 ) -> FitResult:  # fmt: skip
-    """Train W, b so Hedgehog's weights match the teacher's; final_loss: the last step's, before update."""
-    if not calib_batches:
-        raise ValueError("hedgehog fit needs at least one calibration batch")
-    device = W.device
-    batches = [tuple(t.to(device=device, dtype=torch.float32) for t in batch) for batch in calib_batches]
-    optimizer = torch.optim.Adam([W, b] + ([] if log_scale is None else [log_scale]), lr=spec.lr)
-    gen = torch.Generator().manual_seed(spec.seed)
-    losses: list[float] = []
-    start = time.perf_counter()
-    with torch.enable_grad():
-        for step in range(spec.steps):
-            q, k, v = batches[step % len(batches)]
-            n = q.shape[-2]
-            rows = torch.randperm(n, generator=gen)[: min(spec.rows, n)].sort().values.to(device)
-            with torch.no_grad():
-                target = teacher.weights(q, k, rows)  # (B, H, R, N)
-            weights = hedgehog_row_weights(q, k, W, b, form, rows, teacher.causal, window, log_scale)
-            loss, _ = distill_loss(weights, target, v, spec.mse_weight)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise FloatingPointError(f"hedgehog fit diverged at step {step}: loss {value}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(value)
-    seconds = time.perf_counter() - start
-    return FitResult(spec.steps, seconds, losses[-1] if losses else math.nan, losses)
+    """Train W, b so Hedgehog's weights match the teacher's, with LUNA's distillation loop
+    (`attentions.luna.fit.distill_weights`); final_loss: the last step's, before update."""
+
+    def row_weights(q: Tensor, k: Tensor, rows: Tensor) -> Tensor:
+        return hedgehog_row_weights(q, k, W, b, form, rows, teacher.causal, window, log_scale)
+
+    params = [W, b] + ([] if log_scale is None else [log_scale])
+    return distill_weights("hedgehog", params, row_weights, calib_batches, teacher, spec, W.device)

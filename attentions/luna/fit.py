@@ -56,6 +56,47 @@ def distill_loss(
     return loss, kl
 
 
+def distill_weights(
+    name: str,
+    parameters: Iterable[nn.Parameter],
+    row_weights: Callable[[Tensor, Tensor, Tensor], Tensor],
+    calib_batches: Sequence[tuple[Tensor, Tensor, Tensor]],
+    teacher: Teacher,
+    spec: FitSpec,
+    device: torch.device | str,
+) -> FitResult:
+    """The distillation loop of the learnable feature maps (LUNA, Hedgehog): Adam on `parameters`,
+    one calibration batch per step in turn, `spec.rows` seeded random query rows, `distill_loss`
+    between the teacher's weights and `row_weights(q, k, rows)` (B, H, R, N). final_loss is the
+    last step's loss, measured before its update; a non-finite loss raises FloatingPointError."""
+    if not calib_batches:
+        raise ValueError(f"{name} fit needs at least one calibration batch")
+    batches = [tuple(t.to(device=device, dtype=torch.float32) for t in batch) for batch in calib_batches]
+    optimizer = torch.optim.Adam(list(parameters), lr=spec.lr)
+    gen = torch.Generator().manual_seed(spec.seed)
+    losses: list[float] = []
+    start = time.perf_counter()
+    with torch.enable_grad():
+        for step in range(spec.steps):
+            q, k, v = batches[step % len(batches)]
+            n = q.shape[-2]
+            rows = torch.randperm(n, generator=gen)[: min(spec.rows, n)].sort().values.to(device)
+            with torch.no_grad():
+                target = teacher.weights(q, k, rows)  # (B, H, R, N)
+            loss, _ = distill_loss(row_weights(q, k, rows), target, v, spec.mse_weight)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise FloatingPointError(f"{name} fit diverged at step {step}: loss {value}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(value)
+    seconds = time.perf_counter() - start
+    return FitResult(
+        steps=spec.steps, seconds=seconds, final_loss=losses[-1] if losses else math.nan, losses=losses
+    )
+
+
 def fit_luna(
     features: Callable[[Tensor], Tensor],
     parameters: Iterable[nn.Parameter],
@@ -69,48 +110,23 @@ def fit_luna(
     window: int = 0,
     log_scale: Tensor | None = None,
 ) -> FitResult:
-    """Train `parameters` so LUNA's weights match the teacher's.
+    """Train `parameters` so LUNA's weights match the teacher's (`distill_weights`).
 
-    features: x (B, H, N, d) -> phi (B, H, N, D), built from `parameters`. Returns the per-step
-    losses; final_loss is the loss of the last step (measured before its update).
+    features: x (B, H, N, d) -> phi (B, H, N, D), built from `parameters`.
     """
-    if not calib_batches:
-        raise ValueError("luna fit needs at least one calibration batch")
-    params = list(parameters)
-    batches = [tuple(t.to(device=device, dtype=torch.float32) for t in batch) for batch in calib_batches]
-    optimizer = torch.optim.Adam(params, lr=spec.lr)
-    gen = torch.Generator().manual_seed(spec.seed)
-    losses: list[float] = []
-    start = time.perf_counter()
-    with torch.enable_grad():
-        for step in range(spec.steps):
-            q, k, v = batches[step % len(batches)]
-            n = q.shape[-2]
-            rows = torch.randperm(n, generator=gen)[: min(spec.rows, n)].sort().values.to(device)
-            with torch.no_grad():
-                target = teacher.weights(q, k, rows)  # (B, H, R, N)
-            if ch_rms:  # the channel RMS pools over every token, so phi(q) is needed for all of them
-                phi_q = channel_rms(features(q), eps)[:, :, rows]
-                phi_k = channel_rms(features(k), eps)
-            else:
-                phi_q, phi_k = features(q[:, :, rows]), features(k)
-            if window > 0:  # the hybrid's weights: exact scores in the window, one normalizer
-                zeros = phi_k.new_zeros(phi_k.shape[:-1])
-                lq, lk = zeros[:, :, rows], zeros
-                weights = hybrid_row_weights(
-                    q[:, :, rows], k, phi_q, lq, phi_k, lk, rows, teacher.causal, window, eps, log_scale
-                )
-            else:
-                weights = luna_row_weights(phi_q, phi_k, rows, teacher.causal, eps)
-            loss, _ = distill_loss(weights, target, v, spec.mse_weight)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise FloatingPointError(f"luna fit diverged at step {step}: loss {value}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(value)
-    seconds = time.perf_counter() - start
-    return FitResult(
-        steps=spec.steps, seconds=seconds, final_loss=losses[-1] if losses else math.nan, losses=losses
-    )
+
+    def row_weights(q: Tensor, k: Tensor, rows: Tensor) -> Tensor:
+        if ch_rms:  # the channel RMS pools over every token, so phi(q) is needed for all of them
+            phi_q = channel_rms(features(q), eps)[:, :, rows]
+            phi_k = channel_rms(features(k), eps)
+        else:
+            phi_q, phi_k = features(q[:, :, rows]), features(k)
+        if window > 0:  # the hybrid's weights: exact scores in the window, one normalizer
+            zeros = phi_k.new_zeros(phi_k.shape[:-1])
+            lq, lk = zeros[:, :, rows], zeros
+            return hybrid_row_weights(
+                q[:, :, rows], k, phi_q, lq, phi_k, lk, rows, teacher.causal, window, eps, log_scale
+            )
+        return luna_row_weights(phi_q, phi_k, rows, teacher.causal, eps)
+
+    return distill_weights("luna", parameters, row_weights, calib_batches, teacher, spec, device)
