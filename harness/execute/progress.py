@@ -20,8 +20,7 @@ from rich.progress import (
 from rich.text import Text
 
 from harness.config.sweep import Case
-from harness.plugins.kinds import KINDS
-from harness.plugins.registry import PluginLoadError, UnknownPluginError
+from harness.plugins.kinds import installed_kind
 from harness.results.records import Record
 
 
@@ -35,10 +34,8 @@ class Reporter(Protocol):
 def _summary(record: Record) -> str:
     if record.status != "ok":
         return f"{record.status}: {record.reason[:120]}"
-    try:
-        result = KINDS.get(record.kind)().progress(record)  # the kind says what its result is
-    except (UnknownPluginError, PluginLoadError):
-        result = ""
+    cls = installed_kind(record.kind)
+    result = cls().progress(record) if cls is not None else ""  # the kind says what its result is
     return f"ok {result}".rstrip()
 
 

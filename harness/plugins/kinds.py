@@ -18,7 +18,7 @@ import math
 from pathlib import Path
 from typing import Any, ClassVar
 
-from harness.plugins.registry import Registry
+from harness.plugins.registry import PluginLoadError, Registry, UnknownPluginError
 
 
 class BenchmarkKind:
@@ -121,3 +121,12 @@ def _gated(kind: BenchmarkKind, name: str) -> bool:
 KINDS: Registry[type[BenchmarkKind]] = Registry(
     "benchmark kind", group="attnbench.kinds", builtins="harness.kinds", base=BenchmarkKind
 )
+
+
+def installed_kind(name: str) -> type[BenchmarkKind] | None:
+    """The class of kind `name`, or None when it is not installed here (or cannot be loaded): a
+    run directory read elsewhere still shows every record of it, through the generic paths."""
+    try:
+        return KINDS.get(name)
+    except (UnknownPluginError, PluginLoadError):
+        return None

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.common.numbers import finite, fmt_sig
-from harness.plugins.kinds import KINDS
-from harness.plugins.registry import PluginLoadError, Registry, UnknownPluginError
+from harness.plugins.kinds import KINDS, installed_kind
+from harness.plugins.registry import Registry
 
 DIRECTIONS = ("lower", "higher", None)
 GROUPS = ("time", "memory", "accuracy", "cost", "check", "fit", "input", "environment", "task")
@@ -195,9 +195,8 @@ def metrics_of(kind: str) -> list[Metric]:
     `metrics`, registered here on first use) and those registered for it from outside (`kinds`).
     [] for a kind that is not installed here (its records still keep every value they carry)."""
     if kind not in _SCOPES:
-        try:
-            cls = KINDS.get(kind)
-        except (UnknownPluginError, PluginLoadError):
+        cls = installed_kind(kind)
+        if cls is None:
             return [m for m in all_metrics() if kind in m.kinds]
         _SCOPES[kind] = tuple(register_metric(m) for m in getattr(cls, "metrics", ()))
     own = list(_SCOPES[kind])

@@ -12,9 +12,8 @@ from pathlib import Path
 import pandas as pd
 from rich.table import Table
 
-from harness.plugins.kinds import KINDS, BenchmarkKind
+from harness.plugins.kinds import BenchmarkKind, installed_kind
 from harness.plugins.metrics import METRICS
-from harness.plugins.registry import PluginLoadError, UnknownPluginError
 from harness.results.record_check import record_problem
 from harness.results.record_lines import read_records
 from harness.results.records import to_dataframe
@@ -51,10 +50,10 @@ def run_digest(run_dir: Path) -> list[Table]:
     df = to_dataframe(read_records(path, record_problem))
     tables = []
     for name in dict.fromkeys(str(k) for k in df["kind"]) if len(df) else []:
-        try:
-            kind = KINDS.get(name)()
-        except (UnknownPluginError, PluginLoadError):
+        cls = installed_kind(name)
+        if cls is None:
             continue
+        kind = cls()
         rows = df[df["kind"] == name]
         table = kind.digest(rows)
         table = table if table is not None else headline_table(rows, kind)

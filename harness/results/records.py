@@ -25,9 +25,9 @@ from typing import Any
 
 from harness.common.files import append_line, atomic_path
 from harness.common.names import suggest
-from harness.plugins.kinds import KINDS
+from harness.plugins.kinds import KINDS, installed_kind
 from harness.plugins.metrics import METRICS, derive, metrics_of
-from harness.plugins.registry import PluginLoadError, UnknownPluginError
+from harness.plugins.registry import UnknownPluginError
 from harness.plugins.variants import VARIANTS
 
 SCHEMA_VERSION = 4
@@ -174,11 +174,9 @@ def legacy_kind(row: dict[str, Any]) -> str:
     for name in KINDS.names():
         if name == "kernel":
             continue
-        try:
-            if KINDS.get(name).claims_legacy(row):
-                return name
-        except (UnknownPluginError, PluginLoadError):
-            continue
+        cls = installed_kind(name)
+        if cls is not None and cls.claims_legacy(row):
+            return name
     return "kernel"
 
 

@@ -14,9 +14,8 @@ import pandas as pd
 
 from harness.common.files import read_json_file, write_atomic
 from harness.common.numbers import fmt_sig
-from harness.plugins.kinds import KINDS, BenchmarkKind
+from harness.plugins.kinds import BenchmarkKind, installed_kind
 from harness.plugins.metrics import METRICS
-from harness.plugins.registry import PluginLoadError, UnknownPluginError
 from harness.results.markdown import md_cell, md_table
 from harness.results.record_check import record_problem
 from harness.results.record_lines import read_records
@@ -95,10 +94,8 @@ def _kinds_in(df: pd.DataFrame) -> list[str]:
 
 def _kind(name: str) -> BenchmarkKind | None:
     """An instance of kind `name`, or None when it is not installed here."""
-    try:
-        return KINDS.get(name)()
-    except (UnknownPluginError, PluginLoadError):
-        return None
+    cls = installed_kind(name)
+    return cls() if cls is not None else None
 
 
 def generic_section(df: pd.DataFrame, kind: str) -> list[str]:
