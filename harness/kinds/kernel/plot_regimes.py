@@ -38,6 +38,11 @@ def _len_label(n: int) -> str:
     return f"{n // 1024}K" if n >= 1024 and n % 1024 == 0 else str(n)
 
 
+def _colour(i: int) -> tuple:
+    """20 distinct colours: tab20's ten dark shades, then its ten light ones."""
+    return colormaps["tab20"]((2 * i + (i // 10) % 2) % 20)
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "-", text)
 
@@ -112,7 +117,7 @@ def regime_figure(rows: list[Row], title: str) -> Figure | None:
     ax = fig.subplots()
     values: list[float] = []
     for i, (label, pts) in enumerate(drawn.items()):
-        style = {"color": colormaps["tab10"](i % 10), "marker": MARKERS[(i // 10 + i) % len(MARKERS)]}
+        style = {"color": _colour(i), "marker": MARKERS[(i // 10 + i) % len(MARKERS)]}
         ax.plot([n for n, _ in pts], [e for _, e in pts], label=label, linewidth=1.4, markersize=5, **style)
         values += [e for _, e in pts]
     floor = _floor(rows)
