@@ -261,7 +261,7 @@ def test_write_report_links_existing_pngs_and_reads_the_baseline(tmp_path: Path)
     md = write_report(run).read_text()
     links = re.findall(r"\]\((plots/[^)]+\.png)\)", md)
     kinds = {Path(link).name.split("_fp32")[0] for link in links}
-    assert kinds == {"runtime", "memory", "error_vs_d", "frontier", "slide.png"}  # slide: results/slide.py
+    assert kinds == {"runtime", "memory", "error_vs_d", "frontier", "slide.png", "error_vs_n_gaussian"}
     for link in links:
         assert (run / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "[^1]: oom: out of memory" in md
