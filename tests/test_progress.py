@@ -132,6 +132,8 @@ def test_kernel_digest_tells_captured_layers_apart_and_skips_the_floor_for_best(
     lines = _render(digest_table(rows, where))
     assert all(len(line) <= 80 for line in lines)
     text = " ".join(line.split("│")[2].strip() for line in lines if line.count("│") > 2)
+    header = next(line for line in lines if "┃ configuration" in line)
+    assert "peak" in header and "peak" not in "".join(_render(digest_table(rows.assign(peak=None), where)))
     assert text.count("captured layer=0") == text.count("captured layer=3") == len(rows) // 2
 
 
