@@ -13,7 +13,7 @@ from rich.console import Console, Group
 
 from harness.config.scenario import load_scenario
 from harness.config.sweep import expand
-from harness.execute.progress import PlainReporter, RichReporter, clock
+from harness.execute.progress import PlainReporter, RichReporter, clock, cut, what
 from harness.kinds.kernel.digest import digest, digest_table
 from harness.kinds.kernel.slide import slide_plot
 from harness.regress.ab import _run_relaying
@@ -34,7 +34,8 @@ def test_clock() -> None:
     assert [clock(s) for s in (0, 7.4, 754, 3723)] == ["0:00", "0:07", "12:34", "1:02:03"]
 
 
-def test_plain_lines_carry_count_elapsed_eta_and_the_case_time() -> None:
+def test_plain_lines_carry_count_elapsed_eta_and_the_case_time(monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # wide: nothing cut
     cases, record = cases_and_record()
     now = [100.0]
     out = io.StringIO()
@@ -50,6 +51,28 @@ def test_plain_lines_carry_count_elapsed_eta_and_the_case_time() -> None:
     assert lines[1].startswith(f"[2/{n} 0:07 eta {clock(3.5 * (n - 2))}] ")
     assert lines[0].endswith("(3.0 s)") and lines[1].endswith("(4.0 s)")
     assert " gaussian: ok " in lines[0]  # the input regime is named
+
+
+def test_plain_lines_are_cut_to_the_terminal_width_never_wrapped(monkeypatch) -> None:
+    cases, record = cases_and_record()
+    out = io.StringIO()
+    rep = PlainReporter(stream=out, now=lambda: 0.0)
+    rep.start(total=len(cases), already_done=0)
+    for width in (80, 30):
+        monkeypatch.setenv("COLUMNS", str(width))
+        rep.case_started(cases[0])
+        rep.case_finished(cases[0], record)
+    narrow, tiny = out.getvalue().splitlines()
+    assert len(narrow) == 80 and narrow.startswith(f"[1/{len(cases)} 0:00 eta 0:00] softmax N=")
+    assert "… gaussian: ok " in narrow and narrow.endswith("(0.0 s)")  # the description's inside gave way
+    assert len(tiny) == 30 and tiny.startswith(f"[2/{len(cases)}") and tiny.endswith("…")
+    assert cut("[1/2] ", "softmax N=64", ": ok", 80) == "[1/2] softmax N=64: ok"
+
+
+def test_progress_names_the_captured_layer() -> None:
+    cases = expand(load_scenario("quality_minilm"), "cpu")
+    regimes = {what(c).rsplit(" ", 1)[1] for c in cases}
+    assert {"captured[layer=0]", "captured[layer=5]", "gaussian"} <= regimes
 
 
 def test_rich_bar_keeps_count_elapsed_and_eta_at_80_columns() -> None:
