@@ -67,12 +67,18 @@ def test_plain_lines_are_cut_to_the_terminal_width_never_wrapped(monkeypatch) ->
     assert "… gaussian: ok " in narrow and narrow.endswith("(0.0 s)")  # the description's inside gave way
     assert len(tiny) == 30 and tiny.startswith(f"[2/{len(cases)}") and tiny.endswith("…")
     assert cut("[1/2] ", "softmax N=64", ": ok", 80) == "[1/2] softmax N=64: ok"
+    long_tail = ": ok accuracy=0.023 (no recall learned) (0.0 s)"  # too little room: the label stays
+    assert cut("[5/6] ", "performer(features=32) pairs=4 N=32 B=8 H=2", long_tail, 60) == (
+        "[5/6] performer(features=32)…: ok accuracy=0.023 (no recall…"
+    )
 
 
 def test_progress_names_the_captured_layer() -> None:
     cases = expand(load_scenario("quality_minilm"), "cpu")
     regimes = {what(c).rsplit(" ", 1)[1] for c in cases}
     assert {"captured[layer=0]", "captured[layer=5]", "gaussian"} <= regimes
+    e2e = {what(c).rsplit(" ", 1)[1] for c in expand(load_scenario("quality_minilm_e2e"), "cpu")}
+    assert e2e == {"captured"}  # e2e swaps every layer: no layer is named
 
 
 def test_rich_bar_keeps_count_elapsed_and_eta_at_80_columns() -> None:

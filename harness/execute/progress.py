@@ -26,7 +26,7 @@ from rich.progress import (
 from rich.text import Text
 
 from harness.config.sweep import Case
-from harness.inputs import regime_name
+from harness.inputs import SOURCES
 from harness.plugins.kinds import installed_kind
 from harness.results.records import Record
 
@@ -54,9 +54,12 @@ class QuietReporter:
 
 
 def what(case: Case) -> str:
-    """The case in a few words, its input regime included (runs often sweep several, such as the
-    layers of a captured model: `captured[layer=3]`)."""
-    return f"{case.describe()} {regime_name(case.inputs)}"
+    """The case in a few words, its input regime included (runs often sweep several), with the
+    regime knobs the scenario sets (`captured[layer=3]`: one layer of several)."""
+    given = dict(case.inputs.options)
+    knobs = [f"{k}={given[k]}" for k in SOURCES.get(case.inputs.dist).regime_knobs if k in given]
+    regime = case.inputs.dist + (f"[{','.join(knobs)}]" if knobs else "")
+    return f"{case.describe()} {regime}"
 
 
 ELLIPSIS = "…"
@@ -65,15 +68,18 @@ ELLIPSIS = "…"
 def cut(head: str, middle: str, tail: str, width: int) -> str:
     """`head + middle + tail` in at most `width` characters. `middle` (the case) gives way first:
     its inside is replaced by an ellipsis, keeping its start (the configuration) and its last word
-    (the input regime); when that leaves too little of it, the line loses its end instead."""
+    (the input regime); when that leaves too little of it, only its first word (the configuration)
+    stays, and the line loses its end."""
     line = head + middle + tail
     if len(line) <= width:
         return line
     room = width - len(head) - len(tail) - len(ELLIPSIS)
-    if room < min(len(middle), 16):
-        return line[: max(width - len(ELLIPSIS), 0)] + ELLIPSIS
-    last = min(len(middle.rsplit(" ", 1)[-1]) + 1, room // 2)
-    return head + middle[: room - last] + ELLIPSIS + middle[len(middle) - last :] + tail
+    if room >= min(len(middle), 16):
+        last = min(len(middle.rsplit(" ", 1)[-1]) + 1, room // 2)
+        return head + middle[: room - last] + ELLIPSIS + middle[len(middle) - last :] + tail
+    first = middle.split(" ", 1)[0]
+    line = head + first + (ELLIPSIS if first != middle else "") + tail
+    return line if len(line) <= width else line[: max(width - len(ELLIPSIS), 0)] + ELLIPSIS
 
 
 def line_width() -> int:
@@ -173,7 +179,8 @@ class RichReporter:
         self.progress.refresh()
 
     def case_finished(self, case: Case, record: Record) -> None:
-        self.last = f"{case.label} N={case.problem.seq_len} {regime_name(case.inputs)}: {_summary(record)}"
+        regime = what(case).rsplit(" ", 1)[1]
+        self.last = f"{case.label} N={case.problem.seq_len} {regime}: {_summary(record)}"
         if record.status not in ("ok", "skipped"):  # kept above the bar: one line, cut, never wrapped
             failed = Text(
                 f"{what(case)}: {_summary(record)}", style="yellow", no_wrap=True, overflow="ellipsis"
