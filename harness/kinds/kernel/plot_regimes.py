@@ -29,7 +29,7 @@ from harness.plugins.metrics import metric
 
 DPI = 120
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
-FLOOR_LABEL = "uniform attention (no skill)"
+FLOOR_LABEL = "uniform floor"  # the error of uniform attention: no skill at or above it
 PREFIX = "regime:"
 Row = dict[str, Any]
 
@@ -168,8 +168,8 @@ def regime_lines(plot_files: dict[str, str]) -> list[str]:
         "",
         "## Error vs N per input regime",
         "",
-        "_One line per approximate configuration; dashed black: uniform attention (no skill). "
-        "Flat lines hold their error as N grows._",
+        "_One line per approximate configuration; dashed black: the uniform floor (the error of "
+        "uniform attention; no skill at or above it). Flat lines hold their error as N grows._",
     ]
     for key in keys:
         dist, slug = key[len(PREFIX) :].rsplit(":", 1)
