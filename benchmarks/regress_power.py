@@ -246,7 +246,7 @@ def main() -> int:
     p.add_argument("--history-runs", type=int, default=20, help="history: unplanted runs before the step")
     p.add_argument("--history-after", type=int, default=5, help="history: 1.25x runs after the step, at most")
     p.add_argument("--ab-parts", default="1.5,2.0,aa", help="ab: which gates (comma-separated: 1.5, 2.0, aa)")
-    p.add_argument("--executor", default="subprocess", choices=["subprocess", "inline"], help="each run's executor")
+    p.add_argument("--executor", default="subprocess", choices=["subprocess", "inline"], help="run executor")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: compare, ab, history")
     p.add_argument("--out", type=Path, default=Path("/tmp/attnbench-power"))
     args = p.parse_args()
