@@ -32,12 +32,12 @@ class FittedState:
     unfitted_rel_err: float | None
 
 
-def fit_cache_key(case: Case) -> str:
-    """Everything a fit depends on: the case without its mode (inputs and fit spec are run-level)."""
+def fit_cache_key(case: Case, seed: int = 0) -> str:
+    """Everything a fit depends on: the case without its mode (inputs and fit spec are run-level),
+    and the seed of the draw (harness/measure/seeds.py)."""
     problem = dataclasses.replace(case.problem, mode="-")
-    return json.dumps(
-        [case.variant, case.impl, case.params, dataclasses.asdict(problem), str(case.fit), str(case.inputs)]
-    )
+    fixed = [case.variant, case.impl, case.params, dataclasses.asdict(problem)]
+    return json.dumps([*fixed, str(case.fit), str(case.inputs), seed])
 
 
 def fit_variant(
@@ -49,13 +49,15 @@ def fit_variant(
     mask: Tensor | None,
     spec: AccuracySpec,
     cache: dict[str, FittedState],
+    seed: int = 0,
 ) -> None:
     """Record the unfitted error, then fit `variant` (untimed), or load the cached fit.
 
     fwd: canonical-layout forward, q, k, v (B, H, N, d) -> (B, H, N, d); qkv: the evaluation
-    inputs (canonical, detached); mask: (B, N) bool key padding mask or None.
+    inputs (canonical, detached); mask: (B, N) bool key padding mask or None; seed: the draw
+    (`case.fit` is already that seed's spec).
     """
-    key = fit_cache_key(case)
+    key = fit_cache_key(case, seed)
     cached = cache.get(key)
     if cached is not None:
         variant.load_state_dict(cached.state)
