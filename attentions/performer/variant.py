@@ -120,7 +120,7 @@ class PerformerAttention(AttentionVariant):
     flop_rtol = 1e-9  # the counted matmuls are modeled exactly, both impls
     Params = PerformerParams
     impls = ("native", "package")
-    capabilities = Capabilities(masking=True)
+    capabilities = Capabilities(masking=True, random=True)  # W from `seed`
     impl_requires = {"package": ("performer_pytorch",)}
 
     def __init__(

@@ -129,6 +129,11 @@ class TaylorAttention(AttentionVariant):
         self.register_buffer("projection", None if projection is None else projection.to(device))
 
     @classmethod
+    def draws_at_random(cls, params: TaylorParams) -> bool:
+        """Only the projection (proj_dim > 0) is drawn, from `seed`; proj_dim 0 is deterministic."""
+        return params.proj_dim > 0
+
+    @classmethod
     def capabilities_for(cls, impl: str) -> Capabilities:
         """fla impls: CUDA, fp16/bf16, causal only, no mask, (B, N, H, d)."""
         if impl not in FLA_IMPLS:

@@ -82,6 +82,7 @@ class Scenario:
     execute: ExecuteSpec = field(default_factory=ExecuteSpec)  # how groups run, unless the CLI says
     report: ReportSpec = field(default_factory=ReportSpec)  # the `report:` block
     task: tuple[tuple[str, Any], ...] = ()  # the kind's own options (`task:`), validated by the kind
+    seeds: tuple[int, ...] = (0,)  # draws of a variant with random parameters (harness/measure/seeds.py)
 
     @property
     def task_options(self) -> dict[str, Any]:
@@ -120,6 +121,7 @@ def scenario_to_dict(s: Scenario) -> dict[str, Any]:
             entry["label"] = e.label
         variants.append(entry)
     inputs = [{"dist": i.dist, "scale": i.scale, "seed": i.seed, **dict(i.options)} for i in s.inputs]
+    seeds = {} if s.seeds == (0,) else {"seeds": list(s.seeds)}  # the default: hashes stay as they were
     return {
         "path": s.path,
         "name": s.name,
@@ -135,6 +137,7 @@ def scenario_to_dict(s: Scenario) -> dict[str, Any]:
         "checks": dataclasses.asdict(s.checks),
         "report": dataclasses.asdict(s.report),
         "task": dict(s.task),
+        **seeds,
         "execute": {
             k: (dict(val) if k == "slurm_params" else list(val)) if isinstance(val, tuple) else val
             for k, val in dataclasses.asdict(s.execute).items()
@@ -144,8 +147,8 @@ def scenario_to_dict(s: Scenario) -> dict[str, Any]:
 
 # ----- schema -------------------------------------------------------------------------------
 TOP_KEYS = tuple(
-    "name version description kind task device problem inputs variants accuracy measure checks "
-    "execute report".split()
+    "name version description kind task seeds device problem inputs variants accuracy measure "
+    "checks execute report".split()
 )
 DEVICES = ("cpu", "cuda", "auto")
 VARIANT_KEYS = ("name", "impl", "params", "fit", "label")
@@ -204,6 +207,7 @@ def _scenario(path: str, raw: dict[str, Any], max_cases: int | None = None) -> S
         description=_text(top.get("description", ""), "description"),
         kind=(kind := v.choice(tuple(KINDS.names()), "kind")(top.get("kind", "kernel"), "kind")),
         task=task_block(kind, top.get("task", {})),
+        seeds=_seeds(top.get("seeds", [0]), kind),
         device=v.choice(DEVICES, "device")(top.get("device", "auto"), "device"),
         problem=(problem := _problem(top["problem"])),
         inputs=(inputs := input_regimes(top.get("inputs", {}), dataclasses.asdict(problem))),  # fixed axes
@@ -219,6 +223,19 @@ def _scenario(path: str, raw: dict[str, Any], max_cases: int | None = None) -> S
     bounds.check_case_count(scenario, max_cases)
     bounds.check_entries(scenario.variants)  # every params point; no two giving the same case
     return scenario
+
+
+MAX_SEEDS = 100
+
+
+def _seeds(raw: Any, kind: str) -> tuple[int, ...]:
+    """`seeds:` a seed (int >= 0) or a list of distinct ones, for a kind that takes them."""
+    seeds = v.axis(raw, "seeds", _seed, "a seed (int >= 0)")
+    if len(seeds) > MAX_SEEDS:
+        raise v.Invalid("seeds", f"expected at most {MAX_SEEDS} seeds, found {len(seeds)}")
+    if seeds != (0,) and not KINDS.get(kind).takes_seeds:
+        raise v.Invalid("seeds", f"kind {kind!r} does not take `seeds:` (it sets its own draws in `task:`)")
+    return seeds
 
 
 def _measure(raw: Any) -> MeasureSpec:

@@ -71,6 +71,9 @@ class Capabilities:
     # False for a mixer that is not an approximation of softmax attention (DeltaNet): kernel cases
     # record time and memory, and the error columns are marked not applicable with the reason
     approximates_softmax: bool = True
+    # parameters drawn at random at construction (a `seed` param, torch's generator): the scenario's
+    # `seeds:` runs such a variant once per seed and records the mean and spread (learnable implies it)
+    random: bool = False
 
 
 @dataclass(frozen=True)
@@ -229,6 +232,13 @@ class AttentionVariant(nn.Module):
     def capabilities_for(cls, impl: str) -> Capabilities:
         """What `impl` can run; `capabilities` unless an impl differs (e.g. in masking)."""
         return cls.capabilities
+
+    @classmethod
+    def draws_at_random(cls, params: Any) -> bool:
+        """Whether an instance with `params` has parameters drawn at random (a `seed` param, torch's
+        generator in `__init__`, a fit's sampling): the scenario's `seeds:` then runs it once per seed.
+        Default: `capabilities.random` or `capabilities.learnable` (an initialisation, then a fit)."""
+        return cls.capabilities.random or cls.capabilities.learnable
 
     @classmethod
     def reference_for(cls, impl: str) -> str:

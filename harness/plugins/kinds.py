@@ -29,6 +29,9 @@ class BenchmarkKind:
     description: ClassVar[str] = ""
     metrics: ClassVar[tuple[Any, ...]] = ()  # the Metric declarations its records may carry
     headline: ClassVar[tuple[str, ...]] = ()  # metric names of the end-of-run table, most telling first
+    # whether the scenario's `seeds:` applies: the kind runs a variant with random parameters once per
+    # seed and records the mean and spread (harness/measure/seeds.py); others refuse the key
+    takes_seeds: ClassVar[bool] = False
 
     # ----- the scenario ------------------------------------------------------------------------
     @classmethod

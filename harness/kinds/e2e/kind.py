@@ -10,7 +10,11 @@ scenario's `inputs: {dist: captured, model, texts, max_length}` (the `captured` 
        fitted (its own `fit`, softmax teacher) on layer l's captured calibration q, k, v (the
        captured source's calib split: calibration texts, never the evaluation texts)
     4. the swapped model's embeddings -> cosine to the original (mean, p5), Spearman of the
-       pairwise similarity matrix, max |Δ| (harness/kinds/e2e_swap.py)
+       pairwise similarity matrix, max |Δ| (harness/kinds/e2e/swap.py)
+
+A variant whose parameters are drawn at random (Performer's features, a learnable map's
+initialisation and fit) runs steps 3-4 once per seed of the scenario's `seeds:`; the record holds
+the mean over seeds with `<name>_sd` and `<name>_seeds` (harness/measure/seeds.py).
 
 Variants with key-padding-mask support run the texts batched and padded, with the mask; variants
 without it (nystrom, triton impls) run each text alone at its own length, with no padding and no
@@ -33,7 +37,8 @@ from harness.config.sweep import Case
 from harness.inputs.capture import capture, model, texts
 from harness.inputs.captured import CapturedSource, select_texts
 from harness.kinds.e2e import swap as e2e_swap
-from harness.kinds.e2e.metrics import E2E
+from harness.kinds.e2e.metrics import AVERAGED, E2E, SEEDED
+from harness.measure import seeds
 from harness.plugins.contract import Teacher
 from harness.plugins.kinds import BenchmarkKind
 from harness.plugins.metrics import Metric
@@ -79,22 +84,27 @@ def _reference(case: Case, net: Any, ids: Tensor, am: Tensor) -> tuple[Tensor, d
     return _REFS[key]
 
 
-def _layer_variants(rec: Record, case: Case, n_layers: int, calib_texts: int) -> dict[int, e2e_swap.LayerFn]:
+def _layer_variants(
+    rec: Record, case: Case, n_layers: int, calib_texts: int, seed: int = 0
+) -> dict[int, e2e_swap.LayerFn]:
     """One variant per layer, fitted on that layer's captured calibration data when learnable
-    (batches of `calib_texts` calibration texts, each drawn with its own seed)."""
+    (batches of `calib_texts` calibration texts, each drawn with its own seed); `seed`: the draw of a
+    variant with random parameters (its params, generator and fit seed: harness/measure/seeds.py)."""
     cls = VARIANTS.get(case.variant)
     p = case.problem
     calib_problem = dataclasses.replace(p, batch=calib_texts, dtype="fp32")
     layout = cls.layout_for(case.impl)
+    params = seeds.seeded_params(cls.make_params(case.params), seed)
+    fit = seeds.seeded_fit(case.fit, seed)
     layers, fit_s, losses = {}, 0.0, []
     for layer in range(n_layers):
-        torch.manual_seed(case.inputs.seed + layer)
-        variant = cls(cls.make_params(case.params), case.impl, p.heads, p.head_dim, p.device, p.dtype)
+        torch.manual_seed(seeds.generator_seed(case.inputs.seed + layer, seed))
+        variant = cls(params, case.impl, p.heads, p.head_dim, p.device, p.dtype)
         variant = variant.to(p.device)
-        if case.fit is not None and case.fit.steps > 0:
+        if fit is not None and fit.steps > 0:
             spec = dataclasses.replace(case.inputs, options=(*case.inputs.options, ("layer", layer)))
-            calib = [b.qkv for b in inputs.calibration_batches(calib_problem, spec, case.fit)]
-            result = variant.fit(calib, Teacher(causal=False), case.fit)
+            calib = [b.qkv for b in inputs.calibration_batches(calib_problem, spec, fit)]
+            result = variant.fit(calib, Teacher(causal=False), fit)
             fit_s += result.seconds
             losses.append(result.final_loss)
         variant.eval()
@@ -106,7 +116,9 @@ def _layer_variants(rec: Record, case: Case, n_layers: int, calib_texts: int) ->
     return layers
 
 
-def _execute(rec: Record, case: Case, task: dict[str, Any]) -> None:
+def _execute(rec: Record, case: Case, task: dict[str, Any], seed_list: tuple[int, ...] = (0,)) -> None:
+    """Measure `case` into `rec`: a variant with random parameters once per seed of `seed_list` (the
+    fidelity metrics: the mean, with `<name>_sd` and `<name>_seeds`), any other once."""
     if dict(case.inputs.options).get("layer") is not None:
         raise ValueError("kind e2e swaps every layer: remove `layer` from the scenario's inputs")
     source = CapturedSource()
@@ -118,20 +130,38 @@ def _execute(rec: Record, case: Case, task: dict[str, Any]) -> None:
     rec.set("e2e_floor_spearman", floor["spearman"])
     n_layers = sum(1 for name in tensors if name.startswith("q."))
     calib_texts = min(task["calib_texts"], len(text_list) // 2)
-    layers = _layer_variants(rec, case, n_layers, calib_texts)
-    per_text = not VARIANTS.get(case.variant).capabilities_for(case.impl).masking
-    start = time.perf_counter()
-    emb = e2e_swap.embed(net, ids, am, layers, per_text=per_text)
-    rec.set("e2e_s", time.perf_counter() - start)
-    for name, value in e2e_swap.fidelity(emb, original).items():
-        rec.set(f"e2e_{name}", value)
+    cls = VARIANTS.get(case.variant)
+    params = cls.make_params(case.params)
+    per_text = not cls.capabilities_for(case.impl).masking
+    run_seeds = seeds.seeds_for(cls, params, seed_list)
+    drawn = []
+    for seed in run_seeds:
+        scratch = rec.replace()
+        layers = _layer_variants(scratch, case, n_layers, calib_texts, seed)
+        start = time.perf_counter()
+        emb = e2e_swap.embed(net, ids, am, layers, per_text=per_text)
+        scratch.set("e2e_s", time.perf_counter() - start)
+        for name, value in e2e_swap.fidelity(emb, original).items():
+            scratch.set(f"e2e_{name}", value)
+        drawn.append(scratch)
+        if not math.isfinite(float(emb.sum())):
+            rec.status = "nan"
+            rec.reason = "the swapped model's embeddings are not finite" + (
+                f" (seed {seed})" if len(run_seeds) > 1 else ""
+            )
+            break
+    rec.metrics.update(seeds.summarize([d.metrics for d in drawn], SEEDED, AVERAGED))
+    if cls.draws_at_random(params) or len(seed_list) > 1:
+        rec.info["seeds"] = seeds.seeds_info(cls, params, seed_list)
+    else:
+        rec.metrics.pop(seeds.N_SEEDS.name)  # a one-seed scenario and a deterministic variant: no news
     note = capture.CACHE_NOTES.get(capture.capture_key(ref, text_list, int(options["max_length"])))
     if note:
         rec.info["capture_cache"] = note
-    if not math.isfinite(float(emb.sum())):
-        rec.status, rec.reason = "nan", "the swapped model's embeddings are not finite"
+    if rec.status == "nan":
         for name in ("cos_mean", "cos_p5", "spearman", "max_abs_diff"):
-            rec.metrics.pop(f"e2e_{name}", None)  # a cosine of NaN embeddings is no measurement
+            for key in (f"e2e_{name}", f"e2e_{name}_sd", f"e2e_{name}_seeds"):
+                rec.metrics.pop(key, None)  # a cosine of NaN embeddings is no measurement
     rec.info.update(
         model=ref.name,
         weights_sha256=ref.weights_hash[:16],
@@ -152,6 +182,7 @@ class E2EKind(BenchmarkKind):
     )
     metrics: ClassVar[tuple[Metric, ...]] = E2E
     headline: ClassVar[tuple[str, ...]] = ("e2e_cos_mean", "e2e_spearman", "e2e_floor_cos_mean")
+    takes_seeds: ClassVar[bool] = True
 
     @classmethod
     def check_inputs(cls, inputs: tuple[Any, ...]) -> None:
@@ -181,7 +212,7 @@ class E2EKind(BenchmarkKind):
         return row.get("e2e_floor_cos_mean") is not None or row.get("e2e_cos_mean") is not None
 
     def measure(self, case: Case, record: Record, ctx: Any) -> None:
-        _execute(record, case, self.task_options(dict(ctx.scenario.task), "task"))
+        _execute(record, case, self.task_options(dict(ctx.scenario.task), "task"), ctx.scenario.seeds)
 
     def progress(self, record: Record) -> str:
         cos, floor = record.get("e2e_cos_mean"), record.get("e2e_floor_cos_mean")

@@ -4,7 +4,13 @@ after its attention is swapped, the uniform floor, and the per-layer fits."""
 from __future__ import annotations
 
 from harness.kinds.kernel.metrics import FIT_STEPS
+from harness.measure.seeds import N_SEEDS, seed_metrics
 from harness.plugins.metrics import Gate, Metric
+
+# Over the scenario's `seeds:` (a variant with random parameters): the mean, with `<name>_sd` and
+# `<name>_seeds`; AVERAGED: the mean only (harness/measure/seeds.py).
+SEEDED = ("e2e_cos_mean", "e2e_cos_p5", "e2e_spearman", "e2e_max_abs_diff", "e2e_fit_loss")
+AVERAGED = ("e2e_fit_s", "e2e_s")
 
 E2E: tuple[Metric, ...] = (
     FIT_STEPS,
@@ -29,6 +35,8 @@ E2E: tuple[Metric, ...] = (
     Metric("e2e_fit_loss", "1", "lower", "mean over layers of the final distillation loss", "fit",
            measured_by="e2e", title="fit loss, mean over layers", table=False),
     Metric("e2e_s", "s", None, "seconds of the swapped model's forward over the evaluation texts (untimed "
-           "harness measure: wall clock, one pass)", "time", measured_by="e2e", title="swapped forward",
-           table=False),
+           "harness measure: wall clock, one pass; the mean over a random variant's seeds)", "time",
+           measured_by="e2e", title="swapped forward", table=False),
+    N_SEEDS,
+    *seed_metrics(SEEDED, "accuracy"),
 )  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from harness.common.numbers import finite, fmt_sig
+from harness.measure import seeds
 from harness.results.markdown import md_table
 
 SELF_TEST_TOL = 1e-5  # exact softmax swapped in must reproduce the original embeddings to this
@@ -26,6 +27,10 @@ def _info_list(df: pd.DataFrame, key: str) -> list:
     return ["?"]
 
 
+def _cell2(value: object) -> str:
+    return _cell(_num(value), 2)
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return md_table(header, rows)
 
@@ -41,13 +46,19 @@ def e2e_section(df: pd.DataFrame) -> list[str]:
     table = []
     for _, r in rows.iterrows():
         d = _num(r.get("feature_dim"))
-        cells = [_cell(_num(r.get(f"e2e_{m}")), 4) for m in ("cos_mean", "cos_p5", "spearman")]
+        cells = [
+            seeds.with_spread(_cell(_num(r.get(f"e2e_{m}")), 4), r, f"e2e_{m}", _cell2)
+            for m in ("cos_mean", "cos_p5", "spearman")
+        ]
         status = "" if r["status"] == "ok" else f" ({r['status']}: {str(r['reason'])[:80]})"
         diff, fit_s = _cell(_num(r.get("e2e_max_abs_diff")), 2), _cell(_num(r.get("e2e_fit_s")), 2)
-        table.append([str(r["label"]) + status, "—" if d is None else str(int(d)), *cells, diff, fit_s])
+        n = _num(r.get("n_seeds"))
+        drawn = "1" if n is None else str(int(n))
+        dim = "—" if d is None else str(int(d))
+        table.append([str(r["label"]) + status, dim, drawn, *cells, diff, fit_s])
     floors = rows[rows["e2e_floor_cos_mean"].notna()] if "e2e_floor_cos_mean" in rows else rows.iloc[:0]
     floor = floors.iloc[0] if len(floors) else {"e2e_floor_cos_mean": None, "e2e_floor_spearman": None}
-    table.append(["uniform attention (floor)", "—", _cell(_num(floor["e2e_floor_cos_mean"]), 4), "",
+    table.append(["uniform attention (floor)", "—", "", _cell(_num(floor["e2e_floor_cos_mean"]), 4), "",
                   _cell(_num(floor["e2e_floor_spearman"]), 4), "", ""])  # fmt: skip
     lines = [
         "## End-to-end fidelity (post-hoc swap, no fine-tuning)",
@@ -56,11 +67,15 @@ def e2e_section(df: pd.DataFrame) -> list[str]:
         "layer on captured calibration texts); sentence embeddings (mean pooling, normalized) of the "
         f"evaluation texts against the original model's (real tokens per text, min / mean / max: "
         f"{' / '.join(map(str, _info_list(df, 'real_tokens')))}). D = feature dimension; a variant "
-        "without key-padding-mask support runs each text alone at its own length.",
+        "without key-padding-mask support runs each text alone at its own length. seeds: draws of a "
+        "variant whose parameters are random (features, a learnable map's initialisation and fit); "
+        "its figures are the mean over them, `± sd` the standard deviation (max |Δ| and fit s: the "
+        "mean); 1: one draw, or a deterministic variant.",
         "",
     ]
     lines += _table(
-        ["configuration", "D", "cosine mean ↑", "cosine p5 ↑", "Spearman ↑", "max |Δ| ↓", "fit s"], table
+        ["configuration", "D", "seeds", "cosine mean ↑", "cosine p5 ↑", "Spearman ↑", "max |Δ| ↓", "fit s"],
+        table,
     )
     exact = rows[rows["exact"] & rows["e2e_max_abs_diff"].notna()]
     for _, r in exact.iterrows():

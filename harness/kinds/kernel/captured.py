@@ -10,6 +10,7 @@ import math
 import pandas as pd
 
 from harness.common.numbers import finite, fmt_sig
+from harness.measure import seeds
 
 CAPTURED = "captured"
 
@@ -27,6 +28,16 @@ def _num(x: object) -> float | None:
 
 def _cell(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else fmt_sig(value, digits)
+
+
+def _cell2(value: object) -> str:
+    return _cell(_num(value), 2)
+
+
+def _unfit_spread(row: pd.Series) -> str:
+    """` ± sd` of the unfitted skill over seeds (the unfitted error's sd over the uniform floor's)."""
+    sd, floor = _num(row.get("unfitted_rel_err_sd")), _num(row.get("uniform_rel_err"))
+    return f" ± {_cell(sd / floor, 2)}" if sd is not None and floor else ""
 
 
 def _skill(err: object, floor: object) -> float | None:
@@ -53,6 +64,18 @@ def _info_list(df: pd.DataFrame, key: str) -> list:
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return out + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _seed_note(rows: pd.DataFrame) -> str:
+    """Which configurations ran several seeds: `n seeds: a, b` or that none did."""
+    if "n_seeds" not in rows:
+        return "none ran more than one"
+    n = pd.to_numeric(rows["n_seeds"], errors="coerce")
+    many = rows[n > 1]
+    if not len(many):
+        return "none ran more than one"
+    counts = sorted({int(x) for x in n[n > 1]})
+    return f"{'/'.join(map(str, counts))} seeds: {', '.join(dict.fromkeys(many['label'].astype(str)))}"
 
 
 def captured_section(df: pd.DataFrame) -> list[str]:
@@ -82,7 +105,8 @@ def captured_section(df: pd.DataFrame) -> list[str]:
         skill_rows.append(
             [label]
             + [
-                f"{_cell(_num(mine.at[r, 'skill']), 2)} ({_cell(_num(mine.at[r, 'rel_err']))})"
+                f"{seeds.with_spread(_cell(_num(mine.at[r, 'skill']), 2), mine.loc[r], 'skill', _cell2)} "
+                f"({_cell(_num(mine.at[r, 'rel_err']))})"
                 if r in mine.index
                 else "—"
                 for r in regimes
@@ -92,7 +116,8 @@ def captured_section(df: pd.DataFrame) -> list[str]:
             skill_rows.append(
                 [f"{label} (unfitted)"]
                 + [
-                    f"{_cell(_skill(mine.at[r, 'unfitted_rel_err'], mine.at[r, 'uniform_rel_err']), 2)} "
+                    f"{_cell(_skill(mine.at[r, 'unfitted_rel_err'], mine.at[r, 'uniform_rel_err']), 2)}"
+                    f"{_unfit_spread(mine.loc[r])} "
                     f"({_cell(_num(mine.at[r, 'unfitted_rel_err']))})"
                     if r in mine.index
                     else "—"
@@ -104,7 +129,9 @@ def captured_section(df: pd.DataFrame) -> list[str]:
                                       for r in probed])  # fmt: skip
     lines += [
         "",
-        "Skill (rel_err) per configuration and regime; skill = 1 − rel_err / uniform attention's:",
+        "Skill (rel_err) per configuration and regime; skill = 1 − rel_err / uniform attention's; "
+        "`± sd`: the standard deviation over the seeds of a variant with random parameters "
+        f"({_seed_note(rows)}); the error in brackets is the mean over them:",
         "",
     ]
     lines += _table(["configuration", *regimes], skill_rows)

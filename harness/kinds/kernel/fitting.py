@@ -35,14 +35,13 @@ class FittedState:
     seq_len: int  # the N whose evaluation inputs gave unfitted_rel_err
 
 
-def fit_cache_key(case: Case) -> str:
+def fit_cache_key(case: Case, seed: int = 0) -> str:
     """Everything a fit depends on: the case without its mode, its N replaced by the calibration
-    length (inputs and fit spec are run-level)."""
+    length (inputs and fit spec are run-level), and the seed of the draw (harness/measure/seeds.py)."""
     nc = inputs.calibration_length(case.problem, case.inputs, case.fit)
     problem = dataclasses.replace(case.problem, mode="-", seq_len=nc)
-    return json.dumps(
-        [case.variant, case.impl, case.params, dataclasses.asdict(problem), str(case.fit), str(case.inputs)]
-    )
+    fixed = [case.variant, case.impl, case.params, dataclasses.asdict(problem)]
+    return json.dumps([*fixed, str(case.fit), str(case.inputs), seed])
 
 
 def fit_variant(
@@ -54,13 +53,15 @@ def fit_variant(
     mask: Tensor | None,
     spec: AccuracySpec,
     cache: dict[str, FittedState],
+    seed: int = 0,
 ) -> None:
     """Record the unfitted error, then fit `variant` (untimed), or load the cached fit.
 
     fwd: canonical-layout forward, q, k, v (B, H, N, d) -> (B, H, N, d); qkv: the evaluation
-    inputs (canonical, detached); mask: (B, N) bool key padding mask or None.
+    inputs (canonical, detached); mask: (B, N) bool key padding mask or None; seed: the draw
+    (`case.fit` is already that seed's spec).
     """
-    key = fit_cache_key(case)
+    key = fit_cache_key(case, seed)
     cached = cache.get(key)
     if cached is not None and cached.seq_len == case.problem.seq_len:
         rec.set("unfitted_rel_err", cached.unfitted_rel_err)  # the same inputs: the same value

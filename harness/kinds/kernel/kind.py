@@ -22,6 +22,7 @@ class KernelKind(BenchmarkKind):
     description: ClassVar[str] = "one attention call per case: time, memory and error against exact softmax"
     metrics: ClassVar[tuple[Metric, ...]] = KERNEL
     headline: ClassVar[tuple[str, ...]] = ("time_ms_median", "peak_mem_bytes", "skill")
+    takes_seeds: ClassVar[bool] = True
 
     @classmethod
     def claims_legacy(cls, row: dict[str, Any]) -> bool:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from harness.common.numbers import finite
+from harness.measure.seeds import N_SEEDS, seed_metrics
 from harness.plugins.metrics import MIB, Gate, Metric, rate
 
 
@@ -23,6 +24,11 @@ def _ratio(num: str, den: str):
 
     return compute
 
+
+# Over the scenario's `seeds:` (a variant with random parameters): the mean, with `<name>_sd` and
+# `<name>_seeds`; AVERAGED: the mean only. Everything else is measured once (harness/measure/seeds.py).
+SEEDED = ("rel_err", "cos_sim", "skill", "unfitted_rel_err", "weights_kl", "fit_loss")
+AVERAGED = ("max_abs_err", "fit_s")
 
 TIME_GATE = Gate(kind="samples", samples="time_ms_samples", rounds="time_ms_rounds")
 
@@ -111,4 +117,7 @@ KERNEL: tuple[Metric, ...] = (
            "on the measured device", "cost", measured_by="roofline", title="roofline floor", table=False),
     Metric("time_over_floor", "1", "lower", "time_ms_median / floor_ms (1 = at the roofline)", "cost",
            compute=_ratio("time_ms_median", "floor_ms"), title="time over floor"),
+    # ----- seeds (a variant with random parameters: harness/measure/seeds.py) -----
+    N_SEEDS,
+    *seed_metrics(SEEDED, "accuracy"),
 )  # fmt: skip

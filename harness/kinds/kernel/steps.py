@@ -10,6 +10,7 @@ steps set `nan` (non-finite output) and `leak` (causality, batch independence) t
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +21,8 @@ from harness import inputs
 from harness.config.scenario import Scenario
 from harness.config.sweep import Case
 from harness.kinds.kernel.fitting import fit_variant
-from harness.measure import accuracy, hygiene, memory, output_contract, timing
+from harness.kinds.kernel.metrics import AVERAGED, SEEDED
+from harness.measure import accuracy, hygiene, memory, output_contract, seeds, timing
 from harness.measure.costs import exact_attention_flops
 from harness.measure.roofline import Roofline
 from harness.measure.weights_kl import weights_kl
@@ -134,14 +136,25 @@ def _run_checks(rec: Record, fwd: Callable[..., Tensor], qkv: tuple[Tensor, Tens
 
 
 def measure_case(rec: Record, case: Case, ctx: Any) -> None:
-    """Fill `rec` with everything measured for `case` (see the module docstring)."""
+    """Fill `rec` with everything measured for `case` (see the module docstring).
+
+    A variant that draws its parameters at random is built (and fitted) once per seed of the
+    scenario's `seeds:` (harness/measure/seeds.py): the accuracy and fit metrics are the mean over
+    seeds with their spread (`<name>_sd`, `<name>_seeds`); checks, time and memory are measured
+    once, on the first seed's instance."""
     sc = ctx.scenario
     cls = VARIANTS.get(case.variant)
     layout = cls.layout_for(case.impl)
     problem = case.problem
-    torch.manual_seed(case.inputs.seed)
+    params = cls.make_params(case.params)
+    run_seeds = seeds.seeds_for(cls, params, sc.seeds)
     shape = (problem.heads, problem.head_dim, problem.device, problem.dtype)  # never the Problem itself
-    variant = cls(cls.make_params(case.params), case.impl, *shape).to(problem.device)
+
+    def build(seed: int) -> AttentionVariant:
+        torch.manual_seed(seeds.generator_seed(case.inputs.seed, seed))
+        return cls(seeds.seeded_params(params, seed), case.impl, *shape).to(problem.device)
+
+    variant = build(run_seeds[0])
     batch = inputs.make_inputs(problem, case.inputs, layout=layout, requires_grad=problem.needs_backward)
     (q, k, v), mask = batch.qkv, batch.key_padding_mask  # mask: (B, N) bool, True = real token, or None
     if mask is not None and not problem.masked:
@@ -152,32 +165,68 @@ def measure_case(rec: Record, case: Case, ctx: Any) -> None:
     qkv = tuple(inputs.to_canonical(x.detach(), layout) for x in (q, k, v))
     rec.set("input_bytes", sum(x.numel() * x.element_size() for x in (q, k, v)))
     rec.info.update(batch.info)  # what the source says about its data (captured: model, texts hash)
-    fwd = _canonical_forward(variant, layout, problem.causal, mask)
     pristine = [output_contract.fingerprint(x) for x in qkv]  # the reference needs them unmodified
 
+    drawn = []  # one scratch record per seed: its fit and accuracy metrics
+    for i, seed in enumerate(run_seeds):
+        scratch = rec.replace(info=dict(rec.info))
+        instance = variant if i == 0 else build(seed)
+        seeded = dataclasses.replace(case, fit=seeds.seeded_fit(case.fit, seed))
+        finite = _seed_steps(scratch, instance, seeded, layout, (qkv, pristine, mask), ctx, seed)
+        drawn.append(scratch)
+        if not finite:
+            rec.status = scratch.status
+            rec.reason = scratch.reason if len(run_seeds) == 1 else f"seed {seed}: {scratch.reason}"
+            return
+    rec.info.update(drawn[0].info)
+    rec.metrics.update(seeds.summarize([d.metrics for d in drawn], SEEDED, AVERAGED))
+    if cls.draws_at_random(params) or len(sc.seeds) > 1:
+        rec.info["seeds"] = seeds.seeds_info(cls, params, sc.seeds)
+    else:
+        rec.metrics.pop(seeds.N_SEEDS.name)  # a one-seed scenario and a deterministic variant: no news
+    fwd = _canonical_forward(variant, layout, problem.causal, mask)
+    _run_checks(rec, fwd, qkv, ctx)
+    rec.info.update(variant.info())
+
+    params_ = [p for p in variant.parameters() if p.requires_grad]
+
+    def make_step() -> Callable[[], None]:
+        return timing.make_step(
+            problem.mode, lambda: variant(q, k, v, problem.causal, **kw), [q, k, v], params=params_
+        )
+
+    with ctx.measure_lock():  # one timed measurement per device at a time, across workers
+        _time_and_memory(rec, make_step, problem.device, sc)
+
+
+def _seed_steps(
+    rec: Record,
+    variant: AttentionVariant,
+    case: Case,
+    layout: str,
+    data: tuple[tuple[Tensor, Tensor, Tensor], list[output_contract.Fingerprint], Tensor | None],
+    ctx: Any,
+    seed: int,
+) -> bool:
+    """One seed's fit, accuracy and weights KL into `rec` (`case.fit` already seeded); False when the
+    output is not finite (`rec.status` nan). data: canonical qkv (B, H, N, d), their fingerprints,
+    the (B, N) mask or None."""
+    qkv, pristine, mask = data
+    sc, problem = ctx.scenario, case.problem
+    fwd = _canonical_forward(variant, layout, problem.causal, mask)
     if case.fit is not None:
-        fit_variant(rec, variant, case, fwd, qkv, mask, sc.accuracy, ctx.kind_cache.setdefault("fits", {}))
+        fits = ctx.kind_cache.setdefault("fits", {})
+        fit_variant(rec, variant, case, fwd, qkv, mask, sc.accuracy, fits, seed)
     checked = _canonical_forward(variant, layout, problem.causal, mask, checked=True)
     if not _measure_accuracy(rec, checked, qkv, pristine, mask, ctx):
-        return
-    _run_checks(rec, fwd, qkv, ctx)
-    approximates = cls.capabilities_for(case.impl).approximates_softmax
+        return False
+    approximates = VARIANTS.get(case.variant).capabilities_for(case.impl).approximates_softmax
     probe = inputs.get_source(case.inputs.dist).probe_weights  # small, real inputs
     if sc.accuracy.enabled and approximates and probe:
         found = weights_kl(fwd, *qkv, problem.causal, mask)  # KL(softmax || the variant's weights)
         rec.set("weights_kl", found.kl)
         rec.info.update({"weights_kl": found.reason} if found.reason else {})
-    rec.info.update(variant.info())
-
-    params = [p for p in variant.parameters() if p.requires_grad]
-
-    def make_step() -> Callable[[], None]:
-        return timing.make_step(
-            problem.mode, lambda: variant(q, k, v, problem.causal, **kw), [q, k, v], params=params
-        )
-
-    with ctx.measure_lock():  # one timed measurement per device at a time, across workers
-        _time_and_memory(rec, make_step, problem.device, sc)
+    return True
 
 
 def _time_and_memory(

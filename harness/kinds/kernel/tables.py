@@ -15,6 +15,7 @@ import pandas as pd
 
 from harness.kinds.kernel.frame import labels_in_order, marks
 from harness.kinds.kernel.rows import feature_dim_rows, fmt_x, num
+from harness.measure import seeds
 from harness.measure.stats import loglog_crossover
 from harness.plugins.metrics import Metric, all_metrics, metric
 from harness.results.markdown import md_cell
@@ -114,7 +115,8 @@ def error(rows: pd.DataFrame) -> str | None:
             return None
         extras = [f"unfit {unfit.format(r.unfitted_rel_err)}"] if num(r.unfitted_rel_err) is not None else []
         extras += [f"skill {skill.format(r.skill)}"] if num(r.skill) is not None else []
-        return err.format(r.rel_err) + (f" ({'; '.join(extras)})" if extras else "")
+        mean = seeds.with_spread(err.format(r.rel_err), r, "rel_err", err.format)  # ± sd over seeds
+        return mean + (f" ({'; '.join(extras)})" if extras else "")
 
     frame = grid(rows, cell)
     if frame is None:
