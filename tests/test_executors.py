@@ -22,6 +22,7 @@ from harness.results.run_records import read_run_records
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = ROOT / "tests" / "fixtures" / "plugins"
 LENGTHS = [16, 24, 32, 40]
+CRASHY = "  - name: crashy\n    params: {crash: none, at: 24}\n"  # the crashy entry of scenario(..., "none")
 
 
 def scenario(tmp_path: Path, crash: str, at: int = 24, extra: str = "", name: str = "s.yaml") -> Path:
@@ -207,11 +208,7 @@ def test_bad_input_starts_no_warm_child(tmp_path: Path, monkeypatch, capsys) -> 
     assert main([str(tmp_path / "missing.yaml"), "--workers", "16", "--out", str(tmp_path / "r")]) == 2
     assert "missing.yaml" in capsys.readouterr().err
     path = tmp_path / "ok.yaml"
-    path.write_text(
-        scenario(tmp_path, "none")
-        .read_text()
-        .replace("  - name: crashy\n    params: {crash: none, at: 24}\n", "")
-    )
+    path.write_text(scenario(tmp_path, "none").read_text().replace(CRASHY, ""))
     assert main([str(path), "--workers", "100000", "--out", str(tmp_path / "r"), "--quiet"]) == 2
     assert "--workers 100000: expected 1 to" in capsys.readouterr().err
     assert started == [] and not (tmp_path / "r").exists()
@@ -255,8 +252,11 @@ def fake_slurm(folder: Path) -> str:
     ],
 )
 def test_executor_options_that_cannot_work_fail_before_anything_is_written(
-    tmp_path: Path, args: list[str], needle: str, path: str | None
+    tmp_path: Path, args: list[str], needle: str, path: str | None, monkeypatch, capsys
 ) -> None:
+    """In-process (harness.cli.main): the options are checked before any child starts."""
+    from harness.cli import main
+
     if args == ["--executor", "gpus"] and torch.cuda.is_available():
         pytest.skip("a GPU is visible here")
     if path == "empty":
@@ -264,10 +264,15 @@ def test_executor_options_that_cannot_work_fail_before_anything_is_written(
         path = str(tmp_path / "bin")
     elif path == "fake":
         path = fake_slurm(tmp_path / "bin")
+    if path is not None:
+        monkeypatch.setenv("PATH", path)
     out = tmp_path / "run"
-    res = cli(str(scenario(tmp_path, "none")), "--out", str(out), *args, path=path)
-    assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert res.stderr.strip().startswith("error: " + needle) and len(res.stderr.strip().splitlines()) == 1
+    softmax_only = scenario(tmp_path, "none").read_text().replace(CRASHY, "")  # crashy is not installed here
+    (tmp_path / "s.yaml").write_text(softmax_only)
+    capsys.readouterr()
+    assert main([str(tmp_path / "s.yaml"), "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().startswith("error: " + needle) and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
 
 
