@@ -1,7 +1,9 @@
 """Isolated workers: crashes, hangs and concurrent writers cost one case, never the sweep.
 
-Each test runs the command line in a child process with the `crashy` test plugin installed (an
-entry point on PYTHONPATH), as a user with a misbehaving variant would.
+Tests of what happens to processes run the command line in a child process with the `crashy` test
+plugin installed (an entry point on PYTHONPATH), as a user with a misbehaving variant would. Tests of
+the run directory's bookkeeping (an edited scenario, a stale lock, bad options) call
+harness.cli.main in this process, with crashy registered here (`crashy_inline`).
 """
 
 from __future__ import annotations
@@ -48,6 +50,24 @@ def cli(*args: str, timeout: float = 240, path: str | None = None) -> subprocess
         env["PATH"] = path
     cmd = [sys.executable, str(ROOT / "run_bench.py"), *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def crashy_inline(monkeypatch, capsys):
+    """`run-bench ARGS` in this process with the crashy plugin registered: (exit code, stderr)."""
+    from harness.cli import main
+    from harness.plugins.variants import VARIANTS
+
+    monkeypatch.syspath_prepend(str(PLUGINS))
+    VARIANTS.register("crashy", "crashy_plugin:CrashyVariant")
+
+    def run_cli(*args: str) -> tuple[int, str]:
+        capsys.readouterr()
+        code = main(list(args))
+        return code, capsys.readouterr().err
+
+    yield run_cli
+    VARIANTS.unregister("crashy")
 
 
 def statuses(out: Path) -> dict[tuple[str, int], dict]:
@@ -131,31 +151,28 @@ def test_two_runs_into_one_out_never_record_a_case_twice(tmp_path: Path) -> None
     assert len(ids) == len(set(ids)) == 2 * len(LENGTHS)
 
 
-def test_resume_with_an_edited_scenario_names_what_changed(tmp_path: Path) -> None:
+def test_resume_with_an_edited_scenario_names_what_changed(tmp_path: Path, crashy_inline) -> None:
     out = tmp_path / "run"
     path = scenario(tmp_path, "none")
-    assert cli(str(path), "--out", str(out), "--quiet", "--no-plots").returncode == 0
+    inline = ("--quiet", "--no-plots", "--executor", "inline")
+    assert crashy_inline(str(path), "--out", str(out), *inline)[0] == 0
     path.write_text(path.read_text().replace("at: 24", "at: 32").replace("rows: 8", "rows: 9"))
-    res = cli(str(path), "--out", str(out), "--resume", "--quiet")
-    assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert (
-        "the scenario changed since this run was planned (accuracy.rows, variants[0].params.at[0])"
-        in res.stderr
-    )
+    code, err = crashy_inline(str(path), "--out", str(out), "--resume", "--quiet")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "the scenario changed since this run was planned (accuracy.rows, variants[0].params.at[0])" in err
 
 
-def test_a_stale_lock_is_taken_over_by_resume_only(tmp_path: Path) -> None:
+def test_a_stale_lock_is_taken_over_by_resume_only(tmp_path: Path, crashy_inline) -> None:
     out = tmp_path / "run"
     path = scenario(tmp_path, "none")
-    assert cli(str(path), "--out", str(out), "--quiet", "--no-plots").returncode == 0
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
-    )
+    inline = ("--quiet", "--no-plots", "--executor", "inline")
+    assert crashy_inline(str(path), "--out", str(out), *inline)[0] == 0
+    dead = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True)  # a pid now unused
     lock = {"pid": int(dead.stdout), "host": os.uname().nodename, "since": "2026-01-01T00:00:00+00:00"}
     (out / "writer.lock").write_text(json.dumps(lock))
-    res = cli(str(path), "--out", str(out), "--quiet")
-    assert res.returncode == 2 and "continue it with --resume" in res.stderr
-    assert cli(str(path), "--out", str(out), "--resume", "--quiet").returncode == 0
+    code, err = crashy_inline(str(path), "--out", str(out), "--quiet", "--executor", "inline")
+    assert code == 2 and "continue it with --resume" in err
+    assert crashy_inline(str(path), "--out", str(out), "--resume", *inline)[0] == 0
     assert not (out / "writer.lock").exists()
 
 
