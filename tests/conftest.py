@@ -40,7 +40,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         marker = group[0].get_closest_marker("sampled")
         max_cases = marker.args[0] if marker.args else marker.kwargs["max_cases"]
         per = marker.kwargs.get("per", ())
-        cases = [(item.nodeid, {k: v for k, v in item.callspec.params.items() if k not in per}) for item in group]
+        cases = [
+            (item.nodeid, {k: v for k, v in item.callspec.params.items() if k not in per}) for item in group
+        ]
         kept = sample(cases, max_cases)
         for item in group:
             if item.nodeid not in kept:
