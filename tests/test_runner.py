@@ -171,6 +171,7 @@ def test_existing_run_dir_needs_resume(planted, tmp_path):
     assert summary.ran == 0 and summary.already_done == 1
 
 
+@pytest.mark.slow  # ~8 CPU-s; by default test_ctrl_c_... and test_executors' SIGKILLed inline run resume
 def test_resume_after_sigkill_records_each_case_once(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(
