@@ -61,7 +61,7 @@ variants:
     params: {{features: 64}}
   - name: {PLANT}
 accuracy: {{rows: 32}}
-measure: {{warmup_ms: 10, min_samples: 20, rep_ms: 60, timeout_s: 60}}
+measure: {{warmup_ms: 20, min_samples: 50, rep_ms: 400, timeout_s: 60}}
 """
 VARIANT = '''
 """{plant}: linear attention (attentions/linear) computed REPEAT times per call: a slowdown planted
@@ -99,6 +99,7 @@ def write_revision(root: Path, repeat: int) -> Path:
 
 
 LOADS: dict[str, tuple[float, float]] = {}
+EXECUTOR = ["subprocess"]  # --executor: inline saves a second torch import per run (~25% of a run)
 
 
 def run_once(scenario: Path, revision: Path, out: Path) -> Path:
@@ -110,6 +111,7 @@ def run_once(scenario: Path, revision: Path, out: Path) -> Path:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(revision), str(ROOT)]))}
     before = os.getloadavg()[0]
     cmd = [sys.executable, "run_bench.py", str(scenario), "--out", str(out), "--no-plots"]
+    cmd += ["--executor", EXECUTOR[0]]
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if res.returncode != 0:
         raise SystemExit(f"run failed ({res.returncode}): {' '.join(cmd)}\n{res.stderr[-2000:]}")
@@ -169,6 +171,7 @@ def compare_power(args, scenario: Path, revs: dict[str, Path]) -> dict:
 def ab_power(args, scenario: Path, revs: dict[str, Path]) -> dict:
     out: dict = {"caught": {}, "tries": {}, "trials": {}}
     plan = [("1.5", args.ab_tries), ("2.0", args.ab_tries), ("aa", args.ab_aa)]
+    plan = [(f, n) for f, n in plan if f in args.ab_parts.split(",")]
     for factor, tries in plan:
         results = []
         for t in range(tries):
@@ -242,10 +245,13 @@ def main() -> int:
     p.add_argument("--max-rounds", type=int, default=10, help="ab's --max-rounds")
     p.add_argument("--history-runs", type=int, default=20, help="history: unplanted runs before the step")
     p.add_argument("--history-after", type=int, default=5, help="history: 1.25x runs after the step, at most")
+    p.add_argument("--ab-parts", default="1.5,2.0,aa", help="ab: which gates (comma-separated: 1.5, 2.0, aa)")
+    p.add_argument("--executor", default="subprocess", choices=["subprocess", "inline"], help="run executor")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: compare, ab, history")
     p.add_argument("--out", type=Path, default=Path("/tmp/attnbench-power"))
     args = p.parse_args()
     args.out = args.out.resolve()
+    EXECUTOR[0] = args.executor
     args.out.mkdir(parents=True, exist_ok=True)
     scenario = args.out / "power.yaml"
     scenario.write_text(SCENARIO)

@@ -7,6 +7,10 @@ New variants are covered as soon as they register, in this repository or as an i
 (`known_defects`, strict xfails) from the class. A variant whose module does not import fails
 `test_variant_imports` (and has no other cases until it does). Impls that cannot run on CPU fp32
 here must say why, readably. `pytest tests/test_contract.py -k NAME` runs the checks of one variant.
+
+Checks build each variant with its default params; a class's `contract_params` (extra params
+dicts) also go through the reference, causality and FLOP-model checks (the last section below;
+docs/plugins.md, "Which parameters the contract tests use").
 """
 
 from __future__ import annotations
@@ -77,6 +81,35 @@ LOW_PRECISION = [
 ]
 
 
+def _param_cases(check: str | None = None) -> list[Any]:
+    """pytest params (name, impl, params) of every `contract_params` set of a class, on each of its
+    CPU impls that takes that set (one that declines it has nothing to check), with the impl's marks
+    and, with `check`, the strict xfail of a documented defect. Ids like `deltanet/torch-gated=True`.
+    A set `make_params` refuses is left to `test_description_and_params`, which names it."""
+    cases = []
+    for p in CPU_IMPLS:
+        name, impl = p.values
+        cls = VARIANTS.get(name)
+        for extra in cls.contract_params:
+            try:
+                made = cls.make_params(extra)
+            except (KeyError, ValueError, TypeError):
+                continue
+            if all(cls.not_supported_reasons(replace(cf.BASE, causal=c), made, impl) for c in (False, True)):
+                continue
+            defect = cls.known_defects.get(f"{impl}:{check}") if check else None
+            marks = [
+                *p.marks,
+                *([pytest.mark.xfail(strict=True, raises=AssertionError, reason=defect)] if defect else []),
+            ]
+            tag = ",".join(f"{k}={v}" for k, v in extra.items())
+            cases.append(pytest.param(name, impl, extra, id=f"{p.id}-{tag}", marks=marks))
+    return cases
+
+
+PARAM_CASES = _param_cases()
+
+
 def _known(check: str) -> dict[str, str]:
     """{case id: reason} of the strict xfails `_impl_cases(True, check)` declares."""
     cases = _impl_cases(True, check)
@@ -125,6 +158,12 @@ def test_cost_model_positive(name: str, impl: str, causal: bool) -> None:
 @pytest.mark.parametrize("name,impl", CPU_REFUSED)
 def test_refused_impl_gives_readable_reason(name: str, impl: str) -> None:
     cf.check_readable_refusal(variant(name), impl)
+
+
+def test_a_params_set_the_class_cannot_make_fails_the_description_check() -> None:
+    bad = type("BadWindow", (variant("window"),), {"contract_params": ({"windw": 16},)})
+    with pytest.raises(AssertionError, match="contract_params {'windw': 16}"):
+        cf.check_description(bad, "window")
 
 
 def test_every_variant_runs_on_cpu() -> None:
@@ -198,3 +237,23 @@ def test_flop_model_matches_flop_counter(
     """FlopCounterMode around the impl's call (and backward) agrees with the model's matmul FLOPs
     within the class's flop_rtol: checks that the model counts what the impl executes."""
     run(cf.check_flop_model, variant(name), impl, n, d, causal, mode)
+
+
+# ----- the classes' extra params sets (`contract_params`) ----------------------------------------
+@CAUSAL
+@pytest.mark.parametrize("name,impl,params", PARAM_CASES)
+def test_matches_reference_with_contract_params(name: str, impl: str, params: dict, causal: bool) -> None:
+    """As test_matches_reference, at (N, d) = (63, 32), for each params set the class lists."""
+    run(cf.check_matches_reference, variant(name), impl, cf.problem(63, 32, causal), params)
+
+
+@pytest.mark.parametrize("name,impl,params", _param_cases("causality"))
+def test_causality_with_contract_params(name: str, impl: str, params: dict) -> None:
+    run(cf.check_causality, variant(name), impl, params)
+
+
+@CAUSAL
+@pytest.mark.parametrize("name,impl,params", _param_cases("flops"))
+def test_flop_model_with_contract_params(name: str, impl: str, params: dict, causal: bool) -> None:
+    """As test_flop_model_matches_flop_counter, at (N, d) = (333, 64), fwd_bwd."""
+    run(cf.check_flop_model, variant(name), impl, 333, 64, causal, "fwd_bwd", params)

@@ -20,7 +20,7 @@ from harness.execute.runner import run_scenario
 from harness.measure.canary import COPY_CHUNKS, MATMUL_SLICES, WORKLOADS, read_canary, time_canary
 from harness.regress import compare, compare_markdown
 from harness.regress.ab import compare_main
-from harness.regress.drift import Drift, noise_reason, shared_shift
+from harness.regress.drift import Drift, fast_ratio, noise_reason, shared_shift
 from harness.results.record_lines import read_records
 from harness.results.records import Record, append_record
 from tests.test_compare import edit, make_records, write_run
@@ -175,6 +175,11 @@ def test_drift_rules_directly() -> None:
     assert noise_reason(1.3, noisy) and noise_reason(1.05 * 1.3 * 1.01, noisy) is None  # additive in log
     wander = Drift(1.0, {}, 1.1, 3, 3, 0.05)  # too few cases: the wander stands in for their noise
     assert noise_reason(1.15, wander) and noise_reason(1.16, wander) is None
+    clean = [1.0 + 0.01 * i for i in range(50)]
+    hit = clean[:20] + [3.0 * x for x in clean[20:]]  # 60% of the samples preempted: 3x slower
+    assert np.median(hit) / np.median(clean) > 2.5 and fast_ratio(clean, hit) == pytest.approx(1.0)
+    assert fast_ratio(clean, [1.5 * x for x in hit]) == pytest.approx(1.5)  # code: every sample slower
+    assert fast_ratio([], clean) is None and fast_ratio(clean, [0.0, 1.0]) is None
     assert shared_shift([(compare.REGRESSED, 1.2)] * 3, 1.0) is None  # too few cases
     mixed = [(compare.REGRESSED, 1.2)] * 5 + [(compare.SAME, 1.0)] * 3
     assert shared_shift(mixed, 1.0) is None  # 5 of 8 < 75%
@@ -281,3 +286,37 @@ def test_one_configuration_stands_out_of_a_quiet_spread(tmp_path: Path) -> None:
     head = slower(many(2, case_noise=0.01), 1.5, ["linear0"])
     result = compare.compare_runs(*runs(tmp_path, many(1, case_noise=0.01), head), n_boot=300)
     assert result.drift.floor < 1.1 and {c.label for c in result.regressions} == {"linear0"}
+
+
+def preempted(seed: int, most: float = 0.7) -> list[Record]:
+    """18 cases (3 copies of make_records' 6) of 60 samples; in each case a seeded fraction (0 to
+    `most`) of its samples is preempted, 2-4x slower: what load on a shared machine does to two
+    runs of unchanged code. The medians move by up to 3x between runs, the fastest samples do not."""
+    rng = np.random.default_rng(200 + seed)
+    out = []
+    for k in range(3):
+        for r in make_records(seed=seed * 10 + k, n_samples=60):
+            samples = np.array(r.metrics["time_ms_samples"])
+            hit = rng.random(samples.size) < rng.uniform(0.0, most)
+            samples[hit] *= rng.uniform(2.0, 4.0, int(hit.sum()))
+            out.append(
+                r.replace(case_id=f"{r.case_id}-{k}", label=f"{r.label}{k}", time_ms_samples=samples.tolist())
+            )
+    return out
+
+
+def test_preempted_samples_raise_no_alarm(tmp_path: Path) -> None:
+    result = compare.compare_runs(*runs(tmp_path, preempted(1), preempted(2)), n_boot=300)
+    medians = [f.ratio for c in result.cases if (f := c.finding("time_ms_median"))]
+    assert max(medians) / min(medians) > 2.0  # the medians moved apart
+    assert not result.regressions and compare.exit_code(result) == 0
+
+
+def test_a_slowdown_stands_out_of_preempted_medians(tmp_path: Path) -> None:
+    """A 1.5x slowdown of one configuration among cases whose medians preemption moved apart: its
+    fastest samples moved 1.5x, the others' hardly, so it is confirmed (judged on the medians'
+    spread it would not be)."""
+    head = slower(preempted(2), 1.5, ["linear0"])
+    result = compare.compare_runs(*runs(tmp_path, preempted(1), head), n_boot=300)
+    assert {c.label for c in result.regressions} == {"linear0"} and compare.exit_code(result) == 1
+    assert result.drift.floor < 1.15

@@ -46,7 +46,7 @@ def add_series(store: Path, frames: list[pd.DataFrame], factors: dict[int, float
     for i, df in enumerate(frames[:n]):
         df = df.copy()
         rows = df["label"] == "linear"
-        for col in ("time_ms_median", "time_ms_p20", "time_ms_p80"):
+        for col in ("time_ms_median", "time_ms_p20", "time_ms_p80", "time_ms_fast"):
             df.loc[rows, col] *= factors.get(i, 1.0)
         history.add_frame(store, df)
 
@@ -74,6 +74,30 @@ def test_twenty_aa_points_stay_quiet(frames, tmp_path: Path) -> None:
     assert result.metrics == ("time_ms_median", "rel_err", "flops")  # every gated metric the runs carry
     assert result.series == 3 * 6 + 1 and not result.steps  # + the runs' shared change
     assert cli_main(["history", "check", "--store", str(store)]) == 0
+
+
+def test_time_is_judged_on_the_fastest_tenth_of_samples(frames, tmp_path: Path) -> None:
+    """Load inflates medians run to run (here up to 1.6x, at random); the fastest samples stay. A
+    1.3x code step moves both, and is found from the fastest tenth; the preempted medians alone
+    are no step."""
+    rng = np.random.default_rng(3)
+    store = tmp_path / "store"
+    for i, df in enumerate(frames):
+        df = df.copy()
+        load = np.exp(rng.uniform(0.0, 0.47, len(df)))  # preemption: medians only
+        df["time_ms_median"] *= load
+        step = np.where((df["label"] == "linear") & (i >= 17), 1.3, 1.0)
+        df["time_ms_median"] *= step
+        df["time_ms_fast"] *= step
+        history.add_frame(store, df)
+    result = steps_of(store)
+    assert {s.case.split("[")[0] for s in result.failing} == {"linear"}
+    assert all("fastest tenth" in s.describe() for s in result.failing)
+    assert frames[0]["time_ms_fast"].notna().all()
+    assert (frames[0]["time_ms_fast"] <= frames[0]["time_ms_median"]).all()
+    medians_only = history.load_store(store).drop(columns=["time_ms_fast"])
+    timed = [s for s in check_history(medians_only).steps if "time" in s.metric]
+    assert all("on the medians" in s.describe() for s in timed)
 
 
 def test_a_single_outlier_is_not_a_step(frames, tmp_path: Path) -> None:
@@ -205,7 +229,7 @@ def test_a_drift_of_every_case_seen_by_the_canary_is_no_step(frames, tmp_path: P
         run = write_run(runs / f"r{i}", make_records(seed=i, run_id=f"r{i:02d}"))
         write_canary(run, factor, points=5, seed=i)
         df = df.copy()
-        for col in ("time_ms_median", "time_ms_p20", "time_ms_p80"):
+        for col in ("time_ms_median", "time_ms_p20", "time_ms_p80", "time_ms_fast"):
             df[col] *= factor
         for col, value in history.canary_summary(run).items():
             df[col] = value

@@ -1,4 +1,4 @@
-"""The README's "Adding a variant" example is a working variant: built, registered, contract-checked.
+"""docs/variants.md's "Adding a variant" example is a working variant: built, registered, contract-checked.
 
 The two code blocks starting `# my_linear/naive.py` and `# my_linear/variant.py` are written into
 a package in tmp_path, registered by name as the README says, and every conformance check that
@@ -18,7 +18,7 @@ from harness.plugins import conformance as cf
 from harness.plugins.contract import AttentionVariant
 from harness.plugins.variants import VARIANTS
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[1] / "docs" / "variants.md"
 NAME, FILES = "my_linear", ("naive.py", "variant.py")
 BLOCK = re.compile(r"```python\n# (my_linear/\w+\.py)\n(.*?)```", re.DOTALL)
 

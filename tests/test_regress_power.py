@@ -66,3 +66,24 @@ def test_a_small_power_run_reports_every_figure(tmp_path: Path) -> None:
         for x in (tmp_path / "serial0-2.0" / "records.jsonl").read_text().splitlines()
     }
     assert base == head and len(base) == 10  # the same cases: only the plugin's code differs
+
+
+def test_the_pool_pairs_runs_taken_back_to_back(tmp_path: Path) -> None:
+    """regress_power_pool pairs each slowed run with the base run beside it, each ab round's two
+    runs, and consecutive base runs (A/A); an incomplete run is left out."""
+    import regress_power_pool as pool
+
+    def run(path: Path, done: bool = True) -> Path:
+        path.mkdir(parents=True)
+        (path / "records.jsonl").write_text("")
+        if done:
+            (path / "report.md").write_text("")
+        return path
+
+    cmp, ab = tmp_path / "cmp", tmp_path / "ab"
+    s0b, s0h, s1b = run(cmp / "serial0-base"), run(cmp / "serial0-1.5"), run(cmp / "serial1-base")
+    run(cmp / "serial1-2.0", done=False)
+    r0 = (run(ab / "ab-aa-0" / "base-round0"), run(ab / "ab-aa-0" / "head-round0"))
+    run(ab / "ab-2.0-0" / "base-round0")  # its head round never finished
+    found = pool.pairs([cmp, ab])
+    assert found == {"1.5": [(s0b, s0h)], "2.0": [], "aa": [(s0b, s1b), r0]}

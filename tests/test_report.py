@@ -126,6 +126,50 @@ def test_report_opens_with_a_summary_to_act_on() -> None:
     assert "group" not in summary_rows(md)[0]  # one group: no group column
 
 
+def with_junk(records: list[Record], skill: float = -7.99) -> list[Record]:
+    """Add `junk`: 10x faster than flash and smaller than any, its skill `skill` (error 0.8 * (1 - skill))."""
+    return records + [
+        r.replace(
+            case_id=f"junk-{r.seq_len}",
+            variant="linear",
+            label="junk",
+            time_ms_median=r.get("time_ms_median") / 10,
+            peak_mem_bytes=r.get("peak_mem_bytes") // 8,
+            rel_err=0.8 * (1 - skill),
+            skill=skill,
+        )
+        for r in records
+        if r.label == "flash"
+    ]
+
+
+def test_summary_and_front_leave_out_configurations_below_the_uniform_floor() -> None:
+    md = render(with_junk(make_records(noise=0.0)))
+    at = {row["N"]: row for row in summary_rows(md)}
+    assert (
+        at["1,024"]["fastest"]
+        == "linear 1.60 ms (2.0x vs flash) (1 faster, below the uniform floor, left out)"
+    )
+    assert at["256"]["least peak memory"] == "softmax 4.00 MiB (1 smaller, below the uniform floor, left out)"
+    assert at["1,024"]["most accurate approximation"].startswith("linear skill 0.25")
+    front = at["1,024"]["error-vs-time Pareto front (fastest first)"]
+    assert front == "linear 1.60 ms, 0.60 · flash 3.20 ms, 3.0e-07"
+    assert "better than the uniform floor (skill > 0) are candidates" in md.split("## Summary")[1]
+    # a configuration just above the floor is a candidate like any other
+    at = {row["N"]: row for row in summary_rows(render(with_junk(make_records(noise=0.0), skill=0.01)))}
+    assert at["1,024"]["fastest"].startswith("junk 0.320 ms (10x vs flash)")
+    assert at["1,024"]["error-vs-time Pareto front (fastest first)"].startswith("junk 0.320 ms, 0.79 · ")
+
+
+def test_most_accurate_says_when_no_approximation_beats_the_floor() -> None:
+    recs = [r for r in with_junk(make_records(noise=0.0)) if r.label != "linear"]
+    at = {row["N"]: row for row in summary_rows(render(recs))}
+    assert (
+        at["256"]["most accurate approximation"]
+        == "none beats the uniform floor (best: junk skill -7.99 (rel_err 7.2))"
+    )
+
+
 def test_per_group_tables_are_folded_and_headed_from_the_registry() -> None:
     md = render(with_d_sweep(make_records(noise=0.0)))
     body = md.split("## Performance by group")[1]
@@ -261,7 +305,7 @@ def test_write_report_links_existing_pngs_and_reads_the_baseline(tmp_path: Path)
     md = write_report(run).read_text()
     links = re.findall(r"\]\((plots/[^)]+\.png)\)", md)
     kinds = {Path(link).name.split("_fp32")[0] for link in links}
-    assert kinds == {"runtime", "memory", "error_vs_d", "frontier", "slide.png"}  # slide: results/slide.py
+    assert kinds == {"runtime", "memory", "error_vs_d", "frontier", "slide.png", "error_vs_n_gaussian"}
     for link in links:
         assert (run / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "[^1]: oom: out of memory" in md
@@ -304,3 +348,20 @@ def test_report_block_is_validated(tmp_path: Path, block: str, message: str) -> 
 
 def test_lengths_fixture_is_what_the_tables_assume() -> None:
     assert LENGTHS == (256, 1024)
+
+
+def test_frontier_plot_draws_the_uniform_floor_and_joins_only_points_below_it(monkeypatch, tmp_path) -> None:
+    from harness.kinds.kernel import plots
+    from harness.kinds.kernel.rows import iter_groups
+
+    drawn = {}
+    monkeypatch.setattr(
+        plots, "_finish", lambda fig, ax, title, path, legend=True: drawn.setdefault("ax", ax)
+    )
+    df = to_dataframe([r.flat() for r in with_junk(make_records(noise=0.0))])
+    (_, rows), *_ = iter_groups(df)
+    plots._frontier(rows, "t", tmp_path / "f.png")
+    lines = {line.get_label(): line for line in drawn["ax"].get_lines()}
+    assert list(lines["uniform floor"].get_ydata()) == [0.8, 0.8]  # make_records: uniform_rel_err 0.8
+    front = lines["Pareto frontier (below the floor)"].get_ydata()
+    assert len(front) == 2 and max(front) < 0.8  # junk (error 7.2, 10x faster) is not on it

@@ -1,8 +1,10 @@
 """Command line: `run-bench [SCENARIO] [options]` (same as `run-bench run ...`) and subcommands.
 
 Subcommands are listed in `COMMANDS` (name -> one-line summary and a lazy "module:function"), so
-`run-bench --help` and `run-bench help` list every one; each module in this package holds the
-argument parsing of its subcommands and nothing else (the logic lives in the stages below).
+`run-bench --help` and `run-bench help` list every one; a first argument close to a command's name
+that is no scenario (`run-bench compair a b`) is a one-line did-you-mean, exit 2. Each module in
+this package holds the argument parsing of its subcommands and nothing else (the logic lives in
+the stages below).
 
 Exit codes: 0 success; 1 a confirmed regression (compare/ab/history check); 2 bad input or an unusable file
 system: a malformed scenario, a sweep over --max-cases, an unusable --out, a full disk or a
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -102,9 +105,36 @@ def help_command(argv: list[str]) -> int:
     return COMMANDS[name].load()(["--help"])
 
 
+def mistyped_command(word: str) -> str | None:
+    """The one-line error for a first argument that reads as a misspelt subcommand (`compair`):
+    a bare word, close to a command's name, and no scenario (neither an existing path nor a
+    shipped scenario's name, which still run, however close to a command); else None."""
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", word):  # an option, a path, a .yaml: a scenario
+        return None
+    from harness.common.names import suggest
+
+    hint = suggest(word, list(COMMANDS))
+    if not hint:
+        return None
+    from harness.config.shipped import resolve_scenario
+    from harness.config.validate import Invalid
+
+    try:
+        resolve_scenario(word)
+    except Invalid:
+        return (
+            f"unknown command {word!r}{hint}; `run-bench --help` lists the commands, and a scenario "
+            "is a YAML file or a shipped scenario's name"
+        )
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = "run"
+    if argv and argv[0] not in COMMANDS and (mistyped := mistyped_command(argv[0])):
+        print(f"error: {mistyped}", file=sys.stderr)
+        return 2
     if argv and argv[0] in COMMANDS:
         command, argv = argv[0], argv[1:]
     elif argv and argv[0] in ("-h", "--help"):

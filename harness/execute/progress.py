@@ -1,9 +1,15 @@
 """Progress for long sweeps: a rich bar (count, elapsed, ETA; the current case and the last result
 on lines below it, so it reads at 80 columns) on a terminal, one line per case with the elapsed
-time and ETA otherwise, nothing with --quiet."""
+time and ETA otherwise, nothing with --quiet.
+
+Every line is cut to the terminal's width (`shutil.get_terminal_size`: the COLUMNS variable, else
+stdout's terminal, else 80) with an ellipsis, never wrapped: a plain line gives up the inside of
+the case's description first, so the count, the configuration, the input regime and the result
+stay readable. The record keeps it all."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from typing import Protocol
@@ -20,6 +26,7 @@ from rich.progress import (
 from rich.text import Text
 
 from harness.config.sweep import Case
+from harness.inputs import SOURCES
 from harness.plugins.kinds import installed_kind
 from harness.results.records import Record
 
@@ -47,8 +54,37 @@ class QuietReporter:
 
 
 def what(case: Case) -> str:
-    """The case in a few words, its input regime included (runs often sweep several)."""
-    return f"{case.describe()} {case.inputs.dist}"
+    """The case in a few words, its input regime included (runs often sweep several), with the
+    regime knobs the scenario sets (`captured[layer=3]`: one layer of several)."""
+    given = dict(case.inputs.options)
+    knobs = [f"{k}={given[k]}" for k in SOURCES.get(case.inputs.dist).regime_knobs if k in given]
+    regime = case.inputs.dist + (f"[{','.join(knobs)}]" if knobs else "")
+    return f"{case.describe()} {regime}"
+
+
+ELLIPSIS = "…"
+
+
+def cut(head: str, middle: str, tail: str, width: int) -> str:
+    """`head + middle + tail` in at most `width` characters. `middle` (the case) gives way first:
+    its inside is replaced by an ellipsis, keeping its start (the configuration) and its last word
+    (the input regime); when that leaves too little of it, only its first word (the configuration)
+    stays, and the line loses its end."""
+    line = head + middle + tail
+    if len(line) <= width:
+        return line
+    room = width - len(head) - len(tail) - len(ELLIPSIS)
+    if room >= min(len(middle), 16):
+        last = min(len(middle.rsplit(" ", 1)[-1]) + 1, room // 2)
+        return head + middle[: room - last] + ELLIPSIS + middle[len(middle) - last :] + tail
+    first = middle.split(" ", 1)[0]
+    line = head + first + (ELLIPSIS if first != middle else "") + tail
+    return line if len(line) <= width else line[: max(width - len(ELLIPSIS), 0)] + ELLIPSIS
+
+
+def line_width() -> int:
+    """Columns a progress line may take: the terminal's width, at least 20."""
+    return max(shutil.get_terminal_size().columns, 20)
 
 
 def clock(seconds: float) -> str:
@@ -90,7 +126,9 @@ class PlainReporter:
         own = f" ({now - began:.1f} s)" if began is not None else ""
         eta = self.eta()
         when = f"{clock(now - self.t0)} eta {clock(eta) if eta is not None else '?'}"
-        line = f"[{self.done}/{self.total} {when}] {what(case)}: {_summary(record)}{own}"
+        line = cut(
+            f"[{self.done}/{self.total} {when}] ", what(case), f": {_summary(record)}{own}", line_width()
+        )
         print(line, file=self.stream, flush=True)
 
     def stop(self) -> None: ...
@@ -141,9 +179,13 @@ class RichReporter:
         self.progress.refresh()
 
     def case_finished(self, case: Case, record: Record) -> None:
-        self.last = f"{case.label} N={case.problem.seq_len} {case.inputs.dist}: {_summary(record)}"
-        if record.status not in ("ok", "skipped"):
-            self.progress.console.print(Text(f"{what(case)}: {_summary(record)}", style="yellow"))
+        regime = what(case).rsplit(" ", 1)[1]
+        self.last = f"{case.label} N={case.problem.seq_len} {regime}: {_summary(record)}"
+        if record.status not in ("ok", "skipped"):  # kept above the bar: one line, cut, never wrapped
+            failed = Text(
+                f"{what(case)}: {_summary(record)}", style="yellow", no_wrap=True, overflow="ellipsis"
+            )
+            self.progress.console.print(failed)
         self._show()
         self.progress.update(self.task, advance=1)
 

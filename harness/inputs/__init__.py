@@ -132,6 +132,14 @@ def make_inputs(
     return InputBatch(out[0], out[1], out[2], raw.key_padding_mask, raw.info)
 
 
+def calibration_length(problem: Problem, spec: InputSpec, fit: FitSpec) -> int:
+    """The length Nc of the calibration batches: fit.seq_len or min(problem.seq_len, 1024), or
+    problem.seq_len when the source fixes seq_len. A fit depends on N only through Nc."""
+    source = get_source(spec.dist)
+    fixed = source.fixed_axes(source.options(spec.options))
+    return problem.seq_len if "seq_len" in fixed else fit.seq_len or min(problem.seq_len, 1024)
+
+
 def calibration_batches(problem: Problem, spec: InputSpec, fit: FitSpec) -> list[InputBatch]:
     """`fit.batches` fp32 (B, H, Nc, d) batches from the calibration split, on problem.device.
 
@@ -139,10 +147,7 @@ def calibration_batches(problem: Problem, spec: InputSpec, fit: FitSpec) -> list
     seq_len. Batch i is index fit.seed + i of the "calib" split (synthetic sources: seed
     spec.seed + 10_000 + fit.seed + i), never the evaluation data.
     """
-    source = get_source(spec.dist)
-    fixed = source.fixed_axes(source.options(spec.options))
-    nc = problem.seq_len if "seq_len" in fixed else fit.seq_len or min(problem.seq_len, 1024)
-    calib = dataclasses.replace(problem, seq_len=nc, dtype="fp32")
+    calib = dataclasses.replace(problem, seq_len=calibration_length(problem, spec, fit), dtype="fp32")
     return [make_inputs(calib, spec, split="calib", index=fit.seed + i) for i in range(fit.batches)]
 
 

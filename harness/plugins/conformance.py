@@ -35,9 +35,12 @@ def problem(n: int = 63, d: int = 32, causal: bool = False, **kw: Any) -> Proble
     return dataclasses.replace(BASE, seq_len=n, head_dim=d, causal=causal, **kw)
 
 
-def build(cls: type[AttentionVariant], impl: str, prob: Problem, seed: int = SEED) -> AttentionVariant:
-    """The variant with default params as the runner builds it; NotApplicable with its reasons."""
-    params = cls.make_params({})
+def build(
+    cls: type[AttentionVariant], impl: str, prob: Problem, seed: int = SEED, params: dict | None = None
+) -> AttentionVariant:
+    """The variant with `params` (a scenario `params:` dict; None: the defaults) as the runner builds
+    it; NotApplicable with its reasons."""
+    params = cls.make_params(params or {})
     if reasons := cls.not_supported_reasons(prob, params, impl):
         raise NotApplicable("; ".join(reasons))
     torch.manual_seed(seed)
@@ -135,6 +138,12 @@ def check_description(cls: type[AttentionVariant], name: str) -> None:
     assert frozen, "Params instances must be immutable"
     assert _raises(KeyError, cls.make_params, {"no_such_param": 1}), "make_params accepted an unknown name"
     assert (cls.feature_dim(BASE, params) is None) == cls.capabilities.exact, "feature_dim None iff exact"
+    for extra in cls.contract_params:
+        assert isinstance(extra, dict) and extra, f"contract_params: non-empty params dicts, found {extra!r}"
+        try:
+            cls.make_params(extra)
+        except (KeyError, ValueError, TypeError) as err:
+            raise AssertionError(f"contract_params {extra!r}: {err}") from None
 
 
 def _raises(exc: type[Exception], fn: Callable[..., Any], *args: Any) -> bool:
@@ -168,9 +177,12 @@ def check_readable_refusal(cls: type[AttentionVariant], impl: str, prob: Problem
 
 
 # ----- numerics ------------------------------------------------------------------------------------
-def check_matches_reference(cls: type[AttentionVariant], impl: str, prob: Problem) -> None:
-    """Output (shape, dtype, values) and gradients (q, k, v, learnable parameters) vs the reference, fp32."""
-    var = build(cls, impl, prob)
+def check_matches_reference(
+    cls: type[AttentionVariant], impl: str, prob: Problem, params: dict | None = None
+) -> None:
+    """Output (shape, dtype, values) and gradients (q, k, v, learnable parameters) vs the reference, fp32.
+    params: a params dict (None: the defaults)."""
+    var = build(cls, impl, prob, params=params)
     reference = reference_fn(cls, impl)
     q, k, v = make_qkv(prob, requires_grad=True)
     leaves = [q, k, v, *(p for p in var.parameters() if p.requires_grad)]
@@ -196,11 +208,12 @@ def check_low_precision(cls: type[AttentionVariant], impl: str, dtype: str, caus
     _compare(f"{cls.name}/{impl} in {dtype} vs fp32", out, ref, tolerance(cls, dtype))
 
 
-def check_causality(cls: type[AttentionVariant], impl: str, **where: Any) -> None:
-    """Replacing q, k, v after t (by larger values) leaves outputs 0..t unchanged. where: device, dtype."""
+def check_causality(cls: type[AttentionVariant], impl: str, params: dict | None = None, **where: Any) -> None:
+    """Replacing q, k, v after t (by larger values) leaves outputs 0..t unchanged. params: a params
+    dict (None: the defaults); where: device, dtype."""
     n = 200  # crosses a chunk of 128 tokens
     prob = problem(n, 32, causal=True, mode="fwd", **where)
-    var = build(cls, impl, prob)
+    var = build(cls, impl, prob, params=params)
     q, k, v = make_qkv(prob)
     fresh = [3.0 * x for x in make_qkv(prob, seed_offset=1)]
     with torch.no_grad():
@@ -279,11 +292,20 @@ def check_masking(cls: type[AttentionVariant], impl: str, causal: bool, **where:
 
 
 # ----- cost model ----------------------------------------------------------------------------------
-def check_flop_model(cls: type[AttentionVariant], impl: str, n: int, d: int, causal: bool, mode: str) -> None:
+def check_flop_model(
+    cls: type[AttentionVariant],
+    impl: str,
+    n: int,
+    d: int,
+    causal: bool,
+    mode: str,
+    params: dict | None = None,
+) -> None:
     """FlopCounterMode around the call (and its backward) agrees with `flops(matmul_only=True)`
-    within `cls.flop_rtol` (inputs and learnable parameters need gradients, as in the runner)."""
+    within `cls.flop_rtol` (inputs and learnable parameters need gradients, as in the runner).
+    params: a params dict (None: the defaults)."""
     prob = problem(n, d, causal, batch=1, heads=1, mode=mode)
-    var = build(cls, impl, prob)
+    var = build(cls, impl, prob, params=params)
     q, k, v = make_qkv(prob, requires_grad=prob.needs_backward)
     formulas = cls.flop_counter_formulas(impl)
     with (

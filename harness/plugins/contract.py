@@ -166,6 +166,8 @@ class AttentionVariant(nn.Module):
     impls: ClassVar[tuple[str, ...]] = ("default",)  # first is the default
     capabilities: ClassVar[Capabilities] = Capabilities()
     impl_requires: ClassVar[dict[str, tuple[str, ...]]] = {}  # extra packages per impl
+    # params sets (scenario `params:` dicts) the contract tests check besides the defaults
+    contract_params: ClassVar[tuple[dict[str, Any], ...]] = ()
 
     def __init__(
         self, params: Any, impl: str, heads: int, head_dim: int, device: str = "cpu", dtype: str = "fp32"

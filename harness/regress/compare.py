@@ -206,7 +206,8 @@ def compare_runs(
     timed = [(c.label, f.verdict, f.ratio) for c in cases if (f := _time_finding(c)) is not None and f.ratio]
     shift = dr.shared_shift([(v, r) for _, v, r in timed], opts["drift"].ratio)
     opts["shift"] = shift.factor if shift is not None else 1.0  # one finding; cases judged relative to it
-    opts["drift"] = dr.with_floor(opts["drift"], [(lab, r / opts["shift"]) for lab, _, r in timed])
+    fast = [(c.label, f.fast_ratio) for c in cases if (f := _time_finding(c)) is not None and f.fast_ratio]
+    opts["drift"] = dr.with_floor(opts["drift"], [(lab, r / opts["shift"]) for lab, r in fast])
     if shift is not None or opts["drift"].floor > 1.0:
         cases = _judge_all(base, head, opts)
     dr.lone_changes(cases, _time_finding, opts["drift"].center)  # a burst of load hits one case

@@ -17,7 +17,10 @@ canary workload at intervals (harness/measure/canary.py); here:
 - `with_floor`: the cases' noise between the runs, FLOOR_SIGMAS robust standard deviations of
   every case's (corrected) change around their median, from >= FLOOR_MIN_CASES cases (else the
   canary's wander stands in); `noise_reason` says when a change does not clear the threshold by
-  more than that noise.
+  more than that noise. Both the noise and the change judged against it are measured on the
+  fastest FAST_QUANTILE of each case's samples (`fast_ratio`): load on a shared machine only ever
+  adds time to a sample, and how many samples it hits, which moves a median, varies from run to
+  run and case to case; a slowdown in code moves every sample, the fastest ones too.
 - `lone_changes`: a confirmed change of one case that the other cases of its configuration do
   not share is AMBIGUOUS (a burst of load during that case's timing looks the same).
 - `shared_shift`: when at least `SHARED_FRACTION` of the timed cases moved the same way, that is
@@ -46,6 +49,7 @@ FLOOR_MIN_CASES = 6  # fewer timed cases give no cross-case noise floor (too few
 FLOOR_SIGMAS = 2.5  # the cases' noise band, added to the threshold (one-sided, per case)
 WANDER_SIGMAS = 2.0  # the wander band: this many robust standard deviations of the canary points
 CANARY_Z = 2.576  # the canary ratio's uncertainty: a two-sided 99% normal interval of its log
+FAST_QUANTILE = 0.1  # the cases' noise and a case's change against it: the fastest tenth of its samples
 
 
 @dataclass(frozen=True)
@@ -134,11 +138,26 @@ def canary_drift(base_dir: Path, head_dir: Path, threshold: float) -> Drift:
     return Drift(ratio, workloads, wander, len(base), len(head), threshold, ci=CANARY_Z * se)
 
 
+def fast_ratio(base: list[float], head: list[float]) -> float | None:
+    """head/base ratio of the FAST_QUANTILE quantile of each side's raw time samples ((n_b,), (n_h,)
+    in ms); None without samples on a side or with a non-positive one.
+
+    Interference on a shared machine (preemption, a neighbour evicting the caches) only ever adds
+    time to a sample, and the fraction of samples it hits varies between runs and between the cases
+    of one run: it moves a case's median (measured on a loaded 2-core VM, two serial runs of
+    unchanged code: the cases' medians spread 2.5x wider than their fastest tenth). A slowdown in
+    code moves every sample, the fastest ones too."""
+    b, h = np.asarray(base, dtype=np.float64), np.asarray(head, dtype=np.float64)
+    if b.size == 0 or h.size == 0 or not (b.min() > 0 and h.min() > 0):
+        return None
+    return float(np.quantile(h, FAST_QUANTILE) / np.quantile(b, FAST_QUANTILE))
+
+
 def noise_reason(ratio: float | None, drift: Drift, label: str | None = None) -> str | None:
-    """Why a confirmed time change (REGRESSED/IMPROVED; `ratio` = head/base after the worst-case
-    correction) is not evidence: it does not clear the threshold by more than the cases' noise
-    between the runs (relative to their median change), measured on the other configurations'
-    cases when `label` has its own band (`with_floor`); None when it does."""
+    """Why a confirmed time change (REGRESSED/IMPROVED) is not evidence: `ratio`, the head/base
+    `fast_ratio` after the worst-case correction, does not clear the threshold by more than the
+    cases' noise between the runs (relative to their median change), measured on the other
+    configurations' cases when `label` has its own band (`with_floor`); None when it does."""
     if ratio is None or ratio <= 0:
         return None
     floor, center, cases = drift.floors.get(label or "", (drift.floor, drift.center, drift.floor_cases))
@@ -149,10 +168,14 @@ def noise_reason(ratio: float | None, drift: Drift, label: str | None = None) ->
         return None
     if cases:
         return (
-            f"{ratio:.3f}× does not clear the threshold by more than the cases' noise between the runs "
+            f"its fastest {FAST_QUANTILE:.0%} of samples moved {ratio:.3f}×: that does not clear the "
+            "threshold by more than the cases' noise between the runs "
             f"(±{band - 1:.1%} around {center:.3f}×, {cases} cases of other configurations)"
         )
-    return f"{ratio:.3f}× does not clear the threshold by more than the canary's wander (±{band - 1:.1%})"
+    return (
+        f"its fastest {FAST_QUANTILE:.0%} of samples moved {ratio:.3f}×: that does not clear the "
+        f"threshold by more than the canary's wander (±{band - 1:.1%})"
+    )
 
 
 def _band(ratios: list[float]) -> tuple[float, float, int] | None:
@@ -167,13 +190,14 @@ def _band(ratios: list[float]) -> tuple[float, float, int] | None:
 
 
 def with_floor(drift: Drift, ratios: list[tuple[str, float]]) -> Drift:
-    """`drift` with the cross-case noise band of these (label, canary-corrected head/base time
-    ratio) pairs: FLOOR_SIGMAS robust standard deviations (MAD) of their logs around their median,
+    """`drift` with the cross-case noise band of these (label, canary-corrected head/base
+    `fast_ratio`) pairs: FLOOR_SIGMAS robust standard deviations (MAD) of their logs around their median,
     from at least FLOOR_MIN_CASES cases; for each configuration, the band of the other
     configurations' cases (a change being judged never widens its own yardstick). Unchanged code
     changes most cases' times by run-to-run noise alone (measured here: 0.66-1.65x between two
-    serial runs on a loaded 2-core CPU, canary steady), so a case must clear the threshold by more
-    than that spread; a regression of one configuration among many stands out of it."""
+    serial runs on a loaded 2-core CPU, canary steady; their fastest tenths less, but still by
+    tens of percent), so a case must clear the threshold by more than that spread; a regression of
+    one configuration among many stands out of it."""
     every = _band([r for _, r in ratios])
     if every is None:
         return drift
@@ -246,25 +270,31 @@ def lone_changes(cases: list, time_finding: Callable[[Any], Any], center: float 
     machine moves the one case timed during it (measured here: one case of two serial A/A runs
     26% slower, its fastest sample too, every other case within 9%). `cases`: CaseComparison
     objects (`label`, `findings`, `verdict`), `time_finding(case)` their time Finding or None;
-    ratios are taken relative to `center` (the median change of every case). A configuration with
-    one case is left alone."""
+    each case's change is its Finding's `fast_ratio` (else its `ratio`), taken relative to
+    `center` (the median change of every case). A configuration with one case is left alone."""
+
+    def change(f: Any) -> float | None:
+        r = getattr(f, "fast_ratio", None) or f.ratio
+        return r if r is not None and r > 0 else None
+
     by_label: dict[str, list] = {}
     for c in cases:
         f = time_finding(c)
-        if f is not None and f.ratio is not None and f.ratio > 0:
+        if f is not None and change(f) is not None:
             by_label.setdefault(c.label, []).append((c, f))
     for items in by_label.values():
         for c, f in items:
-            others = [math.log(g.ratio / center) for d, g in items if d is not c]
+            others = [math.log(change(g) / center) for d, g in items if d is not c]
             if f.verdict not in (REGRESSED, IMPROVED) or not others:
                 continue
-            mine, theirs = math.log(f.ratio / center), float(np.median(others))
+            mine, theirs = math.log(change(f) / center), float(np.median(others))
             if theirs * math.copysign(1.0, mine) >= abs(mine) / 2:
                 continue  # the configuration moved with it
             f.verdict = AMBIGUOUS
             f.reason = (
-                f"only this case of {c.label} moved ({f.ratio:.3f}×; its {len(others)} other case(s) "
-                f"{math.exp(theirs) * center:.3f}×): a burst of load during its timing looks the same"
+                f"only this case of {c.label} moved ({change(f):.3f}× in its fastest {FAST_QUANTILE:.0%} "
+                f"of samples; its {len(others)} other case(s) {math.exp(theirs) * center:.3f}×): a burst of "
+                "load during its timing looks the same"
             )
             if f.gated:
                 gated = {x.verdict for x in c.findings if x.gated}

@@ -4,9 +4,9 @@
 exact gate compares the two values (factor x base + abs, in the metric's direction); a samples
 gate judges the raw time samples (`samples_finding`): the change is measured on head samples
 divided by the canary's ratio (and a shared shift) and is confirmed only when it still holds at
-the end of the canary's correction range least favourable to it and clears the threshold by more
-than the cases' noise between the runs (harness/regress/drift.py); otherwise AMBIGUOUS, with the
-numbers in its reason.
+the end of the canary's correction range least favourable to it and, measured on its fastest
+samples, clears the threshold by more than the cases' noise between the runs
+(harness/regress/drift.py); otherwise AMBIGUOUS, with the numbers in its reason.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ class Finding:
     p_value: float | None = None
     gated: bool = True  # False: reported, never decides the case verdict (time on CPU CI)
     reason: str = ""
+    fast_ratio: float | None = None  # time: head/base of the fastest samples (drift.fast_ratio), corrected
 
 
 def _num(x: Any) -> float | None:
@@ -69,8 +70,9 @@ def samples_finding(m: Metric, b: dict, h: dict, opts: dict[str, Any]) -> Findin
     """A time verdict that scales with the evidence. The change is measured on head samples
     divided by the canary's ratio (and a shared shift); it is confirmed only when it still holds
     at the end of the canary's correction range least favourable to it (no correction at all, or
-    the canary's ratio widened by its own uncertainty) and clears the threshold by more than the
-    cases' noise between the runs (drift.noise_reason). Otherwise AMBIGUOUS, with the numbers."""
+    the canary's ratio widened by its own uncertainty) and its fastest samples' change
+    (`drift.fast_ratio`) clears the threshold by more than the cases' noise between the runs
+    (drift.noise_reason). Otherwise AMBIGUOUS, with the numbers."""
     g = m.gate or Gate()
     bs, hs = b.get(g.samples) or [], h.get(g.samples) or []
     bm, hm = _num(b.get(m.name)), _num(h.get(m.name))
@@ -82,6 +84,7 @@ def samples_finding(m: Metric, b: dict, h: dict, opts: dict[str, Any]) -> Findin
     shift = opts["shift"]  # the run-level shift, removed before judging
     st = _judge_time(g, b, h, bs, hs, drift.scale * shift, opts)
     ratio, verdict, reason = st.ratio, st.verdict, st.reason
+    fast = dr.fast_ratio(bs, hs)  # raw; the change judged against the cases' noise
     if verdict in (REGRESSED, IMPROVED):
         worst_scale = drift.worst_scale(slower=verdict == REGRESSED) * shift
         worst = st if worst_scale == drift.scale * shift else _judge_time(g, b, h, bs, hs, worst_scale, opts)
@@ -94,13 +97,14 @@ def samples_finding(m: Metric, b: dict, h: dict, opts: dict[str, Any]) -> Findin
                 f"(the canary's range {lo:.3f}-{hi:.3f}×)"
             )
         else:
-            why = dr.noise_reason(worst.ratio, drift, str(h.get("label")))
+            why = dr.noise_reason(fast / worst_scale if fast else worst.ratio, drift, str(h.get("label")))
             if why:
                 verdict, reason = AMBIGUOUS, why
     if ratio is None and bm and hm:  # no raw samples: the medians' ratio, but never a verdict on it
         ratio = hm / bm
     ci = (st.ci_lo, st.ci_hi) if st.ci_lo is not None and st.ci_hi is not None else None
-    return Finding(m.name, verdict, bm, hm, ratio, ci, st.p_value, opts["gate_time"], reason)
+    fast = fast / (drift.scale * shift) if fast else None
+    return Finding(m.name, verdict, bm, hm, ratio, ci, st.p_value, opts["gate_time"], reason, fast)
 
 
 def gate_finding(m: Metric, b: dict, h: dict, opts: dict[str, Any]) -> Finding | None:

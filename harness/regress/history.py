@@ -29,12 +29,17 @@ import pandas as pd
 from harness.common.errors import UserError
 from harness.common.files import atomic_path, ensure_dir
 from harness.measure.canary import WORKLOADS, read_canary
+from harness.regress.drift import FAST_QUANTILE
 from harness.regress.runs import CompareInputError, gated_metrics_for, load_run
 
 CASE_KEYS = ("case_id", "label", "variant", "impl", "seq_len", "dtype", "causal", "mode", "device")
 METRICS = (
-    "time_ms_median", "time_ms_p20", "time_ms_p80", "n_samples", "noise", "peak_mem_bytes", "rel_err"
+    "time_ms_median", "time_ms_p20", "time_ms_p80", "time_ms_fast", "n_samples", "noise", "peak_mem_bytes",
+    "rel_err",
 )  # fmt: skip
+# time_ms_fast: the FAST_QUANTILE quantile of the case's raw samples (regress/drift.py), what
+# `history check` judges time on: load only ever adds time to a sample, so the fastest samples move
+# with the code and far less with the machine's load than the median does
 RUN_KEYS = (
     "run_id", "commit", "commit_time", "run_time", "added_at", "machine", "host", "scenario", "run_dir",
     "report_url",
@@ -89,6 +94,14 @@ def canary_summary(run_dir: Path) -> dict[str, float | None]:
     return out
 
 
+def fast_time(samples: Any) -> float | None:
+    """The FAST_QUANTILE quantile of a record's raw time samples (ms), None without samples."""
+    import numpy as np
+
+    vals = [float(x) for x in samples or () if isinstance(x, int | float) and x > 0]
+    return float(np.quantile(vals, FAST_QUANTILE)) if vals else None
+
+
 def run_frame(
     run_dir: Path, commit: str | None = None, machine: str | None = None, report_url: str | None = None
 ) -> pd.DataFrame:
@@ -120,6 +133,7 @@ def run_frame(
     for rec in run.records.values():
         row = dict(run_keys)
         row.update({k: rec.get(k) for k in (*CASE_KEYS, "status", *METRICS, *gated)})
+        row["time_ms_fast"] = fast_time(rec.get("time_ms_samples"))
         row["params"] = json.dumps(rec.get("params") or {}, sort_keys=True, default=str)
         rows.append(row)
     df = pd.DataFrame(rows, columns=[*COLUMNS, *gated])

@@ -211,6 +211,16 @@ def _point_se(rows: pd.DataFrame) -> np.ndarray:
     return np.nan_to_num((1.2533 * noise / 1.349 / np.sqrt(n)).to_numpy(dtype=np.float64))
 
 
+def _judged_column(rows: pd.DataFrame, name: str, timed: bool) -> tuple[str, str]:
+    """The store column a metric's series is judged on, and how the finding names it: a time
+    metric on `time_ms_fast` (the fastest tenth of each case's samples: load only ever adds time,
+    so those samples move with the code, not with the machine), when every stored run has it; a
+    store written before that column existed is judged on the medians, and the finding says so."""
+    if timed and "time_ms_fast" in rows and rows["time_ms_fast"].notna().all():
+        return "time_ms_fast", "on the fastest tenth of each case's samples"
+    return name, ("on the medians (runs stored before time_ms_fast)" if timed else "")
+
+
 def _gate_beyond(m: Metric, threshold: float, level: float) -> float:
     """The log shift a step of metric `m` must exceed: the threshold for time, the gate for an exact
     metric (factor, and its absolute tolerance at the series' level)."""
@@ -259,22 +269,23 @@ def check_history(
     for machine, rows in ok.groupby("machine", sort=True):
         for m in chosen:
             timed = m.gate is not None and m.gate.kind == "samples"
-            vals = rows[["point", "case_id", "commit", m.name]].copy()
-            vals = vals[pd.to_numeric(vals[m.name], errors="coerce") > 0]
+            column, measure = _judged_column(rows, m.name, timed)
+            vals = rows[["point", "case_id", "commit", column]].copy()
+            vals = vals[pd.to_numeric(vals[column], errors="coerce") > 0]
             if vals.empty:
                 continue
-            vals["y"] = np.log(vals[m.name].astype(np.float64))
+            vals["y"] = np.log(vals[column].astype(np.float64))
             vals["se"] = _point_se(rows.loc[vals.index]) if timed else 0.0
             norm = ""
             if timed:
                 vals["y"] -= np.log(vals["point"].map(canary_index(rows)).astype(np.float64))
-                norm = "the canary"
+                norm = f"the canary; {measure}"
                 per_run = vals.groupby("point")["case_id"].nunique()
                 if per_run.min() >= RUN_EFFECT_MIN_CASES:
                     dev = vals["y"] - vals.groupby("case_id")["y"].transform("median")
                     effect = dev.groupby(vals["point"]).median()
                     vals["y"] -= vals["point"].map(effect)
-                    norm = "the canary and the run's median case change"
+                    norm = f"the canary and the run's median case change; {measure}"
                     shared = vals.drop_duplicates("point").sort_values("point")
                     checked += 1  # the shared change as a speed index (1 = a typical run)
                     steps += _series_steps(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 from rich.table import Table
+from rich.text import Text
 
 from harness.plugins.kinds import BenchmarkKind, installed_kind
 from harness.plugins.metrics import METRICS
@@ -20,26 +21,58 @@ from harness.results.records import to_dataframe
 
 
 def headline_table(df: pd.DataFrame, kind: BenchmarkKind) -> Table | None:
-    """The generic end-of-run table of one kind's records; None when none finished ok."""
+    """The generic end-of-run table of one kind's records; None when none finished ok.
+
+    One row per configuration (in run order), input regime and task point (the `task.*` columns
+    that vary), at its longest ok length; the inputs column only when the regimes vary
+    (`captured[layer=3]` and `captured[layer=4]` are two, shown as `captured layer=3`: it wraps
+    at the space). Labels and regimes are plain text,
+    never read as rich markup (`[layer=3]` would be a style tag); metric titles wrap at their
+    words, so the configuration keeps the room."""
     ok = df[df["status"] == "ok"]
     if not len(ok):
         return None
     names = [n for n in kind.headline if n in ok and ok[n].notna().any()]
     points = [c for c in ok.columns if str(c).startswith("task.") and ok[c].astype(str).nunique() > 1]
     keys = ["label", "input_dist", *points]
-    longest = ok.sort_values("seq_len").groupby(keys, sort=False, dropna=False).tail(1).sort_index()
+    longest = ok.sort_values("seq_len").groupby(keys, sort=False, dropna=False).tail(1)
+    first = {label: i for i, label in enumerate(dict.fromkeys(ok["label"]))}  # run order of configurations
+    longest = longest.sort_values(
+        ["label", "input_dist", *points],
+        key=lambda col: col.map(first) if col.name == "label" else _sortable(col),
+        kind="stable",
+    )
+    regimes = longest["input_dist"].astype(str).nunique() > 1
     title = f"{kind.name}: at the longest length each configuration completed"
     table = Table(title=title, title_justify="left")
-    for col in ("configuration", "inputs", *(p.removeprefix("task.") for p in points), "N"):
-        table.add_column(col, overflow="ellipsis", no_wrap=col == "N")
+    table.add_column("configuration", overflow="fold")
+    for col in (*(["inputs"] if regimes else []), *(p.removeprefix("task.") for p in points)):
+        table.add_column(col, overflow="fold")
+    table.add_column("N", justify="right", no_wrap=True)
+    cells = {name: [METRICS.get(name).format(v) for v in longest[name]] for name in names}
     for name in names:
         m = METRICS.get(name)
-        unit = f" ({m.shown_unit})" if m.shown_unit else ""
-        table.add_column(f"{m.title or name}{unit}", justify="right", no_wrap=True)
-    for _, r in longest.iterrows():
-        cells = [str(r["label"]), str(r["input_dist"]), *(str(r[p]) for p in points), str(r["seq_len"])]
-        table.add_row(*cells, *(METRICS.get(n).format(r[n]) for n in names))
+        header = f"{m.title or name}" + (f" ({m.shown_unit})" if m.shown_unit else "")
+        width = max(len(word) for word in [*header.split(), *cells[name]])  # the header wraps at words
+        table.add_column(header, justify="right", width=width)
+    for i, (_, r) in enumerate(longest.iterrows()):
+        regime = [shown_regime(r["input_dist"])] if regimes else []
+        what = [Text(str(r["label"])), *regime, *(Text(str(r[p])) for p in points)]
+        table.add_row(*what, str(r["seq_len"]), *(cells[n][i] for n in names))
     return table
+
+
+def shown_regime(name: str) -> Text:
+    """An input regime as plain text that wraps at its words: `captured[layer=3]` -> `captured
+    layer=3` (a narrow column breaks it after `captured`, never inside `layer=3`)."""
+    dist, _, knobs = str(name).partition("[")
+    return Text(" ".join([dist, *knobs.removesuffix("]").split(",")]).strip())
+
+
+def _sortable(col: pd.Series) -> pd.Series:
+    """`col` as numbers when every value is one (task points: 4 before 16), else as text."""
+    as_num = pd.to_numeric(col, errors="coerce")
+    return as_num if as_num.notna().all() else col.astype(str)
 
 
 def run_digest(run_dir: Path) -> list[Table]:

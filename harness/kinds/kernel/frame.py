@@ -123,11 +123,19 @@ def labels_in_order(df: pd.DataFrame) -> list[str]:
     return list(df.sort_values("order").drop_duplicates("label")["label"])
 
 
+def below_floor(rows: pd.DataFrame) -> pd.Series:
+    """Rows whose measured skill is at or below 0: no more accurate than uniform attention (the
+    floor), so no candidate for any pick, however fast or small. A row without a skill (accuracy
+    not measured) is not below it."""
+    return _numeric(rows, "skill").le(0.0)
+
+
 def pareto(rows: pd.DataFrame) -> pd.DataFrame:
-    """Ok configurations not dominated on (median time, rel_err), fastest first: each is more
-    accurate than every faster one."""
+    """Ok configurations better than the uniform floor (`below_floor`) not dominated on (median
+    time, rel_err), fastest first: each is more accurate than every faster one."""
     err = _numeric(rows, "rel_err")
-    pts = rows.assign(err=err)[rows["time"].notna() & err.notna()].sort_values(["time", "err"])
+    usable = rows["time"].notna() & err.notna() & ~below_floor(rows)
+    pts = rows.assign(err=err)[usable].sort_values(["time", "err"])
     best_before = pts["err"].cummin().shift(fill_value=np.inf)
     return pts[pts["err"] < best_before]
 

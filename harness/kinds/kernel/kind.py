@@ -1,6 +1,6 @@
 """`kind: kernel` (the default): one attention call per case, timed, with memory and error against
 exact softmax attention. The steps are in `steps.py`, the metrics in `metrics.py`, the report
-section in `report.py` and its plots in `plots.py` and `slide.py`."""
+section in `report.py` and its plots in `plots.py`, `slide.py` and `plot_regimes.py`."""
 
 from __future__ import annotations
 
@@ -53,6 +53,7 @@ class KernelKind(BenchmarkKind):
         return kernel_section(df, scenario, plot_files)
 
     def plots(self, df: Any, out_dir: Path) -> dict[str, Path]:
+        from harness.kinds.kernel.plot_regimes import regime_plots
         from harness.kinds.kernel.plots import make_plots
 
-        return make_plots(df, out_dir)
+        return {**make_plots(df, out_dir), **regime_plots(df, out_dir)}

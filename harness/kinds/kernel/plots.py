@@ -29,6 +29,7 @@ from harness.kinds.kernel.rows import (
 from harness.plugins.metrics import metric
 
 DPI = 120
+FLOOR_LABEL = "uniform floor"  # the error of uniform attention: a useful approximation is below it
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 
 
@@ -130,7 +131,7 @@ def _lines_vs_n(rows: list[Row], value, ylabel: str, title: str, path: Path, ban
 def _error_vs_d(rows: list[Row], title: str, path: Path) -> Path | None:
     """rel_err vs D, one line per approximate variant family at its longest common length.
 
-    A dotted line per length marks the error of uniform attention there (the no-skill floor).
+    A dotted line per length marks the error of uniform attention there (the uniform floor).
     """
     series = []
     for fr in feature_dim_rows(rows):
@@ -152,16 +153,15 @@ def _error_vs_d(rows: list[Row], title: str, path: Path) -> Path | None:
         )
         values += [e for _, e in pts]
     for j, n in enumerate(sorted({n for _, n, _ in series})):
-        floors = sorted(v for r in rows if int(r["seq_len"]) == n and (v := num(r["uniform_rel_err"])))
-        if floors:
-            floor = floors[len(floors) // 2]
+        floor = _floor_at(rows, n)
+        if floor is not None:
             style = (0, (1, 2 + 2 * j))
             ax.axhline(
                 floor,
                 color="0.35",
                 linewidth=1.0,
                 linestyle=style,
-                label=f"uniform attention, N={_len_label(n)}",
+                label=f"{FLOOR_LABEL}, N={_len_label(n)}",
             )
             values.append(floor)
     dims = sorted({d for _, _, pts in series for d, _ in pts})
@@ -204,13 +204,24 @@ def _frontier_points(rows: list[Row]) -> tuple[int, list[tuple[float, float, str
     return None if n is None else (n, per_n[n])
 
 
+def _floor_at(rows: list[Row], n: int) -> float | None:
+    """The median uniform-attention error (`uniform_rel_err`) of the ok records at length `n`."""
+    floors = sorted(
+        v for r in rows if int(r["seq_len"]) == n and r["status"] == "ok" and (v := num(r["uniform_rel_err"]))
+    )
+    return floors[len(floors) // 2] if floors else None
+
+
 def _frontier(rows: list[Row], title: str, path: Path) -> Path | None:
-    """Error vs time at the longest common length (see `_frontier_points`); Pareto staircase."""
+    """Error vs time at the longest common length (see `_frontier_points`), with the uniform floor as
+    a horizontal line. The Pareto staircase joins only points below the floor (better than uniform
+    attention); the others are drawn hollow."""
     found = _frontier_points(rows)
     if found is None:
         return None
     n, pts = found
-    pareto, lowest = [], float("inf")
+    floor = _floor_at(rows, n)
+    pareto, lowest = [], floor if floor is not None else float("inf")
     for t, e, _ in pts:  # ascending time: on the frontier if no faster point is at least as accurate
         if e < lowest:
             pareto.append((t, e))
@@ -218,21 +229,30 @@ def _frontier(rows: list[Row], title: str, path: Path) -> Path | None:
     colour = {label: i for i, label in enumerate(ordered_labels(rows))}
     fig = Figure(figsize=(7.5, 4.8))
     ax = fig.subplots()
-    ax.step(
-        [t for t, _ in pareto],
-        [e for _, e in pareto],
-        where="post",
-        color="0.5",
-        linewidth=1.0,
-        linestyle="--",
-        label="Pareto frontier",
-    )
-    for t, e, label in sorted(pts, key=lambda p: colour[p[2]]):
-        ax.scatter(
-            [t], [e], s=42, zorder=3, label=label, edgecolors="black", linewidths=0.4, **_style(colour[label])
+    if pareto:
+        ax.step(
+            [t for t, _ in pareto],
+            [e for _, e in pareto],
+            where="post",
+            color="0.5",
+            linewidth=1.0,
+            linestyle="--",
+            label="Pareto frontier (below the floor)",
         )
+    for t, e, label in sorted(pts, key=lambda p: colour[p[2]]):
+        style = _style(colour[label])
+        hollow = {"facecolors": "none", "edgecolors": style["color"], "linewidths": 1.2}
+        filled = {"color": style["color"], "edgecolors": "black", "linewidths": 0.4}
+        below = floor is None or e < floor
+        ax.scatter(
+            [t], [e], s=42, zorder=3, label=label, marker=style["marker"], **(filled if below else hollow)
+        )
+    errors = [e for _, e, _ in pts]
+    if floor is not None:
+        ax.axhline(floor, color="0.2", linewidth=1.0, linestyle=":", label=FLOOR_LABEL)
+        errors.append(floor)
     _value_axis(ax, "x", [t for t, _, _ in pts])
-    _value_axis(ax, "y", [e for _, e, _ in pts])
+    _value_axis(ax, "y", errors)
     ax.set_xlabel(metric("time_ms_median").axis_label())
     ax.set_ylabel(_error_label())
     return _finish(fig, ax, f"{title}: error vs time at N={_len_label(n)}", path)

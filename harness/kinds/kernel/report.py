@@ -17,6 +17,7 @@ from harness.kinds.kernel import tables
 from harness.kinds.kernel.baseline import read_report_spec
 from harness.kinds.kernel.captured import quality_sections
 from harness.kinds.kernel.frame import groups, load_legend, noise_legend, prepare
+from harness.kinds.kernel.plot_regimes import regime_lines
 from harness.kinds.kernel.summary import summary
 from harness.plugins.metrics import metric
 
@@ -100,6 +101,7 @@ def kernel_section(df: pd.DataFrame, scenario: dict | None, plot_files: dict[str
     lines = summary(frame, spec)
     if "slide" in plot_files:  # slide.py: skill vs time at the longest N, per input regime
         lines += ["", f"![skill vs time per configuration and input regime]({plot_files['slide']})"]
+    lines += regime_lines(plot_files)  # plot_regimes.py: error vs N, one plot per input regime
     legend = "; ".join(x for x in (noise_legend(spec), load_legend(frame)) if x)
     lines += ["", "## Performance by group", "", f"_Click a line to unfold its table. {legend}._"]
     for title, rows in groups(frame, "perf"):

@@ -2,9 +2,10 @@
 
 At the longest length in the digest's slice (`digest.digest`: non-causal when the run has it, the
 most common dtype, the forward pass), each configuration is a point: x its median time (log),
-y its skill = 1 - rel_err / the uniform floor (1: exact; 0: no better than uniform attention).
-Side by side, the regimes show what the Gaussian default hides: on near-uniform attention every
-approximation sits at 0, on structured attention (e.g. `local`) they separate. Skills below
+y its skill = 1 - rel_err / the uniform floor (1: exact; 0: no better than uniform attention; a
+dotted line labelled "uniform floor" marks 0). Side by side, the regimes show what the Gaussian
+default hides: on near-uniform attention every approximation sits at 0, on structured attention
+(e.g. `local`) they separate. Skills below
 `FLOOR` are drawn at `FLOOR` with a down-pointing marker and their value.
 """
 
@@ -48,7 +49,11 @@ def slide_plot(df: pd.DataFrame, out_dir: Path) -> Path | None:
             if below:
                 where_ = {"xytext": (5, 2), "textcoords": "offset points", "fontsize": 8}
                 ax.annotate(f"{r.skill:.1f}", (r.time, y), **where_)
-        ax.axhline(0.0, color="0.6", linewidth=0.8, linestyle="--")
+        ax.axhline(0.0, color="0.4", linewidth=0.9, linestyle=":")  # skill 0: the uniform floor
+        ax.annotate(
+            "uniform floor", (1.0, 0.0), xycoords=("axes fraction", "data"), xytext=(-3, 3),
+            textcoords="offset points", ha="right", va="bottom", fontsize=8, color="0.3",
+        )  # fmt: skip
         ax.set_xscale("log")
         ax.set_title(f"inputs: {regime}", fontsize=10)
         ax.set_xlabel(metric("time_ms_median").axis_label())
