@@ -180,6 +180,7 @@ def test_documented_upstream_defects_are_declared() -> None:
 
 
 # ----- numerics ----------------------------------------------------------------------------------
+@pytest.mark.sampled(5, per=("name", "impl"))  # each impl: every shape, both causalities; 10 in -m slow
 @CAUSAL
 @pytest.mark.parametrize("n,d", SHAPES)
 @pytest.mark.parametrize("name,impl", CPU_IMPLS)
@@ -225,6 +226,7 @@ def test_key_padding_mask(name: str, impl: str, causal: bool) -> None:
 
 
 # ----- cost model --------------------------------------------------------------------------------
+@pytest.mark.sampled(2, per=("name", "impl"))  # each impl: both shapes, causalities, modes; 8 in -m slow
 @pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
 @CAUSAL
 @pytest.mark.parametrize("n,d", FLOP_SHAPES)

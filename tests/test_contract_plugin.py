@@ -5,17 +5,25 @@ exact attention written independently of attentions/, with its own fp32 referenc
 mask) and a `*.dist-info` directory whose `entry_points.txt` declares it in the group
 `attnbench.variants`. `importlib.metadata` finds dist-info directories on sys.path, so a subprocess
 run with PYTHONPATH=tmp_path sees the plugin exactly as if it were pip-installed, and
-`pytest tests/test_contract.py -k NAME` runs every contract check on it.
+`pytest tests/test_contract.py -k NAME` runs every contract check on it. That end-to-end run is
+one subprocess; that a broken plugin fails is checked in-process through the same conformance
+function the contract test calls (and end to end under `pytest -m slow`).
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
 import textwrap
 import xml.etree.ElementTree as ET
 from pathlib import Path
+
+import pytest
+
+from harness.plugins import conformance as cf
+from tests.test_contract import LONG_N, SHAPES
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 280  # under pytest-timeout's 300 s
@@ -160,6 +168,20 @@ def test_outside_plugin_passes_the_contract_tests(tmp_path: Path) -> None:
     assert built_in and all(outcome in ("passed", "skipped") for outcome in built_in.values()), built_in
 
 
+@pytest.mark.parametrize("causal", [False, True], ids=["noncausal", "causal"])
+def test_broken_plugin_fails_the_reference_check(tmp_path: Path, monkeypatch, causal: bool) -> None:
+    """Off by 1% in its output: `check_matches_reference` (what test_matches_reference runs) fails
+    at every contract shape, naming the output error (the tests can fail)."""
+    name = f"tmp_broken_plugin_inproc_{int(causal)}"
+    monkeypatch.syspath_prepend(str(write_plugin(tmp_path / "site", name, factor=1.01)))
+    cls = importlib.import_module(f"{name}.variant").PluginSoftmax
+    for n, d in SHAPES:
+        prob = cf.problem(n, d, causal) if n < LONG_N else cf.problem(n, d, causal, batch=1, heads=1)
+        with pytest.raises(AssertionError, match="output rel_err"):
+            cf.check_matches_reference(cls, "einsum", prob)
+
+
+@pytest.mark.slow  # a pytest subprocess: the in-process check above is the default one
 def test_broken_plugin_fails_the_contract_tests(tmp_path: Path) -> None:
     """Off by 1% in its output: the comparison with its own reference must fail (the tests can fail)."""
     name = "tmp_broken_plugin"

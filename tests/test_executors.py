@@ -1,7 +1,9 @@
 """Isolated workers: crashes, hangs and concurrent writers cost one case, never the sweep.
 
-Each test runs the command line in a child process with the `crashy` test plugin installed (an
-entry point on PYTHONPATH), as a user with a misbehaving variant would.
+Tests of what happens to processes run the command line in a child process with the `crashy` test
+plugin installed (an entry point on PYTHONPATH), as a user with a misbehaving variant would. Tests of
+the run directory's bookkeeping (an edited scenario, a stale lock, bad options) call
+harness.cli.main in this process, with crashy registered here (`crashy_inline`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from harness.results.run_records import read_run_records
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = ROOT / "tests" / "fixtures" / "plugins"
 LENGTHS = [16, 24, 32, 40]
+CRASHY = "  - name: crashy\n    params: {crash: none, at: 24}\n"  # the crashy entry of scenario(..., "none")
 
 
 def scenario(tmp_path: Path, crash: str, at: int = 24, extra: str = "", name: str = "s.yaml") -> Path:
@@ -47,6 +50,24 @@ def cli(*args: str, timeout: float = 240, path: str | None = None) -> subprocess
         env["PATH"] = path
     cmd = [sys.executable, str(ROOT / "run_bench.py"), *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def crashy_inline(monkeypatch, capsys):
+    """`run-bench ARGS` in this process with the crashy plugin registered: (exit code, stderr)."""
+    from harness.cli import main
+    from harness.plugins.variants import VARIANTS
+
+    monkeypatch.syspath_prepend(str(PLUGINS))
+    VARIANTS.register("crashy", "crashy_plugin:CrashyVariant")
+
+    def run_cli(*args: str) -> tuple[int, str]:
+        capsys.readouterr()
+        code = main(list(args))
+        return code, capsys.readouterr().err
+
+    yield run_cli
+    VARIANTS.unregister("crashy")
 
 
 def statuses(out: Path) -> dict[tuple[str, int], dict]:
@@ -130,31 +151,28 @@ def test_two_runs_into_one_out_never_record_a_case_twice(tmp_path: Path) -> None
     assert len(ids) == len(set(ids)) == 2 * len(LENGTHS)
 
 
-def test_resume_with_an_edited_scenario_names_what_changed(tmp_path: Path) -> None:
+def test_resume_with_an_edited_scenario_names_what_changed(tmp_path: Path, crashy_inline) -> None:
     out = tmp_path / "run"
     path = scenario(tmp_path, "none")
-    assert cli(str(path), "--out", str(out), "--quiet", "--no-plots").returncode == 0
+    inline = ("--quiet", "--no-plots", "--executor", "inline")
+    assert crashy_inline(str(path), "--out", str(out), *inline)[0] == 0
     path.write_text(path.read_text().replace("at: 24", "at: 32").replace("rows: 8", "rows: 9"))
-    res = cli(str(path), "--out", str(out), "--resume", "--quiet")
-    assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert (
-        "the scenario changed since this run was planned (accuracy.rows, variants[0].params.at[0])"
-        in res.stderr
-    )
+    code, err = crashy_inline(str(path), "--out", str(out), "--resume", "--quiet")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "the scenario changed since this run was planned (accuracy.rows, variants[0].params.at[0])" in err
 
 
-def test_a_stale_lock_is_taken_over_by_resume_only(tmp_path: Path) -> None:
+def test_a_stale_lock_is_taken_over_by_resume_only(tmp_path: Path, crashy_inline) -> None:
     out = tmp_path / "run"
     path = scenario(tmp_path, "none")
-    assert cli(str(path), "--out", str(out), "--quiet", "--no-plots").returncode == 0
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
-    )
+    inline = ("--quiet", "--no-plots", "--executor", "inline")
+    assert crashy_inline(str(path), "--out", str(out), *inline)[0] == 0
+    dead = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True)  # a pid now unused
     lock = {"pid": int(dead.stdout), "host": os.uname().nodename, "since": "2026-01-01T00:00:00+00:00"}
     (out / "writer.lock").write_text(json.dumps(lock))
-    res = cli(str(path), "--out", str(out), "--quiet")
-    assert res.returncode == 2 and "continue it with --resume" in res.stderr
-    assert cli(str(path), "--out", str(out), "--resume", "--quiet").returncode == 0
+    code, err = crashy_inline(str(path), "--out", str(out), "--quiet", "--executor", "inline")
+    assert code == 2 and "continue it with --resume" in err
+    assert crashy_inline(str(path), "--out", str(out), "--resume", *inline)[0] == 0
     assert not (out / "writer.lock").exists()
 
 
@@ -207,11 +225,7 @@ def test_bad_input_starts_no_warm_child(tmp_path: Path, monkeypatch, capsys) -> 
     assert main([str(tmp_path / "missing.yaml"), "--workers", "16", "--out", str(tmp_path / "r")]) == 2
     assert "missing.yaml" in capsys.readouterr().err
     path = tmp_path / "ok.yaml"
-    path.write_text(
-        scenario(tmp_path, "none")
-        .read_text()
-        .replace("  - name: crashy\n    params: {crash: none, at: 24}\n", "")
-    )
+    path.write_text(scenario(tmp_path, "none").read_text().replace(CRASHY, ""))
     assert main([str(path), "--workers", "100000", "--out", str(tmp_path / "r"), "--quiet"]) == 2
     assert "--workers 100000: expected 1 to" in capsys.readouterr().err
     assert started == [] and not (tmp_path / "r").exists()
@@ -255,8 +269,11 @@ def fake_slurm(folder: Path) -> str:
     ],
 )
 def test_executor_options_that_cannot_work_fail_before_anything_is_written(
-    tmp_path: Path, args: list[str], needle: str, path: str | None
+    tmp_path: Path, args: list[str], needle: str, path: str | None, monkeypatch, capsys
 ) -> None:
+    """In-process (harness.cli.main): the options are checked before any child starts."""
+    from harness.cli import main
+
     if args == ["--executor", "gpus"] and torch.cuda.is_available():
         pytest.skip("a GPU is visible here")
     if path == "empty":
@@ -264,10 +281,15 @@ def test_executor_options_that_cannot_work_fail_before_anything_is_written(
         path = str(tmp_path / "bin")
     elif path == "fake":
         path = fake_slurm(tmp_path / "bin")
+    if path is not None:
+        monkeypatch.setenv("PATH", path)
     out = tmp_path / "run"
-    res = cli(str(scenario(tmp_path, "none")), "--out", str(out), *args, path=path)
-    assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert res.stderr.strip().startswith("error: " + needle) and len(res.stderr.strip().splitlines()) == 1
+    softmax_only = scenario(tmp_path, "none").read_text().replace(CRASHY, "")  # crashy is not installed here
+    (tmp_path / "s.yaml").write_text(softmax_only)
+    capsys.readouterr()
+    assert main([str(tmp_path / "s.yaml"), "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().startswith("error: " + needle) and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
 
 

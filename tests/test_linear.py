@@ -22,9 +22,9 @@ from attentions.linear.naive import linear_attention
 from attentions.linear.variant import LinearAttention, LinearParams
 from harness.measure.costs import chunk_sizes
 from harness.plugins.contract import Problem
+from tests.shapes import HEAD_DIMS
 
 B, H = 1, 2
-HEAD_DIMS = (32, 48, 64, 128)
 # (N, chunk): odd and long N at the default chunk, and every boundary of a small chunk: N < chunk,
 # N = chunk - 1, chunk, chunk + 1, a multiple of chunk, chunk = 1, chunk > N.
 LENGTHS = [(63, 128), (128, 128), (129, 128), (1000, 128), (1, 16), (15, 16), (16, 16), (17, 16), (48, 16)]
@@ -72,6 +72,7 @@ def forward_and_grads(fn, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, ...]
     return (out.detach(), *torch.autograd.grad((out * w).sum(), (q, k, v)))
 
 
+@pytest.mark.sampled(12)  # of 88; the contract tests add every head dim at N = 63 and N = 1000
 @pytest.mark.parametrize("causal", [False, True], ids=["noncausal", "causal"])
 @pytest.mark.parametrize("d", HEAD_DIMS)
 @pytest.mark.parametrize("n,chunk", LENGTHS + EDGE_CHUNKS)

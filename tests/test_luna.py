@@ -20,10 +20,9 @@ from attentions.luna.naive import channel_rms, luna_attention, luna_features
 from attentions.luna.naive import reference as naive_reference
 from attentions.luna.variant import CH_RMS_CAUSAL_REASON, LunaAttention, LunaParams
 from harness.plugins.contract import FitSpec, Problem, Teacher
+from tests.shapes import HEAD_DIMS, SEQ_LENS
 
 B, H = 1, 2
-SEQ_LENS = (63, 1000)
-HEAD_DIMS = (32, 48, 64, 128)
 SMALL = {"m": 4, "L": 3, "hidden": 8}  # keeps the float64 products over N = 1000 fast
 F64_RTOL = 1e-10
 
@@ -104,6 +103,7 @@ def check_same_function(naive: LunaAttention, chunked: LunaAttention, n: int, d:
 
 
 # ----- naive vs chunked: the same function, forward and backward ------------------------------
+@pytest.mark.sampled(6)  # of 32
 @pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("d", HEAD_DIMS)

@@ -19,10 +19,9 @@ from attentions.luna_nested import naive
 from attentions.luna_nested.fit import kl_rows, noncausal_rows
 from attentions.luna_nested.variant import UNTIED_CAUSAL_REASON, LunaNestedAttention, LunaNestedParams
 from harness.plugins.contract import FitSpec, Problem, Teacher
+from tests.shapes import HEAD_DIMS, SEQ_LENS
 
 B, H = 1, 2
-SEQ_LENS = (63, 1000)
-HEAD_DIMS = (32, 48, 64, 128)
 F64_RTOL = 1e-10
 
 
@@ -88,6 +87,7 @@ def check_against(
 
 
 # ----- non-causal: pack then unpack -----------------------------------------------------------
+@pytest.mark.sampled(5)  # of 16
 @pytest.mark.parametrize("tied", [True, False])
 @pytest.mark.parametrize("d", HEAD_DIMS)
 @pytest.mark.parametrize("n", SEQ_LENS)
@@ -140,6 +140,7 @@ def official_sequential(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, P_q: 
     return torch.stack(outs, dim=2)
 
 
+@pytest.mark.sampled(4)  # of 8
 @pytest.mark.parametrize("d", HEAD_DIMS)
 @pytest.mark.parametrize("n", SEQ_LENS)
 def test_causal_chunked_matches_naive(n: int, d: int) -> None:

@@ -7,6 +7,8 @@ setting TRITON_INTERPRET here would be too late. Hence the kernel tests (`@inter
 directly only where triton was imported in interpreter mode (`TRITON_INTERPRET=1 pytest ...`);
 otherwise the first of them runs this file once in a subprocess with TRITON_INTERPRET=1, and each
 reports its own outcome from that run (junit XML). Nothing leaks into the rest of the session.
+The subprocess selects with the session's `-m` expression, so it runs the cases the session runs
+(`test_matches_naive` is sampled: a few cases by default, the rest under `pytest -m slow`).
 """
 
 from __future__ import annotations
@@ -49,9 +51,18 @@ SHAPES = {  # B, H, N, d, m, L, hidden: D = 8 padded to 16 columns, head dim 48 
 }
 
 
+MARK_EXPRESSION: list[str] = []  # the session's `-m` (its config, read by the fixture below)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def session_mark_expression(request: pytest.FixtureRequest) -> None:
+    MARK_EXPRESSION[:] = [request.config.getoption("markexpr") or ""]
+
+
 @functools.cache
-def interpreter_run() -> dict[str, str]:
-    """Run this file under TRITON_INTERPRET=1 in a subprocess: {test name: "" if passed, else why}."""
+def interpreter_run(mark_expression: str) -> dict[str, str]:
+    """Run this file under TRITON_INTERPRET=1 in a subprocess, selecting with `mark_expression`
+    (the session's `-m`): {test name: "" if passed, else why}."""
     with tempfile.TemporaryDirectory() as tmp:
         xml_path = Path(tmp) / "report.xml"
         cmd = [
@@ -63,6 +74,8 @@ def interpreter_run() -> dict[str, str]:
             "-p",
             "no:cacheprovider",
             f"--junitxml={xml_path}",
+            "-m",
+            mark_expression,
         ]
         env = {**os.environ, "TRITON_INTERPRET": "1"}
         root = Path(__file__).resolve().parents[1]
@@ -90,7 +103,7 @@ def interpreted(test: Callable) -> Callable:
         if INTERPRETED:
             return test(*args, **kwargs)
         name = os.environ["PYTEST_CURRENT_TEST"].split("::")[-1].rsplit(" ", 1)[0]
-        outcomes = interpreter_run()
+        outcomes = interpreter_run(MARK_EXPRESSION[0])
         assert name in outcomes, f"{name} did not run in the interpreter subprocess"
         assert outcomes[name] == "", f"under TRITON_INTERPRET=1: {outcomes[name]}"
 
@@ -150,6 +163,7 @@ def check_against_naive(triton_fn, shape, shared, causal, nonneg=True, **kwargs)
         assert rel_err(g, gr) < GRAD_RTOL, f"grad of {name}: {rel_err(g, gr):.2e}"
 
 
+@pytest.mark.sampled(3)  # of 8: each shape, weight sharing and causality at least once
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
 @pytest.mark.parametrize("shared", [True, False], ids=["shared", "per_channel"])
 @pytest.mark.parametrize("causal", [False, True], ids=["noncausal", "causal"])

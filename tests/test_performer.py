@@ -15,10 +15,9 @@ from attentions.performer.naive import favor_attention, favor_log_kernel, softma
 from attentions.performer.variant import PerformerAttention, PerformerParams
 from harness.measure.accuracy import causality_change
 from harness.plugins.contract import Problem
+from tests.shapes import HEAD_DIMS, SEQ_LENS
 
 B, H = 2, 2
-SEQ_LENS = (63, 1000)
-HEAD_DIMS = (32, 48, 64, 128)
 FP64_RTOL = 1e-10  # naive (log-space, O(N^2)) vs native (stabilized, linear) in float64
 
 
@@ -44,6 +43,7 @@ def make_variant(
 
 
 # ----- native vs naive ----------------------------------------------------------------------
+@pytest.mark.sampled(5)  # of 16
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("d", HEAD_DIMS)
 @pytest.mark.parametrize("n", SEQ_LENS)
@@ -96,6 +96,7 @@ needs_package = pytest.mark.skipif(
 
 
 @needs_package
+@pytest.mark.sampled(4)  # of 8
 @pytest.mark.parametrize("d", HEAD_DIMS)
 @pytest.mark.parametrize("n", SEQ_LENS)
 def test_native_equals_package_kernel_without_its_eps(n: int, d: int) -> None:
@@ -113,6 +114,7 @@ def test_native_equals_package_kernel_without_its_eps(n: int, d: int) -> None:
 
 
 @needs_package
+@pytest.mark.sampled(4)  # of 8
 @pytest.mark.parametrize("d", HEAD_DIMS)
 @pytest.mark.parametrize("n", SEQ_LENS)
 def test_native_agrees_with_package_sharing_its_projection(n: int, d: int) -> None:

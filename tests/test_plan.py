@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from harness.cli import main
 from harness.config.scenario import load_scenario
 from harness.config.sweep import expand
 from harness.execute.executors import EXECUTORS, Executor, InlineExecutor
@@ -83,39 +82,25 @@ def test_a_registered_executor_runs_the_same_cases(tmp_path: Path, reversed_exec
     assert all(r["status"] == "ok" and r["rel_err"] == errs[r["case_id"]] for r in other)
 
 
-def test_kernel_is_the_default_kind_and_unknown_kinds_are_rejected(tmp_path: Path) -> None:
+def test_kernel_is_the_default_kind_and_unknown_kinds_are_rejected(tmp_path: Path, capsys) -> None:
     assert "kernel" in KINDS.names()
     assert load_scenario(str(_scenario(tmp_path))).kind == "kernel"
     bad = _scenario(tmp_path, "kind: kernal\n")
-    res = subprocess.run(
-        [sys.executable, "run_bench.py", "validate", str(bad)], cwd=ROOT, capture_output=True, text=True
-    )
-    assert res.returncode == 2 and "Traceback" not in res.stderr
+    capsys.readouterr()
+    assert main(["validate", str(bad)]) == 2
     assert (
-        res.stderr.strip()
+        capsys.readouterr().err.strip()
         == f"error: {bad}: kind: unknown kind 'kernal' (did you mean 'kernel'?); expected one of "
         + ", ".join(KINDS.names())
     )
 
 
-def test_unknown_executor_is_one_line_exit_2(tmp_path: Path) -> None:
-    res = subprocess.run(
-        [
-            sys.executable,
-            "run_bench.py",
-            str(_scenario(tmp_path)),
-            "--executor",
-            "inlne",
-            "--out",
-            str(tmp_path / "r"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    assert res.returncode == 2 and "Traceback" not in res.stderr
+def test_unknown_executor_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
+    capsys.readouterr()
+    assert main([str(_scenario(tmp_path)), "--executor", "inlne", "--out", str(tmp_path / "r")]) == 2
     known = "gpus, inline, slurm, submitit-local, subprocess"
-    assert res.stderr.strip() == f"error: unknown executor 'inlne' (did you mean 'inline'?); known: {known}"
+    err = capsys.readouterr().err
+    assert err.strip() == f"error: unknown executor 'inlne' (did you mean 'inline'?); known: {known}"
     assert not (tmp_path / "r").exists()
 
 

@@ -171,6 +171,7 @@ def test_existing_run_dir_needs_resume(planted, tmp_path):
     assert summary.ran == 0 and summary.already_done == 1
 
 
+@pytest.mark.slow  # ~8 CPU-s; by default test_ctrl_c_... and test_executors' SIGKILLed inline run resume
 def test_resume_after_sigkill_records_each_case_once(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(
@@ -207,17 +208,31 @@ measure: {warmup_ms: 0, min_samples: 3, rep_ms: 250, memory: false}
     assert json.loads((out / "run.json").read_text())["run_id"] == recs[0]["run_id"]
 
 
-def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "run_bench.py"), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+@dataclass(frozen=True)
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
 
 
-def test_cuda_scenario_without_gpu_fails_fast(tmp_path):
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """`run-bench ARGS` in this process (harness.cli.main, from the repository root): exit code and
+    output. The end-to-end runs through run_bench.py are test_ctrl_c_... and the resume tests below."""
+    from harness.cli import main
+
+    monkeypatch.chdir(ROOT)
+
+    def run_cli(*args: str) -> CliResult:
+        capsys.readouterr()
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return run_cli
+
+
+def test_cuda_scenario_without_gpu_fails_fast(tmp_path, cli):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     res = cli("scenarios/long.yaml", "--out", str(tmp_path / "x"))
@@ -236,14 +251,14 @@ def test_cuda_scenario_without_gpu_fails_fast(tmp_path):
         (("report", "no_such_run"), "no_such_run"),
     ],
 )
-def test_bad_input_is_one_line_exit_2(args, needle):
+def test_bad_input_is_one_line_exit_2(args, needle, cli):
     res = cli(*args)
     assert res.returncode == 2, res.stdout + res.stderr
     assert needle in res.stderr and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
 
 
-def test_validate_and_list():
+def test_validate_and_list(cli):
     res = cli("validate", "scenarios/long.yaml")
     assert res.returncode == 0, res.stderr
     assert "valid" in res.stdout and "cases" in res.stdout
@@ -320,20 +335,13 @@ def test_roofline_floor_is_recorded(planted, tmp_path, monkeypatch):
     assert "Measured roofline" in (tmp_path / "run" / "report.md").read_text()
 
 
-def test_no_plots_flag_writes_no_pngs(planted, tmp_path):
+def test_no_plots_flag_writes_no_pngs(planted, tmp_path, cli):
     path = write_scenario(tmp_path, "  - name: planted", seq_len="[16]")
     for flag, expect_pngs in (("--no-plots", False), (None, True)):
         out = tmp_path / f"run-{flag}"
         args = [str(path), "--out", str(out), "--quiet", "--executor", "inline", *([flag] if flag else [])]
-        env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-        # the planted variant lives in this test module: register it through a plugin module
-        (tmp_path / "planted_plugin.py").write_text(
-            "from harness.plugins.variants import VARIANTS\n"
-            "VARIANTS.register('planted', 'tests.test_runner:PlantedVariant')\n"
-        )
-        code = "import planted_plugin, sys; from harness.cli import main; sys.exit(main(sys.argv[1:]))"
-        res = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env, capture_output=True)
-        assert res.returncode == 0, res.stderr.decode()
+        res = cli(*args)
+        assert res.returncode == 0, res.stderr
         assert (out / "report.md").exists()
         assert bool(list(out.glob("plots/*.png"))) is expect_pngs
 
