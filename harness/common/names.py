@@ -9,3 +9,25 @@ def suggest(name: str, choices: list[str]) -> str:
     """' (did you mean X?)' when a close match exists, else ''."""
     close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def distinct_labels(labels: list[str], params: list[dict], keys: list[str]) -> list[str]:
+    """Labels that tell configurations apart: where rows of different configurations (`keys`,
+    e.g. variant, impl and params as text) share a label, each gets the parameters whose values
+    differ among them appended, `luna[chunked]` -> `luna[chunked](window=0)` and
+    `luna[chunked](window=64)`. labels, params, keys: one entry per row (case or record)."""
+    configs: dict[str, dict[str, dict]] = {}
+    for label, p, key in zip(labels, params, keys, strict=True):
+        configs.setdefault(label, {})[key] = p or {}
+    renamed: dict[tuple[str, str], str] = {}
+    for label, by_key in configs.items():
+        if len(by_key) < 2:
+            continue
+        names = sorted({n for p in by_key.values() for n in p})
+        differ = [n for n in names if len({repr(p.get(n)) for p in by_key.values()}) > 1]
+        for key, p in by_key.items():
+            extra = ",".join(f"{n}={p.get(n)}" for n in differ)
+            if not extra:
+                continue
+            renamed[label, key] = f"{label[:-1]},{extra})" if label.endswith(")") else f"{label}({extra})"
+    return [renamed.get((label, key), label) for label, key in zip(labels, keys, strict=True)]

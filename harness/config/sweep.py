@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.common.names import distinct_labels
 from harness.config.scenario import InputSpec, Scenario, ScenarioError, VariantEntry
 from harness.inputs import get_source
 from harness.plugins.contract import FitSpec, Problem
@@ -139,7 +140,12 @@ def expand(scenario: Scenario, device: str, only: list[str] | None = None) -> li
                         point = tuple((name, task[name]) for name in axes)
                         case = Case(case_id, entry.name, impl, params, label, problem, fit, config_key, spec)
                         cases.append(dataclasses.replace(case, task=task, point=point))
-    return cases
+    keys = [json.dumps([c.variant, c.impl, c.params], sort_keys=True, default=str) for c in cases]
+    labels = distinct_labels([c.label for c in cases], [c.params for c in cases], keys)
+    return [
+        c if c.label == lab else dataclasses.replace(c, label=lab)
+        for c, lab in zip(cases, labels, strict=True)
+    ]
 
 
 def _same_case(scenario: Scenario, first: str, second: str, seq_len: int) -> None:

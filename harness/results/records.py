@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.common.files import append_line, atomic_path
-from harness.common.names import suggest
+from harness.common.names import distinct_labels, suggest
 from harness.plugins.kinds import KINDS, installed_kind
 from harness.plugins.metrics import METRICS, derive, metrics_of
 from harness.plugins.registry import UnknownPluginError
@@ -251,6 +251,10 @@ def to_dataframe(records: list[dict[str, Any]]):
     df = pd.DataFrame.from_records(rows, columns=names) if rows else pd.DataFrame(columns=names)
     params = [dict(p or {}) for p in df["params"]] if len(df) else []
     df["params_str"] = [",".join(f"{k}={v}" for k, v in sorted(p.items())) for p in params]
+    if len(df):  # records written before labels were made distinct (harness.config.sweep.expand)
+        triples = zip(df["variant"], df["impl"], params, strict=True)
+        keys = [json.dumps([v, i, p], sort_keys=True, default=str) for v, i, p in triples]
+        df["label"] = distinct_labels([str(x) for x in df["label"]], params, keys)
     for name in sorted({k for p in params for k in p}):
         df[f"param.{name}"] = [p.get(name) for p in params]
     tasks = [t if isinstance(t, dict) else {} for t in df["task"]] if len(df) else []
