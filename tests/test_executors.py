@@ -100,11 +100,18 @@ def test_a_dying_case_is_recorded_crashed_and_the_sweep_goes_on(
     assert all(r["status"] == "ok" for r in others)  # the rest of its group and the other variant ran
     merged = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert sorted(r["case_id"] for r in merged) == sorted(r["case_id"] for r in recs.values())
+
+
+@pytest.mark.slow  # two more full runs; the default run covers resume after a crash inline
+def test_resume_skips_a_crashed_case_unless_asked_to_retry_it(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    path = str(scenario(tmp_path, "segv"))
+    assert cli(path, "--out", str(out), "--quiet", "--no-plots").returncode == 3
     # resume does not run the crashed case again...
-    again = cli(str(scenario(tmp_path, crash)), "--out", str(out), "--resume", "--quiet", "--no-plots")
+    again = cli(path, "--out", str(out), "--resume", "--quiet", "--no-plots")
     assert again.returncode == 3 and "0 cases run" in again.stdout, again.stdout + again.stderr
     # ...unless asked to
-    retry = cli(str(scenario(tmp_path, crash)), "--out", str(out), "--resume", "--retry-crashed", "--quiet")
+    retry = cli(path, "--out", str(out), "--resume", "--retry-crashed", "--quiet")
     assert retry.returncode == 3 and "1 cases run (1 crashed)" in retry.stdout, retry.stdout + retry.stderr
 
 

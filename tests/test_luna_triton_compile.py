@@ -200,6 +200,7 @@ def default_candidate(kernel: str, dtype: str) -> tuple[int, int, int]:
 
 # ----- tests -------------------------------------------------------------------------------------
 @pytest.mark.filterwarnings("ignore:TRITON_DEFAULT_FP_FUSION is unset")
+@pytest.mark.sampled(len(KERNELS))  # every kernel once in the default run, both dtypes under -m slow
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("config", TEST_CONFIGS.values(), ids=TEST_CONFIGS.keys())
 def test_kernel_compiles_for_sm90(config: tuple[str, int], kernel: str) -> None:
