@@ -188,11 +188,7 @@ def recall_lines(df: pd.DataFrame) -> list[str]:
         "some": "Recall learned at some points only (N/pairs)",
         "none": "No recall learned at any point",
     }
-    return [
-        f"- {words[k]}: {', '.join(v) or 'none'}."
-        for k, v in groups.items()
-        if len(ok)
-    ]
+    return [f"- {words[k]}: {', '.join(v) or 'none'}." for k, v in groups.items() if len(ok)]
 
 
 def claims(df: pd.DataFrame) -> list[str]:
