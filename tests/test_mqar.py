@@ -46,6 +46,21 @@ def test_generator_layout() -> None:
     assert (targets[:, :ctx] == IGNORE).all()
 
 
+def test_zero_fillers_leave_only_pairs_and_queries() -> None:
+    """random_non_queries: false (Zoology's published configs): every position that is not a key, a
+    value or a query holds token 0; the pairs, queries and targets are the random-filler draw's."""
+    spec = dataclasses.replace(SPEC, random_non_queries=False)
+    (tokens, targets), (rand_tokens, rand_targets) = (mqar_batch(s, 64, generator(0)) for s in (spec, SPEC))
+    ctx = 2 * SPEC.pairs
+    query = targets != IGNORE
+    filler = ~query
+    filler[:, :ctx] = False
+    assert (tokens[filler] == 0).all() and (tokens[:, :ctx] > 0).all() and (tokens[query] > 0).all()
+    assert torch.equal(targets, rand_targets) and torch.equal(tokens[:, :ctx], rand_tokens[:, :ctx])
+    assert (rand_tokens[filler] != 0).float().mean() > 0.9  # the default: random fillers
+    assert (rand_tokens[filler] < SPEC.vocab // 2).any()  # ... which repeat keys
+
+
 def test_generator_is_deterministic_by_seed() -> None:
     a, b, c = (mqar_batch(SPEC, 8, generator(s)) for s in (3, 3, 4))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])

@@ -65,6 +65,7 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
     "warmup": (0.1, lambda x, w: c.as_float(x, w, minimum=0.0)),
     "weight_decay": (0.1, lambda x, w: c.as_float(x, w, minimum=0.0)),
     "shift": (True, c.as_bool),
+    "random_non_queries": (True, c.as_bool),  # fillers random (Zoology's default) or token 0 (its configs)
 }
 
 
@@ -204,4 +205,6 @@ class MQARKind(BenchmarkKind):
 def _spec(case: Case) -> MQARSpec:
     """The MQAR task point of `case`."""
     task = case.task
-    return MQARSpec(task["vocab"], case.problem.seq_len, task["pairs"], task["power_a"])
+    return MQARSpec(
+        task["vocab"], case.problem.seq_len, task["pairs"], task["power_a"], task["random_non_queries"]
+    )
