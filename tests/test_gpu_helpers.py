@@ -199,7 +199,22 @@ def test_gpu_check_dry_run(tmp_path: Path) -> None:
         and "scenarios/luna_long.yaml: valid" in proc.stdout
     )
     assert f"run_bench.py scenarios/luna_long.yaml --out {out}/luna_long" in proc.stdout
+    # the quality steps at 512 tokens: validated (an invalid one exits 2), off unless given a limit
+    assert "quality_minilm_gpu.yaml" in proc.stdout and "(off: set GPU_CHECK_CAPTURED_S" in proc.stdout
+    assert "quality_minilm_e2e_gpu.yaml" in proc.stdout and "(off: set GPU_CHECK_E2E_S" in proc.stdout
     assert not out.exists()
+    on = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu_check.sh"), "--dry-run", str(out)], capture_output=True, text=True,
+        timeout=240, env={**os.environ, "PYTHON": sys.executable, "GPU_CHECK_E2E_S": "200"},
+    )  # fmt: skip
+    assert on.returncode == 0 and "quality_minilm_e2e   (limit 200 s)" in on.stdout, on.stdout + on.stderr
+    for limit in ("abc", "-5"):
+        env = {**os.environ, "PYTHON": sys.executable, "GPU_CHECK_CAPTURED_S": limit}
+        bad_limit = subprocess.run(
+            ["bash", str(ROOT / "bench" / "gpu_check.sh"), "--dry-run", str(out)], capture_output=True,
+            text=True, timeout=60, env=env,
+        )  # fmt: skip
+        assert bad_limit.returncode == 2 and f"got '{limit}'" in bad_limit.stderr, bad_limit.stderr
     bad = subprocess.run(
         ["bash", str(ROOT / "bench" / "gpu_check.sh"), "--dry-run", str(out)],
         capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHON": "/nonexistent/python"},

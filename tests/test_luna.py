@@ -15,6 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from attentions.luna.cost_model import luna_flop_terms
+from attentions.luna.features import channels_at_zero
 from attentions.luna.fit import distill_loss, luna_row_weights
 from attentions.luna.naive import channel_rms, luna_attention, luna_features
 from attentions.luna.naive import reference as naive_reference
@@ -199,6 +200,44 @@ def test_chunked_never_holds_all_mlp_activations(causal: bool) -> None:
 
 
 # ----- features, weights, causality -----------------------------------------------------------
+def dead_channels(model: LunaAttention, scale: float, seed: int = 0) -> int:
+    """Feature channels that are zero for every token of q = scale * N(0, 1) (B 4, H 2, N 32, d 16)."""
+    q = scale * torch.randn(4, 2, 32, 16, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        phi = luna_features(q, *model.weights()[:6], nonneg=True)
+    return int((phi.amax(dim=(0, 1, 2)) == 0).sum())
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_alive_init_leaves_no_channel_dead(shared: bool) -> None:
+    """Near-zero inputs (the q, k of a freshly initialized model: std ~0.1) put every u_i near 0, so
+    channel l is zero for every token when its output at u = 0 is negative: the default init leaves
+    about half the channels dead, all of them for some seeds. `alive_init` keeps every draw but b2."""
+    params = {"m": 2, "L": 4, "hidden": 16, "shared_channels": shared}
+    dead, all_dead = [], 0
+    for seed in range(12):
+        torch.manual_seed(seed)
+        default = luna(LunaParams(**params), "naive", problem(d=16))
+        torch.manual_seed(seed)
+        alive = luna(LunaParams(alive_init=True, **params), "naive", problem(d=16))
+        w0, w1 = default.weights(), alive.weights()
+        for name in ("W", "b", "w1", "b1", "w2"):
+            assert torch.equal(getattr(w0, name), getattr(w1, name)), name
+        at_zero = channels_at_zero(w0.b1, w0.w2, w0.b2)
+        raised = w1.b2 - w0.b2
+        assert (raised >= 0).all() and torch.equal(raised > 0, at_zero < 16**-0.5)
+        assert (channels_at_zero(w1.b1, w1.w2, w1.b2) >= 16**-0.5 - 1e-6).all()
+        n_dead = dead_channels(default, 0.1, seed)
+        # dead where psi_l(0) < 0 (2 features per channel: m = 2), up to channels within reach of 0
+        assert 2 * int((at_zero < -0.1).sum()) <= n_dead <= 2 * int((at_zero < 0).sum()), (n_dead, at_zero)
+        dead.append(n_dead)
+        all_dead += n_dead == 8
+        assert dead_channels(alive, 0.1, seed) == 0
+    # the old behaviour, measured: a third or more of the features dead; with one shared MLP
+    # (mqar_cpu.yaml's LUNA) seed 0 kills all of them, so the attention outputs 0 / eps = 0
+    assert sum(dead) >= 0.3 * 8 * len(dead) and (all_dead >= 1 or not shared), dead
+
+
 @pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize("envelope", ["none", "learned"])
 def test_nonneg_features_and_weights(shared: bool, envelope: str) -> None:
@@ -267,6 +306,7 @@ def test_ch_rms_is_per_sequence_not_per_batch() -> None:
         {"eps": 0.0},
         {"chunk": 0},
         {"nonneg": 1},
+        {"alive_init": "yes"},
     ],
 )
 def test_params_are_validated(bad: dict) -> None:

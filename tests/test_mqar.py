@@ -46,6 +46,21 @@ def test_generator_layout() -> None:
     assert (targets[:, :ctx] == IGNORE).all()
 
 
+def test_zero_fillers_leave_only_pairs_and_queries() -> None:
+    """random_non_queries: false (Zoology's published configs): every position that is not a key, a
+    value or a query holds token 0; the pairs, queries and targets are the random-filler draw's."""
+    spec = dataclasses.replace(SPEC, random_non_queries=False)
+    (tokens, targets), (rand_tokens, rand_targets) = (mqar_batch(s, 64, generator(0)) for s in (spec, SPEC))
+    ctx = 2 * SPEC.pairs
+    query = targets != IGNORE
+    filler = ~query
+    filler[:, :ctx] = False
+    assert (tokens[filler] == 0).all() and (tokens[:, :ctx] > 0).all() and (tokens[query] > 0).all()
+    assert torch.equal(targets, rand_targets) and torch.equal(tokens[:, :ctx], rand_tokens[:, :ctx])
+    assert (rand_tokens[filler] != 0).float().mean() > 0.9  # the default: random fillers
+    assert (rand_tokens[filler] < SPEC.vocab // 2).any()  # ... which repeat keys
+
+
 def test_generator_is_deterministic_by_seed() -> None:
     a, b, c = (mqar_batch(SPEC, 8, generator(s)) for s in (3, 3, 4))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
@@ -241,3 +256,55 @@ def test_softmax_learns_mqar() -> None:
 
     result = train_one(make, spec, TrainSpec(steps=300, batch=32, lr=1e-2, seed=0))
     assert result.accuracy >= 0.95, result
+
+
+def _row(label: str, variant: str, d: float | None, n: int, pairs: int, seeds: list[float], **extra) -> dict:
+    """One MQAR record as the report's DataFrame holds it (best lr of a one-rate grid)."""
+    mean = sum(seeds) / len(seeds)
+    return {"label": label, "variant": variant, "feature_dim": d, "exact": d is None, "seq_len": n,
+            "task.pairs": pairs, "status": "ok", "reason": None, "mqar_accuracy": mean,
+            "mqar_chance": 1 / 32, "mqar_seed_accuracy": seeds, "mqar_best_lr": 3e-3,
+            "mqar_lr_accuracy": [mean], **extra}  # fmt: skip
+
+
+def test_results_carry_mean_and_spread_over_seeds(tmp_path: Path) -> None:
+    from harness.kinds.mqar.kind import _set_results, seed_spread
+    from harness.kinds.mqar.train import RunResult
+    from harness.results.case_record import new_record
+
+    case, ctx = _first_case(tmp_path, "true")
+    runs = [RunResult(lr, s, acc, 0.5, 1.0) for lr, s, acc in
+            [(1e-3, 0, 0.2), (1e-3, 1, 0.3), (3e-3, 0, 0.5), (3e-3, 1, 0.7)]]  # fmt: skip
+    rec = new_record(case, ctx, "mqar")
+    _set_results(rec, runs, (1e-3, 3e-3), (0, 1))
+    assert rec.get("mqar_best_lr") == 3e-3 and rec.get("mqar_accuracy") == pytest.approx(0.6)
+    assert rec.get("mqar_accuracy_sd") == pytest.approx(0.2 / 2**0.5)  # sample sd (n - 1) of 0.5, 0.7
+    assert rec.get("mqar_seed_accuracy") == [0.5, 0.7] and rec.get("mqar_accuracy_min") == 0.5
+    one = new_record(case, ctx, "mqar")
+    _set_results(one, runs[2:3], (3e-3,), (0,))
+    assert one.get("mqar_accuracy_sd") is None and seed_spread([0.4]) is None  # no spread from one seed
+
+
+def test_report_shows_both_baselines_spread_and_recall() -> None:
+    from harness.kinds.mqar.report import mqar_section
+
+    df = pd.DataFrame([
+        _row("softmax", "softmax", None, 32, 8, [1.0, 1.0], mqar_accuracy_sd=0.0),
+        _row("softmax", "softmax", None, 64, 8, [0.98, 1.0], mqar_accuracy_sd=0.0141),
+        _row("linear", "linear", 16, 32, 8, [0.40, 0.60], mqar_accuracy_sd=0.1414),
+        _row("linear", "linear", 16, 64, 8, [0.10, 0.12], mqar_accuracy_sd=0.0141),
+        _row("window(window=4)", "window", 4, 32, 8, [0.11, 0.13]),  # no sd metric: from the seeds
+        _row("window(window=4)", "window", 4, 64, 8, [0.12, 0.12]),
+        _row("performer(features=8)", "performer", 8, 32, 8, [0.05, 0.35]),
+    ])  # fmt: skip
+    text = "\n".join(mqar_section(df, {"task": {"seeds": [0, 1]}}, {}))
+    assert "| _chance (uniform value)_ " in text and "| _copy from context (1 / pairs)_ " in text
+    assert text.count("0.125") >= 2 and text.count("0.031") >= 2  # each baseline under each point
+    assert "**0.500** ± 0.141" in text and "**0.120** ± 0.014 (no recall learned)" in text
+    assert "**0.990** ± 0.014" in text and "(lr" not in text  # a one-rate grid names no lr
+    assert "**0.200** ± 0.212 (a seed at copy)" in text  # mean above 0.125, seed 0.05 below
+    assert "at every point: `softmax`, `performer(features=8)`." in text
+    assert "at some points only (N/pairs): `linear` (N=32/8)." in text
+    assert "No recall learned at any point: `window(window=4)`." in text
+    by_d = text.split("### Accuracy against D")[1]
+    assert by_d.index("| 32, 8 ") < by_d.index("| 64, 8 ")  # grouped by point, not interleaved

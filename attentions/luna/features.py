@@ -37,16 +37,28 @@ class LunaWeights(NamedTuple):
 
 
 def init_luna_params(
-    d: int, m: int, L: int, hidden: int, shared_channels: bool, generator: torch.Generator | None = None
+    d: int,
+    m: int,
+    L: int,
+    hidden: int,
+    shared_channels: bool,
+    generator: torch.Generator | None = None,
+    alive: bool = False,
 ) -> dict[str, Tensor]:
-    """Initial parameters: W ~ N(0, 1/d), b = 0; MLP layers as torch.nn.Linear's default init."""
+    """Initial parameters: W ~ N(0, 1/d), b = 0; MLP layers as torch.nn.Linear's default init.
+
+    `alive`: the same draws, then each channel's output bias b2_l is raised just enough that the
+    channel's pre-ReLU output at u = 0 is at least 1/sqrt(hidden) (b2's init bound). Without it a
+    channel whose output at u = 0 is negative (about half of them) is zero for every token whose u
+    is near 0, and a freshly initialized model's q, k are that small: such a channel is all zero,
+    passes no gradient, and stays dead (channels_at_zero shows the values)."""
     G = 1 if shared_channels else L
     bound2 = 1.0 / math.sqrt(hidden)
 
     def uniform(shape: tuple[int, ...], bound: float) -> Tensor:
         return (torch.rand(shape, generator=generator) * 2 - 1) * bound
 
-    return {
+    params = {
         "W": torch.randn(m, d, generator=generator) / math.sqrt(d),
         "b": torch.zeros(m),
         "w1": uniform((G, hidden), 1.0),
@@ -56,6 +68,17 @@ def init_luna_params(
         "env_a": torch.zeros(d),
         "env_c": torch.full((), ENVELOPE_C0),
     }
+    if alive:
+        at_zero = channels_at_zero(params["b1"], params["w2"], params["b2"])
+        params["b2"] = params["b2"] + (bound2 - at_zero).clamp_min(0.0)
+    return params
+
+
+def channels_at_zero(b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
+    """Each channel's pre-ReLU output psi_l(0) = w2_l . ReLU(b1_g) + b2_l at u = 0 (the projection's
+    value for an input x = 0). b1 (G, hidden), w2 (L, hidden), b2 (L,) -> (L,)."""
+    rows = torch.arange(w2.shape[0], device=b1.device).clamp(max=b1.shape[0] - 1)  # g = min(l, G - 1)
+    return (F.relu(b1[rows]) * w2).sum(-1) + b2
 
 
 def luna_features(x: Tensor, w: LunaWeights, nonneg: bool = True) -> Tensor:

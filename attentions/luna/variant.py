@@ -76,11 +76,12 @@ class LunaParams:
     eps: float = 1e-6  # in the attention denominator and the channel RMS
     chunk: int = 128  # token block of the chunked impl
     window: int = 0  # > 0: exact softmax scores in a sliding window, phi scores outside (LoLCATs hybrid)
+    alive_init: bool = False  # raise b2 at init so that no channel starts dead at u = 0 (features.py)
 
     def __post_init__(self) -> None:
         for name, low in (("m", 1), ("L", 1), ("hidden", 1), ("chunk", 1), ("window", 0)):
             _check_int(name, getattr(self, name), low)
-        for name in ("shared_channels", "nonneg", "ch_rms"):
+        for name in ("shared_channels", "nonneg", "ch_rms", "alive_init"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"luna param {name} must be a bool, got {getattr(self, name)!r}")
         if self.envelope not in ENVELOPES:
@@ -159,7 +160,9 @@ class LunaAttention(AttentionVariant):
         dtype: str = "fp32",
     ) -> None:
         super().__init__(params, impl, heads, head_dim, device, dtype)
-        init = init_luna_params(head_dim, params.m, params.L, params.hidden, params.shared_channels)
+        init = init_luna_params(
+            head_dim, params.m, params.L, params.hidden, params.shared_channels, alive=params.alive_init
+        )
         names = ["W", "b", "w1", "b1", "w2", "b2"]
         if params.envelope == "learned":
             names += ["env_a", "env_c"]

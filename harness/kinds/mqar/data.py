@@ -7,8 +7,13 @@ the start, `k1 v1 k2 v2 ...` (keys drawn without replacement from the lower half
 vocabulary, token 0 excluded, values from the upper half), then each key once more as a query,
 at even offsets of the rest of the sequence with power-law spacing (gap g in 0..N/2-pairs-1
 drawn with probability ~ g^(power_a - 1), without replacement; small power_a puts most queries
-close to the pairs). Every other position holds a random token. The target of a query position
-is the value bound to its key; every other position has target IGNORE (no loss, no accuracy).
+close to the pairs). Every other position holds a random token (`random_non_queries`, Zoology's
+function default) or token 0 (`random_non_queries: false`, as Zoology's published configurations
+set it, e.g. experiments/paper_configs/iclr24_zoology_figure2/configs.py: random fillers are drawn
+from the whole vocabulary, so with a small vocabulary or a long sequence they repeat keys, each
+followed by a random token: a harder task that asks for the first occurrence of the key). The target
+of a query position is the value bound to its key; every other position has target IGNORE (no
+loss, no accuracy).
 
 Written with torch here (Zoology uses numpy's per-row `apply_along_axis`): `torch.multinomial`
 draws all rows at once, without replacement, from one seeded generator.
@@ -32,6 +37,7 @@ class MQARSpec:
     seq_len: int
     pairs: int
     power_a: float = 0.01
+    random_non_queries: bool = True  # fillers: random tokens (True) or token 0 (False)
 
     def problems(self) -> list[str]:
         """Why this combination cannot be generated (empty: it can)."""
@@ -74,7 +80,10 @@ def mqar_batch(spec: MQARSpec, batch: int, gen: torch.Generator) -> tuple[Tensor
     space = (n - context) // 2  # query slots: offsets 0, 2, ..., 2 * (space - 1) after the context
     gaps = torch.arange(1, space + 1, dtype=torch.float64) ** (spec.power_a - 1)
     slots = _sample_rows(gaps, batch, p, gen)  # (batch, p) distinct slot per query
-    inputs = torch.randint(0, spec.vocab, (batch, n), generator=gen)  # the filler tokens
+    if spec.random_non_queries:
+        inputs = torch.randint(0, spec.vocab, (batch, n), generator=gen)  # the filler tokens
+    else:
+        inputs = torch.zeros((batch, n), dtype=torch.long)  # token 0: never a key, value or query
     inputs[:, 0:context:2], inputs[:, 1:context:2] = keys, values
     query_pos = context + 2 * slots  # (batch, p)
     inputs.scatter_(1, query_pos, keys)

@@ -4,12 +4,13 @@ associative recall, and record its accuracy on held-out sequences.
 A case is one variant configuration (its params set the feature dimension D) at one sequence
 length (`problem.seq_len`) and one number of key-value pairs (`task.pairs`, a task axis). The
 case trains one model per (learning rate, seed) of the `task:` block, all for `train_steps`
-steps, and reports the best rate's accuracy (mean over seeds). The problem gives the shapes:
-`batch` is the training batch, `heads` x `head_dim` the model width; MQAR trains causally with a
-backward pass in fp32, so cases with `causal: false`, a mode other than `fwd_bwd` or another
-dtype are skipped with the reason, as are variants that cannot run causally or have no backward.
-Learnable variants (LUNA, Luna nested) train end to end with the model: their feature maps are
-model parameters, and no distillation fit runs.
+steps, and reports the best rate's accuracy: its mean over seeds and their spread (sample
+standard deviation). The problem gives the shapes: `batch` is the training batch, `heads` x
+`head_dim` the model width; MQAR trains causally with a backward pass in fp32, so cases with
+`causal: false`, a mode other than `fwd_bwd` or another dtype are skipped with the reason, as
+are variants that cannot run causally or have no backward. Learnable variants (LUNA, Luna
+nested) train end to end with the model: their feature maps are model parameters, and no
+distillation fit runs.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
     "warmup": (0.1, lambda x, w: c.as_float(x, w, minimum=0.0)),
     "weight_decay": (0.1, lambda x, w: c.as_float(x, w, minimum=0.0)),
     "shift": (True, c.as_bool),
+    "random_non_queries": (True, c.as_bool),  # fillers random (Zoology's default) or token 0 (its configs)
 }
 
 
@@ -83,6 +85,14 @@ def skip_reasons(case: Case, spec: MQARSpec) -> list[str]:
     return reasons + spec.problems()
 
 
+def seed_spread(values: list[float]) -> float | None:
+    """Sample standard deviation (n - 1) of the seeds' accuracies; None under 2 seeds."""
+    if len(values) < 2:
+        return None
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((x - mean) ** 2 for x in values) / (len(values) - 1))
+
+
 def _set_results(rec: Record, runs: list[RunResult], lrs: tuple[float, ...], seeds: tuple[int, ...]) -> None:
     """The best learning rate (mean accuracy over seeds) and its figures; every run in info."""
     mean = {lr: sum(r.accuracy for r in runs if r.lr == lr) / len(seeds) for lr in lrs}
@@ -91,6 +101,8 @@ def _set_results(rec: Record, runs: list[RunResult], lrs: tuple[float, ...], see
     rec.set("mqar_accuracy", mean[best])
     rec.set("mqar_accuracy_min", min(r.accuracy for r in at_best))
     rec.set("mqar_seed_accuracy", [r.accuracy for r in at_best])
+    if (sd := seed_spread([r.accuracy for r in at_best])) is not None:
+        rec.set("mqar_accuracy_sd", sd)
     rec.set("mqar_best_lr", best)
     rec.set("mqar_lr_accuracy", [mean[lr] for lr in lrs])
     losses = [r.final_loss for r in at_best]
@@ -193,4 +205,6 @@ class MQARKind(BenchmarkKind):
 def _spec(case: Case) -> MQARSpec:
     """The MQAR task point of `case`."""
     task = case.task
-    return MQARSpec(task["vocab"], case.problem.seq_len, task["pairs"], task["power_a"])
+    return MQARSpec(
+        task["vocab"], case.problem.seq_len, task["pairs"], task["power_a"], task["random_non_queries"]
+    )

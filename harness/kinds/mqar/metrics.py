@@ -22,6 +22,9 @@ MQAR: tuple[Metric, ...] = (
            title="MQAR accuracy", decimals=3, table=False, gate=Gate(abs=0.05)),
     Metric("mqar_accuracy_min", "1", "higher", "the worst seed's accuracy at the best learning rate", "task",
            measured_by="mqar", title="MQAR accuracy, worst seed", decimals=3, table=False),
+    Metric("mqar_accuracy_sd", "1", None, "spread of the seeds' accuracies at the best learning rate: their "
+           "sample standard deviation (n - 1); only with 2 seeds or more", "task", measured_by="mqar",
+           title="MQAR accuracy, spread over seeds", decimals=3, table=False),
     Metric("mqar_seed_accuracy", "1", None, "accuracy of each seed at the best learning rate, in `seeds` "
            "order", "task", measured_by="mqar", title="accuracy per seed", table=False),
     Metric("mqar_best_lr", "1", None, "the learning rate of the grid with the best mean accuracy", "task",

@@ -1,15 +1,18 @@
 """The report's MQAR section (records of `kind: mqar`, harness/kinds/mqar) and its plot.
 
-Accuracy on held-out sequences per variant configuration and (length, pairs) point, with the
-best learning rate and the accuracy per seed; accuracy against the feature dimension D per
-variant; and the two claims the task exists for: the exact configurations' accuracy, and how far
-apart the linear-cost (non-exact) configurations are at each point. Shown only when the run has
-MQAR records. A result at or below the copy-from-context baseline (1 / pairs: answering with any
-value of the sequence) is marked "no recall learned".
+Accuracy on held-out sequences per variant configuration and (length, pairs) point, as the mean
+over seeds ± their spread (sample standard deviation) at the best learning rate, under the two
+baselines of each point (uniform chance over the value tokens; copy from context, 1 / pairs:
+answering with any value of the sequence); accuracy against the feature dimension D per variant;
+which configurations learned recall; and the two claims the task exists for: the exact
+configurations' accuracy, and how far apart the linear-cost (non-exact) configurations are at
+each point. Shown only when the run has MQAR records. A mean at or below the copy-from-context
+baseline is marked "no recall learned".
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +34,40 @@ def with_pairs(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(pairs=pd.to_numeric(pairs, errors="coerce"))
 
 
-def _no_recall(row: dict[str, Any]) -> bool:
-    """Whether an ok result sits at or below the copy-from-context baseline (1 / pairs)."""
-    acc, pairs = finite(row.get("mqar_accuracy")), finite(row.get("pairs"))
+def _no_recall(row: dict[str, Any], acc: float | None = None) -> bool:
+    """Whether an ok result (or `acc`, e.g. one seed's) sits at or below the copy-from-context
+    baseline (1 / pairs)."""
+    acc = finite(row.get("mqar_accuracy")) if acc is None else acc
+    pairs = finite(row.get("pairs"))
     return acc is not None and pairs is not None and acc <= 1.0 / pairs + 1e-9
+
+
+def _seeds(row: dict[str, Any]) -> list[float]:
+    """The accuracy of each seed at the best learning rate (empty when not recorded)."""
+    seeds = row.get("mqar_seed_accuracy")
+    if not isinstance(seeds, list | tuple):
+        return []
+    return [x for s in seeds if (x := finite(s)) is not None]
+
+
+def spread(row: dict[str, Any]) -> float | None:
+    """The spread over seeds: `mqar_accuracy_sd`, or for records written before it, the sample
+    standard deviation of `mqar_seed_accuracy`; None with one seed."""
+    if (sd := finite(row.get("mqar_accuracy_sd"))) is not None:
+        return sd
+    seeds = _seeds(row)
+    if len(seeds) < 2:
+        return None
+    mean = sum(seeds) / len(seeds)
+    return math.sqrt(sum((x - mean) ** 2 for x in seeds) / (len(seeds) - 1))
+
+
+def mean_spread(row: dict[str, Any], bold: bool = False) -> str:
+    """`0.512 ± 0.034` (mean over seeds ± their spread), `0.512` with one seed."""
+    acc = finite(row.get("mqar_accuracy"))
+    text = f"**{acc:.3f}**" if bold else f"{acc:.3f}"
+    sd = spread(row)
+    return text + (f" ± {sd:.3f}" if sd is not None else "")
 
 
 def _points(df: pd.DataFrame) -> list[tuple[int, int]]:
@@ -57,24 +90,40 @@ def _acc(row: dict[str, Any]) -> float | None:
 
 
 def _cell(row: dict[str, Any], notes: dict[str, int]) -> str:
-    """`0.984 (lr 3e-3; seeds 0.98/0.99)`, or the status with a footnote."""
+    """`**0.984** ± 0.006 (lr 0.003)`, with "no recall learned" at or below the copy baseline and
+    "a seed at copy" when the mean is above it but some seed is not; or the status with a footnote.
+    The learning rate is named only when the grid had several."""
     acc = _acc(row)
     if acc is None:
         key = f"{row['status']}: {row.get('reason') or ''}"
         notes.setdefault(key, len(notes) + 1)
         return f"{row['status']}[^m{notes[key]}]"
-    extras = [f"lr {lr:g}"] if (lr := finite(row.get("mqar_best_lr"))) is not None else []
-    seeds = row.get("mqar_seed_accuracy")
-    if isinstance(seeds, list | tuple) and len(seeds) > 1:
-        extras.append("seeds " + "/".join(f"{s:.2f}" for s in seeds))
+    grid = row.get("mqar_lr_accuracy")
+    several = not isinstance(grid, list | tuple) or len(grid) > 1
+    lr = finite(row.get("mqar_best_lr"))
+    extras = [f"lr {lr:g}"] if several and lr is not None else []
     if _no_recall(row):
         extras.insert(0, "no recall learned")
-    return f"**{acc:.3f}**" + (f" ({'; '.join(extras)})" if extras else "")
+    elif any(_no_recall(row, s) for s in _seeds(row)):
+        extras.insert(0, "a seed at copy")
+    return mean_spread(row, bold=True) + (f" ({'; '.join(extras)})" if extras else "")
+
+
+def _baseline_rows(df: pd.DataFrame) -> list[dict[str, str]]:
+    """The two baselines of each (N, pairs) column: uniform chance and copy from context."""
+    chance, copy = {"configuration": "_chance (uniform value)_", "D": "—"}, {
+        "configuration": "_copy from context (1 / pairs)_", "D": "—"}  # fmt: skip
+    for n, p in _points(df):
+        at = df[(df["seq_len"] == n) & (df["pairs"] == p)]
+        values = at["mqar_chance"].dropna() if "mqar_chance" in at else pd.Series(dtype=float)
+        chance[f"N={n}, pairs={p}"] = f"{values.iloc[0]:.3f}" if len(values) else "—"
+        copy[f"N={n}, pairs={p}"] = f"{1.0 / p:.3f}"
+    return [chance, copy]
 
 
 def _accuracy_table(df: pd.DataFrame, notes: dict[str, int]) -> str:
-    """Rows: configurations (with D); columns: (N, pairs)."""
-    out = []
+    """Rows: the two baselines, then configurations (with D); columns: (N, pairs)."""
+    out = _baseline_rows(df)
     for label in _order(df):
         rows = df[df["label"] == label]
         first = rows.iloc[0]
@@ -90,21 +139,56 @@ def _accuracy_table(df: pd.DataFrame, notes: dict[str, int]) -> str:
     return pd.DataFrame(out).to_markdown(index=False, disable_numparse=True)
 
 
+def _best(rows: pd.DataFrame) -> dict[str, Any] | None:
+    """The row with the highest mean accuracy (None when there is none)."""
+    return rows.loc[rows["mqar_accuracy"].idxmax()].to_dict() if len(rows) else None
+
+
 def _by_d_table(df: pd.DataFrame) -> str:
-    """Rows: (variant, N, pairs); columns: D; cells: accuracy (exact variants: one column)."""
+    """Rows: (N, pairs, variant); columns: D; cells: mean ± spread of the variant's best configuration
+    at that D (exact variants: one column)."""
     ok = df[df["status"] == "ok"].assign(_d=pd.to_numeric(df["feature_dim"], errors="coerce"))
     dims = sorted({int(d) for d in ok["_d"].dropna()})
+    variants = list(dict.fromkeys(ok["variant"]))
     out = []
-    for (variant, n, p), rows in ok.groupby(["variant", "seq_len", "pairs"], sort=False):
-        line = {"variant": f"`{variant}`", "N, pairs": f"{n}, {int(p)}"}
-        for d in dims:
-            at = rows[rows["_d"] == d]["mqar_accuracy"]
-            line[f"D={d}"] = f"{at.max():.3f}" if len(at) else ""
-        if rows["exact"].all():
-            line["exact"] = f"{rows['mqar_accuracy'].max():.3f}"
-        out.append(line)
+    for n, p in _points(ok):
+        for variant in variants:
+            rows = ok[(ok["variant"] == variant) & (ok["seq_len"] == n) & (ok["pairs"] == p)]
+            if not len(rows):
+                continue
+            line = {"N, pairs": f"{n}, {int(p)}", "variant": f"`{variant}`"}
+            for d in dims:
+                best = _best(rows[rows["_d"] == d])
+                line[f"D={d}"] = mean_spread(best) if best is not None else ""
+            if rows["exact"].all():
+                line["exact"] = mean_spread(_best(rows))
+            out.append(line)
     frame = pd.DataFrame(out).fillna("")
     return frame.to_markdown(index=False, disable_numparse=True) if len(frame) else ""
+
+
+def recall_lines(df: pd.DataFrame) -> list[str]:
+    """Which configurations learned recall (mean above the copy baseline) at every, some or no point
+    they ran at."""
+    ok = df[df["status"] == "ok"]
+    groups: dict[str, list[str]] = {"every": [], "some": [], "none": []}
+    for label in _order(ok):
+        rows = ok[ok["label"] == label]
+        above = [(int(n), int(p)) for n, p, r in zip(rows["seq_len"], rows["pairs"], rows.to_dict("records"),
+                                                     strict=True) if not _no_recall(r)]  # fmt: skip
+        name = f"`{md_cell(label)}`"
+        if len(above) == len(rows):
+            groups["every"].append(name)
+        elif above:
+            groups["some"].append(name + " (" + ", ".join(f"N={n}/{p}" for n, p in sorted(above)) + ")")
+        else:
+            groups["none"].append(name)
+    words = {
+        "every": "Recall learned (mean above the copy baseline) at every point",
+        "some": "Recall learned at some points only (N/pairs)",
+        "none": "No recall learned at any point",
+    }
+    return [f"- {words[k]}: {', '.join(v) or 'none'}." for k, v in groups.items() if len(ok)]
 
 
 def claims(df: pd.DataFrame) -> list[str]:
@@ -150,8 +234,9 @@ def mqar_section(df: pd.DataFrame, scenario: dict | None, plot_files: dict[str, 
         "",
         "_Multi-query associative recall (Zoology, arXiv 2312.04927): accuracy of a tiny causal model "
         "with the variant as its attention, trained per (learning rate, seed) and measured on held-out "
-        "sequences; the best learning rate's mean over seeds is shown. Learnable variants train end to end "
-        "with the model (no distillation fit). D = the variant's feature dimension._",
+        "sequences; the best learning rate's mean over seeds ± their spread (sample standard deviation) is "
+        "shown. Learnable variants train end to end with the model (no distillation fit). D = the variant's "
+        "feature dimension._",
         "",
         f"Task: {', '.join(facts) or 'defaults'}"
         + (f"; chance accuracy {chance:.3f}" if chance is not None else "")
@@ -159,7 +244,7 @@ def mqar_section(df: pd.DataFrame, scenario: dict | None, plot_files: dict[str, 
         + ".",
         "",
     ]
-    lines += claims(df) + [""]
+    lines += claims(df) + recall_lines(df) + [""]
     if STATE_PLOT in plot_files:
         lines += [
             "Accuracy against the recurrent state each configuration keeps per sequence (Zoology / Based "
@@ -181,7 +266,8 @@ def mqar_section(df: pd.DataFrame, scenario: dict | None, plot_files: dict[str, 
 
 def mqar_plot(df: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
     """plots/mqar_accuracy_vs_d.png: accuracy against D, a panel per (N, pairs), a line per variant
-    (exact variants as a dashed level); {} when no MQAR record is ok."""
+    with the spread over seeds as error bars (exact variants as a dashed level); {} when no MQAR
+    record is ok."""
     df = with_pairs(df)
     ok = df[df["status"] == "ok"] if len(df) else df
     if not len(ok):
@@ -200,8 +286,11 @@ def mqar_plot(df: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
             if rows["exact"].all():
                 ax.axhline(rows["mqar_accuracy"].max(), ls="--", color=colors[variant], label=variant)
                 continue
-            line = rows.assign(_d=dims[rows.index]).groupby("_d")["mqar_accuracy"].max().sort_index()
-            ax.plot(line.index, line.values, marker="o", color=colors[variant], label=variant)
+            at_d = rows.assign(_d=dims[rows.index]).dropna(subset=["_d"])
+            best = at_d.loc[at_d.groupby("_d")["mqar_accuracy"].idxmax()].sort_values("_d")
+            sd = [spread(r) or 0.0 for r in best.to_dict("records")]
+            ax.errorbar(best["_d"], best["mqar_accuracy"], yerr=sd if any(sd) else None, marker="o",
+                        capsize=3, color=colors[variant], label=variant)  # fmt: skip
         if "mqar_chance" in at and at["mqar_chance"].notna().any():
             ax.axhline(at["mqar_chance"].dropna().iloc[0], ls=":", color="grey", label="chance")
         ax.axhline(1.0 / p, ls="-.", color="grey", lw=0.8, label="copy baseline (1/pairs)")
