@@ -30,7 +30,8 @@ def readme_rows(text: str) -> list[tuple[str, str, str, str, str]]:
         if len(cells) != 4:
             continue
         label, case, metric, value = cells
-        rows.append((run, label.strip("`"), case, metric.strip("`"), value))
+        name = re.search(r"`([^`]+)`", label)  # the record's label; words after it are for readers
+        rows.append((run, name.group(1) if name else label, case, metric.strip("`"), value))
     return rows
 
 
@@ -118,5 +119,5 @@ def test_a_stale_figure_fails() -> None:
     found = matches(records, "luna(m=4)", "local, N 2048, fwd", "skill", "0.05")
     assert holds(found, "0.05") and not holds(found, "0.20") and not holds(found, "0.053")
     assert not matches(records, "luna(m=8)", "local, N 2048", "skill", "0.05")
-    text = "| [r](results/x/report.md) | `a` | N 2048 | `skill` | 0.96 |\n| not | a | row |\n"
+    text = "| [r](results/x/report.md) | `a` (D 8) | N 2048 | `skill` | 0.96 |\n| not | a | row |\n"
     assert readme_rows(text) == [("results/x", "a", "N 2048", "skill", "0.96")]

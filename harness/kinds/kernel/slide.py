@@ -35,7 +35,7 @@ def slide_plot(df: pd.DataFrame, out_dir: Path) -> Path | None:
         return None
     regimes = list(dict.fromkeys(rows["input_dist"]))
     labels = list(dict.fromkeys(rows["label"]))
-    colour = {label: colormaps["tab10"](i % 10) for i, label in enumerate(labels)}
+    colour = {label: colormaps["tab20"](i % 20) for i, label in enumerate(labels)}
     fig = Figure(figsize=(4.6 * len(regimes) + 2.4, 4.4))
     axes = fig.subplots(1, len(regimes), sharey=True, sharex=True, squeeze=False)
     for ax, regime in zip(axes[0], regimes, strict=True):
