@@ -45,8 +45,10 @@ def test_the_planted_variant_repeats_real_linear_attention(tmp_path: Path, monke
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # about 24 runs of 10 cases, each >= 400 ms of samples: minutes, not seconds
 def test_a_small_power_run_reports_every_figure(tmp_path: Path) -> None:
-    cmd = [sys.executable, "benchmarks/regress_power.py", "--tries", "1", "--aa", "1", "--ab-tries", "1"]
+    cmd = [sys.executable, "benchmarks/regress_power.py", "--executor", "inline", "--tries", "1", "--aa", "1"]
+    cmd += ["--ab-tries", "1"]
     cmd += ["--ab-aa", "1", "--min-rounds", "2", "--max-rounds", "2", "--history-runs", "6"]
     cmd += ["--history-after", "1", "--out", str(tmp_path)]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
