@@ -150,7 +150,15 @@ def fast_ratio(base: list[float], head: list[float]) -> float | None:
     b, h = np.asarray(base, dtype=np.float64), np.asarray(head, dtype=np.float64)
     if b.size == 0 or h.size == 0 or not (b.min() > 0 and h.min() > 0):
         return None
-    return float(np.quantile(h, FAST_QUANTILE) / np.quantile(b, FAST_QUANTILE))
+    return float(fast_time(h) / fast_time(b))
+
+
+def fast_time(samples: Any) -> float | None:
+    """The FAST_QUANTILE quantile of raw time samples (ms; non-positive or non-numeric ones left
+    out), None without any: what `fast_ratio` compares and `history` stores as `time_ms_fast`."""
+    given = samples if samples is not None else ()  # an array has no truth value: no `samples or ()`
+    vals = [float(x) for x in given if isinstance(x, int | float) and x > 0]
+    return float(np.quantile(vals, FAST_QUANTILE)) if vals else None
 
 
 def noise_reason(ratio: float | None, drift: Drift, label: str | None = None) -> str | None:

@@ -29,7 +29,7 @@ import pandas as pd
 from harness.common.errors import UserError
 from harness.common.files import atomic_path, ensure_dir
 from harness.measure.canary import WORKLOADS, read_canary
-from harness.regress.drift import FAST_QUANTILE
+from harness.regress.drift import fast_time
 from harness.regress.runs import CompareInputError, gated_metrics_for, load_run
 
 CASE_KEYS = ("case_id", "label", "variant", "impl", "seq_len", "dtype", "causal", "mode", "device")
@@ -37,7 +37,7 @@ METRICS = (
     "time_ms_median", "time_ms_p20", "time_ms_p80", "time_ms_fast", "n_samples", "noise", "peak_mem_bytes",
     "rel_err",
 )  # fmt: skip
-# time_ms_fast: the FAST_QUANTILE quantile of the case's raw samples (regress/drift.py), what
+# time_ms_fast: the fastest tenth of the case's raw samples (regress/drift.py `fast_time`), what
 # `history check` judges time on: load only ever adds time to a sample, so the fastest samples move
 # with the code and far less with the machine's load than the median does
 RUN_KEYS = (
@@ -92,14 +92,6 @@ def canary_summary(run_dir: Path) -> dict[str, float | None]:
     out["canary_points"] = float(len(points))
     out["canary_spread"] = 1.4826 * float(np.median(np.abs(np.asarray(index) - np.median(index))))
     return out
-
-
-def fast_time(samples: Any) -> float | None:
-    """The FAST_QUANTILE quantile of a record's raw time samples (ms), None without samples."""
-    import numpy as np
-
-    vals = [float(x) for x in samples or () if isinstance(x, int | float) and x > 0]
-    return float(np.quantile(vals, FAST_QUANTILE)) if vals else None
 
 
 def run_frame(
