@@ -49,7 +49,6 @@ def test_older_records_with_one_label_for_two_configurations_are_told_apart() ->
 
 
 def test_a_swept_label_gets_the_fixed_difference_inside_its_parentheses() -> None:
-    keys = ["a", "b", "c"]
-    params = [{"f": 8, "seed": 0}, {"f": 8, "seed": 1}, {"f": 16, "seed": 0}]
-    out = distinct_labels(["p(f=8)", "p(f=8)", "p(f=16)"], params, keys)
+    rows = [("p(f=8)", "p", "x", {"f": 8, "seed": 0}), ("p(f=8)", "p", "x", {"f": 8, "seed": 1})]
+    out = distinct_labels([*rows, ("p(f=16)", "p", "x", {"f": 16, "seed": 0})])
     assert out == ["p(f=8,seed=0)", "p(f=8,seed=1)", "p(f=16)"]

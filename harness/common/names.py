@@ -1,8 +1,10 @@
-"""Did-you-mean for names the user typed (scenario keys, plugin names, subcommands)."""
+"""Names: did-you-mean for names the user typed (scenario keys, plugin names, subcommands), and
+labels that tell configurations apart."""
 
 from __future__ import annotations
 
 import difflib
+import json
 
 
 def suggest(name: str, choices: list[str]) -> str:
@@ -11,13 +13,14 @@ def suggest(name: str, choices: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def distinct_labels(labels: list[str], params: list[dict], keys: list[str]) -> list[str]:
-    """Labels that tell configurations apart: where rows of different configurations (`keys`,
-    e.g. variant, impl and params as text) share a label, each gets the parameters whose values
-    differ among them appended, `luna[chunked]` -> `luna[chunked](window=0)` and
-    `luna[chunked](window=64)`. labels, params, keys: one entry per row (case or record)."""
+def distinct_labels(rows: list[tuple[str, str, str, dict]]) -> list[str]:
+    """Labels that tell configurations apart. rows: (label, variant, impl, params), one per case or
+    record; where rows of different configurations (variant, impl, params) share a label, each
+    gets the parameters whose values differ among them appended, `luna[chunked]` ->
+    `luna[chunked](window=0)` and `luna[chunked](window=64)`."""
+    keys = [json.dumps([v, i, p], sort_keys=True, default=str) for _, v, i, p in rows]
     configs: dict[str, dict[str, dict]] = {}
-    for label, p, key in zip(labels, params, keys, strict=True):
+    for (label, _, _, p), key in zip(rows, keys, strict=True):
         configs.setdefault(label, {})[key] = p or {}
     renamed: dict[tuple[str, str], str] = {}
     for label, by_key in configs.items():
@@ -30,4 +33,4 @@ def distinct_labels(labels: list[str], params: list[dict], keys: list[str]) -> l
             if not extra:
                 continue
             renamed[label, key] = f"{label[:-1]},{extra})" if label.endswith(")") else f"{label}({extra})"
-    return [renamed.get((label, key), label) for label, key in zip(labels, keys, strict=True)]
+    return [renamed.get((row[0], key), row[0]) for row, key in zip(rows, keys, strict=True)]

@@ -140,8 +140,7 @@ def expand(scenario: Scenario, device: str, only: list[str] | None = None) -> li
                         point = tuple((name, task[name]) for name in axes)
                         case = Case(case_id, entry.name, impl, params, label, problem, fit, config_key, spec)
                         cases.append(dataclasses.replace(case, task=task, point=point))
-    keys = [json.dumps([c.variant, c.impl, c.params], sort_keys=True, default=str) for c in cases]
-    labels = distinct_labels([c.label for c in cases], [c.params for c in cases], keys)
+    labels = distinct_labels([(c.label, c.variant, c.impl, c.params) for c in cases])
     return [
         c if c.label == lab else dataclasses.replace(c, label=lab)
         for c, lab in zip(cases, labels, strict=True)

@@ -252,9 +252,8 @@ def to_dataframe(records: list[dict[str, Any]]):
     params = [dict(p or {}) for p in df["params"]] if len(df) else []
     df["params_str"] = [",".join(f"{k}={v}" for k, v in sorted(p.items())) for p in params]
     if len(df):  # records written before labels were made distinct (harness.config.sweep.expand)
-        triples = zip(df["variant"], df["impl"], params, strict=True)
-        keys = [json.dumps([v, i, p], sort_keys=True, default=str) for v, i, p in triples]
-        df["label"] = distinct_labels([str(x) for x in df["label"]], params, keys)
+        rows = zip(df["label"].astype(str), df["variant"], df["impl"], params, strict=True)
+        df["label"] = distinct_labels(list(rows))
     for name in sorted({k for p in params for k in p}):
         df[f"param.{name}"] = [p.get(name) for p in params]
     tasks = [t if isinstance(t, dict) else {} for t in df["task"]] if len(df) else []
