@@ -28,6 +28,17 @@ from tests.shapes import sample  # noqa: E402
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test starts on one intra-op thread and leaves it so: variant tests run token loops and
+    small blocks, thousands of tiny ops that a second spinning thread slows down 10-30x on a loaded
+    machine; a test (or an in-process run) that changes the count cannot leak it to the next."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by the `slow` marks added here
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     groups: dict[tuple[str, str], list[pytest.Item]] = {}

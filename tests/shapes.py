@@ -45,3 +45,12 @@ def sample(cases: Sequence[tuple[str, Mapping[str, object]]], max_cases: int) ->
         if case_id not in kept:
             kept.append(case_id)
     return set(kept)
+
+
+def random_qkv(n: int, d: int, b: int = 1, h: int = 2, dtype: object = None, seed: int = 0) -> list:
+    """q, k, v, each (b, h, n, d), standard normal from a seeded generator (dtype default float64)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    dtype = torch.float64 if dtype is None else dtype
+    return [torch.randn(b, h, n, d, generator=gen, dtype=dtype) for _ in range(3)]

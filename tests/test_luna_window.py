@@ -21,14 +21,6 @@ from tests.test_luna import SMALL, B, clustered_qkv, make_pair, make_qkv, rel_er
 F64_RTOL = 1e-10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def check_against_reference(model: LunaAttention, n: int, d: int, causal: bool, mask=None) -> None:
     """Output at real rows and the grads of q, k, v and every parameter equal naive.py's (float64)."""
     q, k, v = (

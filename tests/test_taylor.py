@@ -17,21 +17,7 @@ from attentions.taylor.chunked import taylor_features
 from attentions.taylor.variant import TaylorAttention, TaylorParams
 from harness.plugins import conformance as cf
 from harness.plugins.contract import Problem
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Token loops and small blocks: thousands of tiny ops, which two threads on a loaded machine
-    slow down 10-30x (spin-waits); one thread runs them in a fraction of a second."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def qkv(n: int, d: int, b: int = 1, h: int = 2, dtype=torch.float64, seed: int = 0) -> list[Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(b, h, n, d, generator=gen, dtype=dtype) for _ in range(3)]
+from tests.shapes import random_qkv as qkv
 
 
 def variant(d: int, h: int = 2, **params) -> TaylorAttention:

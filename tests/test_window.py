@@ -17,21 +17,11 @@ from attentions.window.banded import window_attention_banded
 from attentions.window.variant import WindowAttention, WindowParams, band_pairs
 from harness.plugins import conformance as cf
 from harness.plugins.contract import Problem
+from tests.shapes import random_qkv
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Token loops and small blocks: thousands of tiny ops, which two threads on a loaded machine
-    slow down 10-30x (spin-waits); one thread runs them in a fraction of a second."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def qkv(n: int, d: int, b: int = 2, h: int = 2, dtype=torch.float64, seed: int = 0) -> list[Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(b, h, n, d, generator=gen, dtype=dtype) for _ in range(3)]
+def qkv(n: int, d: int, b: int = 2, h: int = 2, **kw) -> list[Tensor]:
+    return random_qkv(n, d, b, h, **kw)
 
 
 def band_softmax64(q: Tensor, k: Tensor, v: Tensor, window: int, causal: bool) -> Tensor:
